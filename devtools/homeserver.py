@@ -1,0 +1,351 @@
+"""Real Synapse processes for development, tests and benchmarks.
+
+One place writes a homeserver config that matches the policy module, starts
+``synapse.app.homeserver`` with the module from this working tree, waits until
+it answers, creates users through the shared-secret admin API and stops it.
+``make run``, the pytest fixtures and ``bench/`` all use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+from signedjson.key import generate_signing_key, write_signing_keys
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODULE_CLASS = "synapse_police_policy.PolicePolicy"
+
+#: Generous limits so tests and benchmarks measure the policy, not the rate limiter.
+_UNLIMITED = {"per_second": 10000, "burst_count": 100000}
+TEST_RATE_LIMITS: dict[str, Any] = {
+    "rc_message": _UNLIMITED,
+    "rc_registration": _UNLIMITED,
+    "rc_login": {"address": _UNLIMITED, "account": _UNLIMITED, "failed_attempts": _UNLIMITED},
+    "rc_joins": {"local": _UNLIMITED, "remote": _UNLIMITED},
+    "rc_joins_per_room": _UNLIMITED,
+    "rc_invites": {"per_room": _UNLIMITED, "per_user": _UNLIMITED, "per_issuer": _UNLIMITED},
+    "rc_room_creation": _UNLIMITED,
+    "rc_admin_redaction": _UNLIMITED,
+    "rc_key_requests": _UNLIMITED,
+    "rc_media_create": _UNLIMITED,
+    "rc_presence": {"per_user": _UNLIMITED},
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def days(n: int) -> str:
+    return f"{n}d"
+
+
+def policy_aligned_settings(server_name: str, module_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Homeserver settings that carry the part of the policy Synapse enforces
+    itself; ``police-policy check-config`` accepts exactly these."""
+    federation = module_config.get("federation") or {}
+    retention = module_config.get("retention") or {}
+    audit = retention.get("audit_lifetime", "90d")
+    return {
+        "federation_domain_whitelist": sorted({server_name, *federation.get("allowed_servers", [])}),
+        "trusted_key_servers": [],
+        "allow_public_rooms_over_federation": False,
+        "enable_registration": False,
+        "url_preview_enabled": False,
+        "encryption_enabled_by_default_for_room_type": "all",
+        "room_list_publication_rules": [{"action": "deny"}],
+        # Rooms announce the device tier in m.room.retention; the server keeps
+        # history until the audit tier by clamping purges to it.
+        "retention": {
+            "enabled": True,
+            "default_policy": {"max_lifetime": audit},
+            "allowed_lifetime_min": audit,
+            "allowed_lifetime_max": audit,
+            "purge_jobs": [{"interval": "1h"}],
+        },
+        "redaction_retention_period": audit,
+    }
+
+
+@attrs.define
+class HomeserverSpec:
+    """What differs between the homeservers we start."""
+
+    directory: Path
+    server_name: str
+    http_port: int
+    metrics_port: int | None = None
+    bind_address: str = "127.0.0.1"
+    #: config of the police policy module; None starts Synapse without it
+    module_config: dict[str, Any] | None = attrs.field(factory=dict)
+    #: Synapse ``database`` section; None means SQLite in ``directory``
+    database: dict[str, Any] | None = None
+    #: extra top-level homeserver settings, applied last
+    extra: dict[str, Any] = attrs.field(factory=dict)
+    #: log handler to stdout as well as the file (for ``make run``)
+    console_log: bool = False
+    #: lift rate limits and response caches (tests and benchmarks)
+    for_tests: bool = True
+
+
+def _log_config(spec: HomeserverSpec) -> dict[str, Any]:
+    handlers: dict[str, Any] = {
+        "file": {
+            "class": "logging.FileHandler",
+            "formatter": "precise",
+            "filename": str(spec.directory / "homeserver.log"),
+            "filters": ["context"],
+            "encoding": "utf8",
+        }
+    }
+    loggers: dict[str, Any] = {"synapse.storage.SQL": {"level": "WARNING"}}
+    if spec.console_log:
+        handlers["console"] = {
+            "class": "logging.StreamHandler",
+            "formatter": "short",
+            "stream": "ext://sys.stdout",
+            "filters": ["context"],
+        }
+        loggers["synapse_police_policy"] = {"level": "INFO", "handlers": ["console"]}
+        loggers["synapse.app"] = {"level": "WARNING", "handlers": ["console"]}
+    return {
+        "version": 1,
+        "formatters": {
+            "precise": {
+                "format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"
+            },
+            "short": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"},
+        },
+        "filters": {"context": {"()": "synapse.logging.context.LoggingContextFilter", "request": ""}},
+        "handlers": handlers,
+        "loggers": loggers,
+        "root": {"level": "INFO", "handlers": ["file"]},
+        "disable_existing_loggers": False,
+    }
+
+
+def write_config(spec: HomeserverSpec) -> Path:
+    """Write homeserver.yaml, the log config and (once) the keys and secrets.
+
+    Secrets and the signing key are kept when they exist, so a directory can be
+    reused across restarts without losing data.
+    """
+    directory = spec.directory
+    directory.mkdir(parents=True, exist_ok=True)
+    signing_key = directory / "signing.key"
+    if not signing_key.exists():
+        with signing_key.open("w") as fh:
+            write_signing_keys(fh, [generate_signing_key("a_" + secrets.token_hex(2))])
+    secrets_file = directory / "secrets.json"
+    if secrets_file.exists():
+        stored = json.loads(secrets_file.read_text())
+    else:
+        stored = {name: secrets.token_urlsafe(32) for name in ("registration", "macaroon", "form")}
+        secrets_file.write_text(json.dumps(stored))
+        secrets_file.chmod(0o600)
+    log_config = directory / "log.yaml"
+    log_config.write_text(yaml.safe_dump(_log_config(spec), sort_keys=False))
+
+    listeners: list[dict[str, Any]] = [
+        {
+            "port": spec.http_port,
+            "bind_addresses": [spec.bind_address],
+            "type": "http",
+            "tls": False,
+            "x_forwarded": False,
+            "resources": [{"names": ["client", "federation"], "compress": False}],
+        }
+    ]
+    if spec.metrics_port is not None:
+        listeners.append(
+            {"port": spec.metrics_port, "bind_addresses": [spec.bind_address], "type": "metrics"}
+        )
+
+    config: dict[str, Any] = {
+        "server_name": spec.server_name,
+        "public_baseurl": f"http://{spec.bind_address}:{spec.http_port}/",
+        "pid_file": str(directory / "homeserver.pid"),
+        "listeners": listeners,
+        "database": spec.database
+        or {"name": "sqlite3", "args": {"database": str(directory / "homeserver.db")}},
+        "log_config": str(log_config),
+        "media_store_path": str(directory / "media_store"),
+        "signing_key_path": str(signing_key),
+        "registration_shared_secret": stored["registration"],
+        "macaroon_secret_key": stored["macaroon"],
+        "form_secret": stored["form"],
+        "report_stats": False,
+        "suppress_key_server_warning": True,
+        "enable_metrics": spec.metrics_port is not None,
+        "modules": [],
+    }
+    module_config = spec.module_config
+    if module_config is not None:
+        config["modules"] = [{"module": MODULE_CLASS, "config": module_config}]
+        config.update(policy_aligned_settings(spec.server_name, module_config))
+    if spec.for_tests:
+        config.update(TEST_RATE_LIMITS)
+        config["caches"] = {"sync_response_cache_duration": 0}
+    config.update(spec.extra)
+    path = directory / "homeserver.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class SynapseError(RuntimeError):
+    pass
+
+
+class Homeserver:
+    """A running Synapse process with the config of ``spec``."""
+
+    def __init__(self, spec: HomeserverSpec) -> None:
+        self.spec = spec
+        self.config_path = write_config(spec)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._registration_secret = json.loads((spec.directory / "secrets.json").read_text())["registration"]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.spec.bind_address}:{self.spec.http_port}"
+
+    @property
+    def server_name(self) -> str:
+        return self.spec.server_name
+
+    @property
+    def log_path(self) -> Path:
+        return self.spec.directory / "homeserver.log"
+
+    def user_id(self, localpart: str) -> str:
+        return f"@{localpart}:{self.server_name}"
+
+    def start(self, timeout: float = 120.0, *, foreground_output: bool = False) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        output = None if foreground_output else (self.spec.directory / "stdout.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+            cwd=self.spec.directory,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+        )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise SynapseError(
+                    f"Synapse exited with code {self.process.returncode} while starting; "
+                    f"see {self.spec.directory / 'stdout.log'} and {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise SynapseError(f"Synapse did not answer on {self.url} within {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 30.0, *, already_signalled: bool = False) -> None:
+        """Stop Synapse with SIGTERM, or wait for it when Ctrl-C already reached
+        it (a terminal signals the whole foreground process group)."""
+        if self.process is None:
+            return
+        if already_signalled:
+            try:
+                self.process.wait(timeout)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        base: str | None = None,
+    ) -> tuple[int, Any]:
+        """A plain HTTP call; returns (status, decoded JSON body or raw text)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{base or self.url}{path}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode("utf8", "replace")
+
+    def register_user(self, localpart: str, password: str, *, admin: bool = False) -> str | None:
+        """Create a user with the shared secret; returns an access token, or
+        None when the user already exists."""
+        _, nonce_body = self.request("GET", "/_synapse/admin/v1/register")
+        nonce = nonce_body["nonce"]
+        message = "\x00".join([nonce, localpart, password, "admin" if admin else "notadmin"])
+        mac = hmac.new(self._registration_secret.encode(), message.encode(), digestmod=hashlib.sha1)
+        status, body = self.request(
+            "POST",
+            "/_synapse/admin/v1/register",
+            {
+                "nonce": nonce,
+                "username": localpart,
+                "password": password,
+                "admin": admin,
+                "mac": mac.hexdigest(),
+                "inhibit_login": False,
+            },
+        )
+        if status == 400 and isinstance(body, dict) and body.get("errcode") == "M_USER_IN_USE":
+            return None
+        if status != 200:
+            raise SynapseError(f"registering {localpart!r} failed: HTTP {status} {body}")
+        return body["access_token"]
+
+    def login(self, localpart: str, password: str, device_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": localpart},
+            "password": password,
+        }
+        if device_id:
+            body["device_id"] = device_id
+        status, answer = self.request("POST", "/_matrix/client/v3/login", body)
+        if status != 200:
+            raise SynapseError(f"login of {localpart!r} failed: HTTP {status} {answer}")
+        return answer

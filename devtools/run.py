@@ -1,0 +1,129 @@
+"""``make run``: a development homeserver with the policy module on
+http://127.0.0.1:8008 (SQLite), demo accounts, Synapse in the foreground.
+
+State lives in ``var/``; running again reuses it (same database, same keys,
+same demo passwords). Ctrl-C stops Synapse cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import sys
+from typing import Any
+
+import yaml
+
+from synapse_police_policy.check_config import find_problems
+
+from .homeserver import REPO_ROOT, Homeserver, HomeserverSpec, SynapseError
+
+VAR = REPO_ROOT / "var"
+SERVER_NAME = "localhost"
+HTTP_PORT = 8008
+METRICS_PORT = 9008
+POLICY_FILE = REPO_ROOT / "config" / "police_policy.yaml"
+
+#: localpart -> (role shown to the user, server admin?)
+DEMO_ACCOUNTS: dict[str, tuple[str, bool]] = {
+    "officer": ("patrol officer (Element iOS)", False),
+    "dispatcher": ("control-centre dispatcher (Element Web)", False),
+    "auditor": ("unit auditor", False),
+    "admin": ("server administrator (admin API)", True),
+}
+
+
+def dev_spec() -> HomeserverSpec:
+    module_config: dict[str, Any] = yaml.safe_load(POLICY_FILE.read_text()) or {}
+    return HomeserverSpec(
+        directory=VAR / "homeserver",
+        server_name=SERVER_NAME,
+        http_port=HTTP_PORT,
+        metrics_port=METRICS_PORT,
+        module_config=module_config,
+        console_log=True,
+        for_tests=False,
+    )
+
+
+def _demo_passwords() -> dict[str, str]:
+    path = VAR / "demo-accounts.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    for localpart in DEMO_ACCOUNTS:
+        stored.setdefault(localpart, secrets.token_urlsafe(12))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stored, indent=2))
+    path.chmod(0o600)
+    return stored
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main() -> int:
+    for port in (HTTP_PORT, METRICS_PORT):
+        if _port_in_use(port):
+            print(
+                f"Port {port} on 127.0.0.1 is already in use (another `make run`?). "
+                "Stop that process and run `make run` again.",
+                file=sys.stderr,
+            )
+            return 1
+    homeserver = Homeserver(dev_spec())
+    findings = find_problems(yaml.safe_load(homeserver.config_path.read_text()))
+    for finding in findings:
+        print(f"check-config: {finding}", file=sys.stderr)
+    passwords = _demo_passwords()
+    print(f"Starting Synapse with the police policy module (config {homeserver.config_path}) ...")
+    try:
+        homeserver.start(foreground_output=True)
+        created = []
+        for localpart, (_, admin) in DEMO_ACCOUNTS.items():
+            if homeserver.register_user(localpart, passwords[localpart], admin=admin) is not None:
+                created.append(localpart)
+        _print_welcome(homeserver, passwords, created)
+        assert homeserver.process is not None
+        return homeserver.process.wait()
+    except KeyboardInterrupt:
+        print("\nStopping Synapse ...")
+        homeserver.stop(already_signalled=True)
+        print(f"Stopped. State is kept in {VAR}; `make run` starts it again.")
+        return 0
+    except SynapseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        homeserver.stop()
+        return 1
+
+
+def _print_welcome(homeserver: Homeserver, passwords: dict[str, str], created: list[str]) -> None:
+    width = max(len(name) for name in DEMO_ACCOUNTS)
+    lines = [
+        "",
+        f"Homeserver ready: {homeserver.url}  (server name '{SERVER_NAME}')",
+        f"Metrics:          http://127.0.0.1:{METRICS_PORT}/_synapse/metrics",
+        "",
+        "Log in with Element (Web or iOS) or any Matrix client: choose 'Edit' next to the",
+        f"homeserver, enter {homeserver.url}, then one of these accounts:",
+    ]
+    for localpart, (role, _) in DEMO_ACCOUNTS.items():
+        note = " (new)" if localpart in created else ""
+        lines.append(f"  {localpart:<{width}}  password {passwords[localpart]}  {role}{note}")
+    lines += [
+        "",
+        "Or with curl:",
+        f"  curl -s -XPOST {homeserver.url}/_matrix/client/v3/login -d "
+        f'\'{{"type":"m.login.password","identifier":{{"type":"m.id.user","user":"officer"}},'
+        f'"password":"{passwords["officer"]}"}}\'',
+        "",
+        f"Passwords are kept in {VAR / 'demo-accounts.json'}; Synapse's log is {homeserver.log_path}.",
+        "Policy decisions appear below. Press Ctrl-C to stop.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

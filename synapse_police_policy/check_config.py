@@ -1,0 +1,289 @@
+"""Homeserver settings that contradict the policy module's own config.
+
+Part of the policy is carried by Synapse itself (federation whitelist, key
+servers, registration, retention purges, ...). ``find_problems`` reads a
+homeserver config as plain data and names every setting that would undo what
+the module promises, with the key and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from synapse.config._base import Config, ConfigError
+
+from .config import PolicyConfig, normalise_server_name, parse_config
+
+MODULE_NAME = "synapse_police_policy.PolicePolicy"
+_DAY_MS = 86400 * 1000
+
+
+@attrs.frozen
+class Finding:
+    key: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}. Fix: {self.fix}"
+
+
+def _duration_text(ms: int) -> str:
+    if ms % _DAY_MS == 0:
+        return f"{ms // _DAY_MS}d"
+    return f"{ms / 1000:g}s"
+
+
+def _ms(value: Any, key: str, findings: list[Finding]) -> int | None:
+    try:
+        return Config.parse_duration(value)
+    except (TypeError, ValueError, ConfigError):
+        findings.append(Finding(key, f"{value!r} is not a duration", "use a duration such as '90d'"))
+        return None
+
+
+def _optional_ms(section: Mapping[str, Any], name: str, prefix: str, findings: list[Finding]) -> int | None:
+    value = section.get(name)
+    return None if value is None else _ms(value, f"{prefix}.{name}", findings)
+
+
+def _module_config(homeserver: Mapping[str, Any], findings: list[Finding]) -> PolicyConfig:
+    modules = homeserver.get("modules") or []
+    for index, entry in enumerate(modules if isinstance(modules, list) else []):
+        if isinstance(entry, Mapping) and entry.get("module") == MODULE_NAME:
+            try:
+                return parse_config(entry.get("config") or {})
+            except ConfigError as error:
+                findings.append(
+                    Finding(
+                        f"modules[{index}].config", error.msg, "correct the module config as the message says"
+                    )
+                )
+                return PolicyConfig()
+    findings.append(
+        Finding(
+            "modules",
+            f"{MODULE_NAME} is not loaded, so none of the police policy is enforced",
+            f"add an entry '- module: {MODULE_NAME}' with its config (see config/police_policy.yaml)",
+        )
+    )
+    return PolicyConfig()
+
+
+def _check_federation(homeserver: Mapping[str, Any], policy: PolicyConfig, findings: list[Finding]) -> None:
+    own = homeserver.get("server_name")
+    try:
+        own_name = normalise_server_name(own, ("server_name",))
+    except ConfigError as error:
+        findings.append(Finding("server_name", error.msg, "set the homeserver's Matrix server name"))
+        return
+    expected = {own_name, *policy.federation.allowed_servers}
+    wanted = ", ".join(sorted(expected))
+    whitelist = homeserver.get("federation_domain_whitelist")
+    if whitelist is None:
+        findings.append(
+            Finding(
+                "federation_domain_whitelist",
+                "not set, so Synapse federates with any server",
+                f"set it to [{wanted}] (the own server and federation.allowed_servers)",
+            )
+        )
+        return
+    listed: set[str] = set()
+    for entry in whitelist if isinstance(whitelist, list) else [whitelist]:
+        try:
+            listed.add(normalise_server_name(entry, ("federation_domain_whitelist",)))
+        except ConfigError:
+            findings.append(
+                Finding(
+                    "federation_domain_whitelist", f"{entry!r} is not a server name", f"set it to [{wanted}]"
+                )
+            )
+            return
+    if listed != expected:
+        parts = []
+        if expected - listed:
+            parts.append("missing " + ", ".join(sorted(expected - listed)))
+        if listed - expected:
+            parts.append("lists servers the policy does not allow: " + ", ".join(sorted(listed - expected)))
+        findings.append(
+            Finding(
+                "federation_domain_whitelist",
+                "does not match federation.allowed_servers plus the own server (" + "; ".join(parts) + ")",
+                f"set it to [{wanted}]",
+            )
+        )
+
+
+def _check_simple_settings(homeserver: Mapping[str, Any], findings: list[Finding]) -> None:
+    key_servers = homeserver.get("trusted_key_servers")
+    if key_servers is None:
+        findings.append(
+            Finding(
+                "trusted_key_servers",
+                "not set, so Synapse asks matrix.org for server keys",
+                "set trusted_key_servers: []",
+            )
+        )
+    elif key_servers:
+        findings.append(
+            Finding(
+                "trusted_key_servers",
+                "lists key servers outside the closed police network",
+                "set trusted_key_servers: []",
+            )
+        )
+    if homeserver.get("enable_registration") and not homeserver.get("registration_requires_token"):
+        findings.append(
+            Finding(
+                "enable_registration",
+                "open registration without tokens lets anyone create an account",
+                "set enable_registration: false (operators provision accounts) "
+                "or registration_requires_token: true",
+            )
+        )
+    if homeserver.get("url_preview_enabled"):
+        findings.append(
+            Finding(
+                "url_preview_enabled",
+                "URL previews make the server fetch links from messages, leaking them",
+                "set url_preview_enabled: false",
+            )
+        )
+    if homeserver.get("allow_public_rooms_over_federation"):
+        findings.append(
+            Finding(
+                "allow_public_rooms_over_federation",
+                "the room directory is served to other servers",
+                "set allow_public_rooms_over_federation: false",
+            )
+        )
+    if homeserver.get("encryption_enabled_by_default_for_room_type") != "all":
+        findings.append(
+            Finding(
+                "encryption_enabled_by_default_for_room_type",
+                f"is {homeserver.get('encryption_enabled_by_default_for_room_type')!r}, "
+                "so Synapse does not encrypt every new room by itself",
+                "set encryption_enabled_by_default_for_room_type: all",
+            )
+        )
+
+
+def _effective_purge_ms(lifetime_ms: int, low: int | None, high: int | None) -> int:
+    """The age at which Synapse's purge job deletes history of a room (it
+    clamps the room's max_lifetime to allowed_lifetime_min/max)."""
+    if low is not None:
+        lifetime_ms = max(low, lifetime_ms)
+    if high is not None:
+        lifetime_ms = min(high, lifetime_ms)
+    return lifetime_ms
+
+
+def _check_retention(homeserver: Mapping[str, Any], policy: PolicyConfig, findings: list[Finding]) -> None:
+    audit_ms = policy.retention.audit_lifetime * 1000
+    device_ms = policy.retention.device_lifetime * 1000
+    audit = _duration_text(audit_ms)
+    retention = homeserver.get("retention")
+    if not isinstance(retention, Mapping) or not retention.get("enabled"):
+        findings.append(
+            Finding(
+                "retention.enabled",
+                "retention is disabled, so history is never purged from the server",
+                f"set retention.enabled: true with allowed_lifetime_min and allowed_lifetime_max: {audit}",
+            )
+        )
+    else:
+        low = _optional_ms(retention, "allowed_lifetime_min", "retention", findings)
+        high = _optional_ms(retention, "allowed_lifetime_max", "retention", findings)
+        # Rooms carry max_lifetime = device lifetime; the purge must still wait for the audit tier.
+        purge = _effective_purge_ms(device_ms, low, high)
+        if purge < audit_ms:
+            findings.append(
+                Finding(
+                    "retention.allowed_lifetime_min",
+                    f"rooms announce the device tier, so history would be purged after "
+                    f"{_duration_text(purge)}, before the audit tier ({audit}) ends",
+                    f"set retention.allowed_lifetime_min: {audit}",
+                )
+            )
+        elif purge > audit_ms:
+            findings.append(
+                Finding(
+                    "retention.allowed_lifetime_max",
+                    f"history would be kept for {_duration_text(purge)}, beyond the audit tier ({audit})",
+                    f"set retention.allowed_lifetime_max: {audit}",
+                )
+            )
+        default_policy = retention.get("default_policy")
+        default_max = default_policy.get("max_lifetime") if isinstance(default_policy, Mapping) else None
+        if default_max is None:
+            findings.append(
+                Finding(
+                    "retention.default_policy.max_lifetime",
+                    "not set, so rooms without a retention policy are never purged",
+                    f"set retention.default_policy.max_lifetime: {audit}",
+                )
+            )
+        _check_purge_jobs(retention.get("purge_jobs"), device_ms, findings)
+
+    period = homeserver.get("redaction_retention_period", "7d")
+    if period is None:
+        findings.append(
+            Finding(
+                "redaction_retention_period",
+                f"null keeps redacted originals forever, beyond the audit tier ({audit})",
+                f"set redaction_retention_period: {audit}",
+            )
+        )
+        return
+    period_ms = _ms(period, "redaction_retention_period", findings)
+    if period_ms is not None and period_ms < audit_ms:
+        findings.append(
+            Finding(
+                "redaction_retention_period",
+                f"{_duration_text(period_ms)} drops redacted originals before the audit tier ({audit}) ends",
+                f"set redaction_retention_period: {audit}",
+            )
+        )
+    elif period_ms is not None and period_ms > audit_ms:
+        findings.append(
+            Finding(
+                "redaction_retention_period",
+                f"{_duration_text(period_ms)} keeps redacted originals beyond the audit tier ({audit})",
+                f"set redaction_retention_period: {audit}",
+            )
+        )
+
+
+def _check_purge_jobs(jobs: Any, device_ms: int, findings: list[Finding]) -> None:
+    """Synapse picks rooms for a purge job by their announced max_lifetime
+    (shortest < max_lifetime <= longest); one job must cover the device tier."""
+    if not jobs:
+        return  # Synapse then runs one daily job covering every room
+    for index, job in enumerate(jobs if isinstance(jobs, list) else []):
+        if not isinstance(job, Mapping):
+            continue
+        key = f"retention.purge_jobs[{index}]"
+        low = _optional_ms(job, "shortest_max_lifetime", key, findings)
+        high = _optional_ms(job, "longest_max_lifetime", key, findings)
+        if (low is None or low < device_ms) and (high is None or device_ms <= high):
+            return
+    findings.append(
+        Finding(
+            "retention.purge_jobs",
+            f"no purge job covers rooms whose max_lifetime is the device tier ({_duration_text(device_ms)})",
+            "add a purge job without shortest_max_lifetime/longest_max_lifetime, for example {interval: 1h}",
+        )
+    )
+
+
+def find_problems(homeserver: Mapping[str, Any]) -> list[Finding]:
+    """Every setting of ``homeserver`` that contradicts the policy, in file order of concern."""
+    findings: list[Finding] = []
+    policy = _module_config(homeserver, findings)
+    _check_federation(homeserver, policy, findings)
+    _check_simple_settings(homeserver, findings)
+    _check_retention(homeserver, policy, findings)
+    return findings

@@ -1,0 +1,217 @@
+"""The module's configuration: YAML in, frozen attrs objects out.
+
+Every problem becomes a Synapse ``ConfigError`` whose message starts with the
+full key path, says what was expected and what was found, so an operator can
+fix the file without reading this code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+from synapse.config._base import ConfigError
+from synapse.util.stringutils import parse_and_validate_server_name
+
+T = TypeVar("T")
+
+MEGOLM = "m.megolm.v1.aes-sha2"
+
+#: Join rules a room may carry. "public" is deliberately absent: the policy is
+#: invite-only, so it cannot be switched on from the config either.
+KNOWN_JOIN_RULES = frozenset({"invite", "knock", "restricted", "knock_restricted"})
+#: History visibility values that keep history to members (never world_readable).
+KNOWN_HISTORY_VISIBILITY = frozenset({"shared", "invited", "joined"})
+
+_DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h|d|w)$")
+_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+@attrs.frozen
+class RoomsConfig:
+    """Section ``rooms``: what every room on this server looks like."""
+
+    #: join rules a room may be given; the module sets "invite" when none is asked for
+    allowed_join_rules: frozenset[str] = frozenset({"invite"})
+    #: history visibility set at creation when the request leaves it out
+    default_history_visibility: str = "shared"
+    #: refuse m.room.message / m.sticker sent in clear text (clients must encrypt)
+    refuse_unencrypted_messages: bool = True
+
+
+@attrs.frozen
+class FederationConfig:
+    """Section ``federation``: the closed network of police homeservers."""
+
+    #: normalised server names (host lower-cased, port kept); the own server is implied
+    allowed_servers: frozenset[str] = frozenset()
+
+
+@attrs.frozen
+class RetentionConfig:
+    """Section ``retention``: the device tier and the audit tier, in seconds."""
+
+    device_lifetime: int = 7 * 86400
+    audit_lifetime: int = 90 * 86400
+
+
+@attrs.frozen
+class DevicesConfig:
+    """Section ``devices``: filled by the device-enrollment issue."""
+
+
+@attrs.frozen
+class MediaConfig:
+    """Section ``media``: filled by the media-type issue."""
+
+
+@attrs.frozen
+class AuditorConfig:
+    """Section ``auditor``: filled by the auditor-bot issue."""
+
+
+@attrs.frozen
+class PolicyConfig:
+    rooms: RoomsConfig = RoomsConfig()
+    federation: FederationConfig = FederationConfig()
+    retention: RetentionConfig = RetentionConfig()
+    devices: DevicesConfig = DevicesConfig()
+    media: MediaConfig = MediaConfig()
+    auditor: AuditorConfig = AuditorConfig()
+
+
+def _fail(path: tuple[str, ...], expected: str, found: Any) -> ConfigError:
+    key = ".".join(path) or "module config"
+    return ConfigError(f"{key}: expected {expected}, got {found!r}", path=path)
+
+
+def _mapping(value: Any, path: tuple[str, ...], allowed: set[str]) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(path, "a mapping", value)
+    for key in value:
+        if key not in allowed:
+            key_path = (*path, str(key)) if path else (str(key),)
+            raise ConfigError(
+                f"{'.'.join(key_path)}: unknown key; "
+                f"expected one of: {', '.join(sorted(allowed)) or '(none yet)'}",
+                path=key_path,
+            )
+    return value
+
+
+def parse_duration(value: Any, path: tuple[str, ...]) -> int:
+    """A positive duration such as '90s', '15m', '7d' or '2w', in seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match:
+            return int(match.group(1)) * _DURATION_UNITS_S[match.group(2)]
+    raise _fail(path, "a duration such as '7d' (units s, m, h, d, w)", value)
+
+
+def _bool(value: Any, path: tuple[str, ...]) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _fail(path, "true or false", value)
+
+
+def _list_of(value: Any, path: tuple[str, ...], item: Callable[[Any, tuple[str, ...]], T]) -> list[T]:
+    if not isinstance(value, list):
+        raise _fail(path, "a list", value)
+    return [item(entry, (*path[:-1], f"{path[-1]}[{i}]")) for i, entry in enumerate(value)]
+
+
+def _choice(options: frozenset[str]) -> Callable[[Any, tuple[str, ...]], str]:
+    def parse(value: Any, path: tuple[str, ...]) -> str:
+        if isinstance(value, str) and value in options:
+            return value
+        raise _fail(path, f"one of {', '.join(sorted(options))}", value)
+
+    return parse
+
+
+def normalise_server_name(value: Any, path: tuple[str, ...]) -> str:
+    """A Matrix server name (host plus optional port), host lower-cased."""
+    if isinstance(value, str):
+        try:
+            host, port = parse_and_validate_server_name(value)
+        except ValueError:
+            pass
+        else:
+            host = host.lower()
+            return host if port is None else f"{host}:{port}"
+    raise _fail(path, "a Matrix server name such as 'polizei-by.example' or 'hs.example:8448'", value)
+
+
+def _parse_rooms(raw: Any) -> RoomsConfig:
+    section = _mapping(
+        raw,
+        ("rooms",),
+        {"allowed_join_rules", "default_history_visibility", "refuse_unencrypted_messages"},
+    )
+    defaults = RoomsConfig()
+    join_rules = defaults.allowed_join_rules
+    if "allowed_join_rules" in section:
+        path = ("rooms", "allowed_join_rules")
+        join_rules = frozenset(_list_of(section["allowed_join_rules"], path, _choice(KNOWN_JOIN_RULES)))
+        if "invite" not in join_rules:
+            raise _fail(
+                path,
+                "a list that includes 'invite' (the rule the module gives rooms that ask for none)",
+                section["allowed_join_rules"],
+            )
+    history = defaults.default_history_visibility
+    if "default_history_visibility" in section:
+        history = _choice(KNOWN_HISTORY_VISIBILITY)(
+            section["default_history_visibility"], ("rooms", "default_history_visibility")
+        )
+    refuse = defaults.refuse_unencrypted_messages
+    if "refuse_unencrypted_messages" in section:
+        refuse = _bool(section["refuse_unencrypted_messages"], ("rooms", "refuse_unencrypted_messages"))
+    return RoomsConfig(
+        allowed_join_rules=join_rules,
+        default_history_visibility=history,
+        refuse_unencrypted_messages=refuse,
+    )
+
+
+def _parse_federation(raw: Any) -> FederationConfig:
+    section = _mapping(raw, ("federation",), {"allowed_servers"})
+    if "allowed_servers" not in section:
+        return FederationConfig()
+    servers = _list_of(section["allowed_servers"], ("federation", "allowed_servers"), normalise_server_name)
+    return FederationConfig(allowed_servers=frozenset(servers))
+
+
+def _parse_retention(raw: Any) -> RetentionConfig:
+    section = _mapping(raw, ("retention",), {"device_lifetime", "audit_lifetime"})
+    defaults = RetentionConfig()
+    device = defaults.device_lifetime
+    audit = defaults.audit_lifetime
+    if "device_lifetime" in section:
+        device = parse_duration(section["device_lifetime"], ("retention", "device_lifetime"))
+    if "audit_lifetime" in section:
+        audit = parse_duration(section["audit_lifetime"], ("retention", "audit_lifetime"))
+    if device > audit:
+        raise ConfigError(
+            f"retention.device_lifetime: expected at most retention.audit_lifetime "
+            f"({audit}s), got {device}s; content must leave devices before it leaves the audit archive",
+            path=("retention", "device_lifetime"),
+        )
+    return RetentionConfig(device_lifetime=device, audit_lifetime=audit)
+
+
+def parse_config(raw: Any) -> PolicyConfig:
+    """Turn the module's YAML config into a ``PolicyConfig`` or raise ``ConfigError``."""
+    top = _mapping(raw, (), {"rooms", "federation", "retention", "devices", "media", "auditor"})
+    _mapping(top.get("devices"), ("devices",), set())
+    _mapping(top.get("media"), ("media",), set())
+    _mapping(top.get("auditor"), ("auditor",), set())
+    return PolicyConfig(
+        rooms=_parse_rooms(top.get("rooms")),
+        federation=_parse_federation(top.get("federation")),
+        retention=_parse_retention(top.get("retention")),
+    )

@@ -1,0 +1,84 @@
+"""Denials and how they become visible: one JSON log line and one counter each.
+
+Every rule of the module returns a ``Denial`` instead of raising, so the rule
+stays a pure function and this file is the one place that decides what a
+denial looks like in the log, in the metrics and on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import attrs
+from prometheus_client import Counter
+from synapse.api.errors import Codes, SynapseError
+
+DECISION_LOGGER = logging.getLogger("synapse_police_policy.decisions")
+
+#: Exposed on Synapse's metrics listener (prometheus_client's default registry,
+#: which Synapse serves). The server_name label follows Synapse's convention for
+#: several homeservers sharing one process.
+DENIALS = Counter(
+    "police_policy_denials",
+    "Requests and events refused by the police policy module, by rule",
+    labelnames=["rule", "server_name"],
+)
+
+#: Values quoted from requests are cut to this length in reasons and logs.
+_QUOTE_LIMIT = 64
+
+
+def quote(value: Any) -> str:
+    """A short, safe rendering of a client-supplied value for a reason text."""
+    text = repr(value)
+    return text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 3] + "..."
+
+
+@attrs.frozen
+class Denial:
+    """Why something was refused. ``reason`` goes to the client and the log,
+    so it names the rule and the offending setting, never message content."""
+
+    rule: str
+    reason: str
+    errcode: str = Codes.FORBIDDEN
+    http_status: int = 403
+
+    def error_fields(self) -> dict[str, str]:
+        """Extra fields for Synapse's spam-checker error tuple (overrides its message)."""
+        return {"error": self.reason}
+
+    def as_error(self) -> SynapseError:
+        return SynapseError(self.http_status, self.reason, self.errcode)
+
+
+class DecisionLog:
+    """Writes denials to the decision logger and the denial counter."""
+
+    def __init__(self, server_name: str) -> None:
+        self._server_name = server_name
+
+    def deny(
+        self,
+        denial: Denial,
+        *,
+        user: str | None,
+        device: str | None = None,
+        room: str | None = None,
+    ) -> None:
+        DENIALS.labels(rule=denial.rule, server_name=self._server_name).inc()
+        DECISION_LOGGER.info(
+            json.dumps(
+                {
+                    "rule": denial.rule,
+                    "decision": "deny",
+                    "user": user,
+                    "device": device,
+                    "room": room,
+                    "reason": denial.reason,
+                },
+                sort_keys=True,
+            )
+        )
