@@ -47,14 +47,17 @@ class PolicePolicy:
         This runs for server admins too (the spam checker's user_may_create_room
         does not), so it is the one gate for room creation.
         """
-        initial_state = request.get("initial_state", [])
-        if not isinstance(initial_state, list):
-            raise SynapseError(400, "initial_state: expected a list of state events", Codes.BAD_JSON)
+        problem = rooms.malformed_initial_state(request)
+        if problem is not None:
+            raise SynapseError(400, problem, Codes.BAD_JSON)
         denial = rooms.check_room_creation(self._config.rooms, request)
         if denial is not None:
             self._decisions.deny(denial, user=requester.user.to_string(), device=requester.device_id)
             raise denial.as_error()
-        request["initial_state"] = initial_state + rooms.missing_initial_state(self._config.rooms, request)
+        request["initial_state"] = [
+            *request.get("initial_state", []),
+            *rooms.missing_initial_state(self._config.rooms, request),
+        ]
 
     async def check_event_for_spam(self, event: EventBase) -> SpamAnswer:
         # Inbound federation PDUs come here too; the room rules govern what our

@@ -36,7 +36,7 @@ CONTENT_EVENT_TYPES = frozenset(
 
 
 def _join_rule_denial(config: RoomsConfig, join_rule: Any) -> Denial | None:
-    if join_rule in config.allowed_join_rules:
+    if isinstance(join_rule, str) and join_rule in config.allowed_join_rules:
         return None
     allowed = ", ".join(sorted(config.allowed_join_rules))
     return Denial(
@@ -83,6 +83,24 @@ def check_event(
         return None
     if state_key == "":
         return check_state(config, event_type, content)
+    return None
+
+
+def malformed_initial_state(request: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of ``initial_state``, if anything (Synapse
+    itself answers some malformed entries with a 500)."""
+    initial_state = request.get("initial_state", [])
+    if not isinstance(initial_state, list):
+        return "initial_state: expected a list of state events"
+    for index, event in enumerate(initial_state):
+        if not isinstance(event, Mapping):
+            return f"initial_state[{index}]: expected an object with type, state_key and content"
+        if not isinstance(event.get("type"), str):
+            return f"initial_state[{index}].type: expected a string"
+        if not isinstance(event.get("state_key", ""), str):
+            return f"initial_state[{index}].state_key: expected a string"
+        if not isinstance(event.get("content"), Mapping):
+            return f"initial_state[{index}].content: expected an object"
     return None
 
 

@@ -1,0 +1,109 @@
+"""Fixtures that start real Synapse processes (and, with POLICE_TEST_POSTGRES=1,
+a throwaway PostgreSQL cluster) once per session and stop them at the end."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from devtools.homeserver import Homeserver, HomeserverSpec, free_port
+from devtools.postgres import PostgresCluster
+
+USE_POSTGRES = os.environ.get("POLICE_TEST_POSTGRES") == "1"
+
+
+@attrs.define
+class Account:
+    localpart: str
+    user_id: str
+    password: str
+    token: str
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster | None]:
+    if not USE_POSTGRES:
+        yield None
+        return
+    cluster = PostgresCluster(free_port())
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+StartHomeserver = Callable[..., Homeserver]
+
+
+@pytest.fixture(scope="session")
+def start_homeserver(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresCluster | None
+) -> Iterator[StartHomeserver]:
+    """Start a homeserver: ``start_homeserver(name, module_config={...}, extra={...})``.
+
+    It runs on SQLite, or on its own database of the session's PostgreSQL
+    cluster when POLICE_TEST_POSTGRES=1. All are stopped when the session ends.
+    """
+    started: list[Homeserver] = []
+
+    def start(
+        name: str,
+        *,
+        module_config: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        server_name: str | None = None,
+    ) -> Homeserver:
+        safe = re.sub(r"[^a-z0-9_]", "_", name.lower())
+        database = postgres.create_database(f"{safe}_{uuid.uuid4().hex[:6]}") if postgres else None
+        spec = HomeserverSpec(
+            directory=tmp_path_factory.mktemp(safe),
+            server_name=server_name or f"{safe.replace('_', '-')}.test",
+            http_port=free_port(),
+            metrics_port=free_port(),
+            module_config={} if module_config is None else module_config,
+            database=database,
+            extra=extra or {},
+        )
+        homeserver = Homeserver(spec)
+        started.append(homeserver)
+        homeserver.start()
+        return homeserver
+
+    yield start
+    for homeserver in started:
+        homeserver.stop()
+
+
+@pytest.fixture(scope="session")
+def hs(start_homeserver: StartHomeserver) -> Homeserver:
+    """Our homeserver with the module and its default policy."""
+    return start_homeserver("ours")
+
+
+@pytest.fixture
+def make_user(hs: Homeserver) -> Callable[..., Account]:
+    """Register a fresh user on ``hs`` (unique per call) and return its token."""
+
+    def make(prefix: str = "user", *, admin: bool = False, homeserver: Homeserver | None = None) -> Account:
+        server = homeserver or hs
+        localpart = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        password = f"pw-{uuid.uuid4().hex}"
+        token = server.register_user(localpart, password, admin=admin)
+        assert token is not None
+        return Account(localpart, server.user_id(localpart), password, token)
+
+    return make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).parent.name == "integration":
+            item.add_marker(pytest.mark.integration)

@@ -1,0 +1,167 @@
+"""Room creation on a real Synapse: every room comes out encrypted, invite-only,
+closed to guests and not world-readable; requests that ask otherwise get 403."""
+
+from __future__ import annotations
+
+import pytest
+
+from devtools.homeserver import Homeserver
+
+
+def create(hs: Homeserver, token: str, request: dict) -> tuple[int, dict]:
+    return hs.request("POST", "/_matrix/client/v3/createRoom", request, token=token)
+
+
+def room_state(hs: Homeserver, token: str, room_id: str) -> dict[str, dict]:
+    status, events = hs.request("GET", f"/_matrix/client/v3/rooms/{room_id}/state", token=token)
+    assert status == 200, events
+    return {event["type"]: event["content"] for event in events if event.get("state_key") == ""}
+
+
+@pytest.fixture(scope="module")
+def plain_synapse_defaults(start_homeserver) -> Homeserver:
+    """Synapse's own encryption default switched off: what remains is the module's doing."""
+    return start_homeserver("no_synapse_e2ee", extra={"encryption_enabled_by_default_for_room_type": "off"})
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {},
+        {"preset": "private_chat"},
+        {"preset": "trusted_private_chat", "is_direct": True},
+        {"visibility": "private", "name": "Einsatz 4711"},
+    ],
+    ids=["empty", "private_chat", "trusted_private_chat", "named"],
+)
+def test_every_room_comes_out_closed_and_encrypted(plain_synapse_defaults, make_user, request_body):
+    hs = plain_synapse_defaults
+    user = make_user("creator", homeserver=hs)
+    status, body = create(hs, user.token, request_body)
+    assert status == 200, body
+    state = room_state(hs, user.token, body["room_id"])
+    assert state["m.room.encryption"] == {"algorithm": "m.megolm.v1.aes-sha2"}
+    assert state["m.room.join_rules"] == {"join_rule": "invite"}
+    assert state["m.room.guest_access"] == {"guest_access": "forbidden"}
+    assert state["m.room.history_visibility"] == {"history_visibility": "shared"}
+
+
+def test_element_style_direct_chat_keeps_its_own_settings(hs, make_user):
+    user, peer = make_user("officer"), make_user("peer")
+    status, body = create(
+        hs,
+        user.token,
+        {
+            "preset": "trusted_private_chat",
+            "is_direct": True,
+            "invite": [peer.user_id],
+            "initial_state": [
+                {
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_ms": 604800000},
+                },
+                {
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": {"history_visibility": "joined"},
+                },
+            ],
+        },
+    )
+    assert status == 200, body
+    state = room_state(hs, user.token, body["room_id"])
+    assert state["m.room.encryption"]["rotation_period_ms"] == 604800000
+    assert state["m.room.history_visibility"] == {"history_visibility": "joined"}
+    assert state["m.room.guest_access"] == {"guest_access": "forbidden"}
+
+
+@pytest.mark.parametrize(
+    ("request_body", "rule_words"),
+    [
+        ({"preset": "public_chat"}, "Public rooms are not allowed"),
+        ({"visibility": "public"}, "room directory"),
+        (
+            {"initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "public"}}]},
+            "Join rule 'public' is not allowed",
+        ),
+        (
+            {"initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]},
+            "Join rule 'knock' is not allowed",
+        ),
+        (
+            {"initial_state": [{"type": "m.room.guest_access", "content": {"guest_access": "can_join"}}]},
+            "Guest access 'can_join' is not allowed",
+        ),
+        (
+            {
+                "initial_state": [
+                    {"type": "m.room.history_visibility", "content": {"history_visibility": "world_readable"}}
+                ]
+            },
+            "History visibility 'world_readable' is not allowed",
+        ),
+        (
+            {
+                "initial_state": [
+                    {"type": "m.room.encryption", "content": {"algorithm": "m.olm.v1.curve25519"}}
+                ]
+            },
+            "Encryption algorithm 'm.olm.v1.curve25519' is not allowed",
+        ),
+        (
+            {"initial_state": [{"type": "m.room.encryption", "content": {}}]},
+            "Encryption algorithm None is not allowed",
+        ),
+    ],
+    ids=[
+        "public_preset",
+        "public_visibility",
+        "public_join_rule",
+        "knock_not_configured",
+        "guest_can_join",
+        "world_readable",
+        "other_algorithm",
+        "no_algorithm",
+    ],
+)
+def test_contradicting_requests_are_refused(hs, make_user, request_body, rule_words):
+    user = make_user("creator")
+    status, body = create(hs, user.token, request_body)
+    assert status == 403, body
+    assert body["errcode"] == "M_FORBIDDEN"
+    assert rule_words in body["error"]
+
+
+def test_server_admins_cannot_create_public_rooms_either(hs, make_user):
+    admin = make_user("admin", admin=True)
+    status, body = create(hs, admin.token, {"preset": "public_chat"})
+    assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+
+
+@pytest.mark.parametrize(
+    ("initial_state", "named"),
+    [
+        ({"type": "m.room.join_rules"}, "initial_state: expected a list"),
+        ([1], "initial_state[0]: expected an object"),
+        (
+            [{"type": "m.room.topic", "content": {"topic": "x"}}, {"type": 5, "content": {}}],
+            "initial_state[1].type",
+        ),
+        ([{"type": "m.room.join_rules", "content": ["public"]}], "initial_state[0].content"),
+    ],
+    ids=["not_a_list", "not_an_object", "type_not_a_string", "content_not_an_object"],
+)
+def test_malformed_initial_state_is_a_clear_400(hs, make_user, initial_state, named):
+    user = make_user("creator")
+    status, body = create(hs, user.token, {"initial_state": initial_state})
+    assert status == 400, body
+    assert body["errcode"] == "M_BAD_JSON"
+    assert named in body["error"]
+
+
+def test_join_rule_of_the_wrong_type_is_refused_not_a_crash(hs, make_user):
+    user = make_user("creator")
+    request = {"initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": ["public"]}}]}
+    status, body = create(hs, user.token, request)
+    assert status == 403 and "Join rule ['public'] is not allowed" in body["error"], body
