@@ -39,7 +39,7 @@ def _duration_text(ms: int) -> str:
 def _ms(value: Any, key: str, findings: list[Finding]) -> int | None:
     try:
         return Config.parse_duration(value)
-    except (TypeError, ValueError, ConfigError):
+    except (TypeError, ValueError, IndexError, KeyError, ConfigError):
         findings.append(Finding(key, f"{value!r} is not a duration", "use a duration such as '90d'"))
         return None
 
@@ -171,16 +171,6 @@ def _check_simple_settings(homeserver: Mapping[str, Any], findings: list[Finding
         )
 
 
-def _effective_purge_ms(lifetime_ms: int, low: int | None, high: int | None) -> int:
-    """The age at which Synapse's purge job deletes history of a room (it
-    clamps the room's max_lifetime to allowed_lifetime_min/max)."""
-    if low is not None:
-        lifetime_ms = max(low, lifetime_ms)
-    if high is not None:
-        lifetime_ms = min(high, lifetime_ms)
-    return lifetime_ms
-
-
 def _check_retention(homeserver: Mapping[str, Any], policy: PolicyConfig, findings: list[Finding]) -> None:
     audit_ms = policy.retention.audit_lifetime * 1000
     device_ms = policy.retention.device_lifetime * 1000
@@ -195,27 +185,11 @@ def _check_retention(homeserver: Mapping[str, Any], policy: PolicyConfig, findin
             )
         )
     else:
-        low = _optional_ms(retention, "allowed_lifetime_min", "retention", findings)
-        high = _optional_ms(retention, "allowed_lifetime_max", "retention", findings)
-        # Rooms carry max_lifetime = device lifetime; the purge must still wait for the audit tier.
-        purge = _effective_purge_ms(device_ms, low, high)
-        if purge < audit_ms:
-            findings.append(
-                Finding(
-                    "retention.allowed_lifetime_min",
-                    f"rooms announce the device tier, so history would be purged after "
-                    f"{_duration_text(purge)}, before the audit tier ({audit}) ends",
-                    f"set retention.allowed_lifetime_min: {audit}",
-                )
-            )
-        elif purge > audit_ms:
-            findings.append(
-                Finding(
-                    "retention.allowed_lifetime_max",
-                    f"history would be kept for {_duration_text(purge)}, beyond the audit tier ({audit})",
-                    f"set retention.allowed_lifetime_max: {audit}",
-                )
-            )
+        # Rooms announce the device tier in m.room.retention, and a room may
+        # announce longer; Synapse clamps every purge to [min, max], so both
+        # bounds must be the audit tier for history to go exactly then.
+        for bound in ("allowed_lifetime_min", "allowed_lifetime_max"):
+            _check_purge_bound(retention, bound, audit_ms, findings)
         default_policy = retention.get("default_policy")
         default_max = default_policy.get("max_lifetime") if isinstance(default_policy, Mapping) else None
         if default_max is None:
@@ -255,6 +229,30 @@ def _check_retention(homeserver: Mapping[str, Any], policy: PolicyConfig, findin
                 f"set redaction_retention_period: {audit}",
             )
         )
+
+
+def _check_purge_bound(
+    retention: Mapping[str, Any], bound: str, audit_ms: int, findings: list[Finding]
+) -> None:
+    key = f"retention.{bound}"
+    audit = _duration_text(audit_ms)
+    fix = f"set {key}: {audit}"
+    if retention.get(bound) is None:
+        problem = (
+            "not set, so rooms that announce the device tier are purged before the audit tier ends"
+            if bound == "allowed_lifetime_min"
+            else "not set, so rooms that announce a longer lifetime keep history beyond the audit tier"
+        )
+        findings.append(Finding(key, f"{problem} ({audit})", fix))
+        return
+    value = _ms(retention[bound], key, findings)
+    if value is None or value == audit_ms:
+        return
+    if value < audit_ms:
+        problem = f"{_duration_text(value)} lets history be purged before the audit tier ({audit}) ends"
+    else:
+        problem = f"{_duration_text(value)} lets history be kept beyond the audit tier ({audit})"
+    findings.append(Finding(key, problem, fix))
 
 
 def _check_purge_jobs(jobs: Any, device_ms: int, findings: list[Finding]) -> None:

@@ -141,8 +141,10 @@ def normalise_server_name(value: Any, path: tuple[str, ...]) -> str:
         except ValueError:
             pass
         else:
-            host = host.lower()
-            return host if port is None else f"{host}:{port}"
+            if port is None:
+                return host.lower()
+            if 0 < port < 65536:
+                return f"{host.lower()}:{port}"
     raise _fail(path, "a Matrix server name such as 'polizei-by.example' or 'hs.example:8448'", value)
 
 
@@ -196,10 +198,15 @@ def _parse_retention(raw: Any) -> RetentionConfig:
     if "audit_lifetime" in section:
         audit = parse_duration(section["audit_lifetime"], ("retention", "audit_lifetime"))
     if device > audit:
+        # Name the key the operator wrote: the one that is not at its default.
+        if "device_lifetime" in section:
+            key, expected, found = "device_lifetime", f"at most retention.audit_lifetime ({audit}s)", device
+        else:
+            key, expected, found = "audit_lifetime", f"at least retention.device_lifetime ({device}s)", audit
         raise ConfigError(
-            f"retention.device_lifetime: expected at most retention.audit_lifetime "
-            f"({audit}s), got {device}s; content must leave devices before it leaves the audit archive",
-            path=("retention", "device_lifetime"),
+            f"retention.{key}: expected {expected}, got {found}s; content must leave devices "
+            "before it leaves the audit archive",
+            path=("retention", key),
         )
     return RetentionConfig(device_lifetime=device, audit_lifetime=audit)
 

@@ -1,0 +1,73 @@
+"""``python -m bench [NAME ...]``: run every benchmark entry, or the named ones.
+
+New benchmarks add themselves to ``ENTRIES``. Missing a target is a result,
+not a failure: the exit code is non-zero only when a benchmark could not run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import traceback
+from collections.abc import Callable
+
+import attrs
+
+from . import module_overhead
+
+
+@attrs.frozen
+class Entry:
+    name: str
+    run: Callable[[], None]
+    summary: str
+
+
+ENTRIES: list[Entry] = [
+    Entry("module_overhead", module_overhead.main, "cost of the policy module on the message path"),
+]
+
+
+def machine() -> str:
+    """What the figures were measured on; nproc matters because client and Synapse share the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    system = f"{platform.system()} {platform.release()}"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"nproc={cores}, {platform.machine()}, {system}, Python {platform.python_version()}, "
+        f"load average before start {load} (other work on the cores skews the figures)"
+    )
+
+
+def main(argv: list[str]) -> int:
+    wanted = set(argv)
+    unknown = wanted - {entry.name for entry in ENTRIES}
+    if unknown:
+        names = ", ".join(entry.name for entry in ENTRIES)
+        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; available: {names}", file=sys.stderr)
+        return 2
+    print(f"command: {shlex.join([sys.executable, '-m', 'bench', *argv])}")
+    print(f"machine: {machine()}")
+    failed: list[str] = []
+    for entry in ENTRIES:
+        if wanted and entry.name not in wanted:
+            continue
+        print(f"\n=== {entry.name}: {entry.summary} ===", flush=True)
+        try:
+            entry.run()
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception:
+            traceback.print_exc()
+            failed.append(entry.name)
+    if failed:
+        print(f"\nbenchmark(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

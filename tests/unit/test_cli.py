@@ -1,0 +1,144 @@
+"""`police-policy check-config FILE` as the operator runs it: exit codes and output."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devtools.homeserver import HomeserverSpec, write_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FINDING_LINE = re.compile(r"^(?P<key>[A-Za-z_][\w.\[\]]*): .+\. Fix: .+$")
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "synapse_police_policy.cli", "check-config", str(path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def homeserver_yaml(tmp_path: Path) -> Path:
+    spec = HomeserverSpec(
+        directory=tmp_path / "hs",
+        server_name="hs.test",
+        http_port=8008,
+        module_config={"federation": {"allowed_servers": ["other.test"]}},
+    )
+    return write_config(spec)
+
+
+def rewrite(path: Path, change: dict[str, Any], remove: tuple[str, ...] = ()) -> Path:
+    config = yaml.safe_load(path.read_text(encoding="utf8"))
+    config.update(change)
+    for key in remove:
+        del config[key]
+    path.write_text(yaml.safe_dump(config), encoding="utf8")
+    return path
+
+
+def test_consistent_file(homeserver_yaml: Path) -> None:
+    result = check_config(homeserver_yaml)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{homeserver_yaml}: consistent with the police policy"]
+    assert result.stderr == ""
+
+
+def test_file_with_problems(homeserver_yaml: Path) -> None:
+    rewrite(homeserver_yaml, {"url_preview_enabled": True}, remove=("trusted_key_servers",))
+
+    result = check_config(homeserver_yaml)
+
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert FINDING_LINE.match(line), line
+    assert [FINDING_LINE.match(line)["key"] for line in lines] == [
+        "trusted_key_servers",
+        "url_preview_enabled",
+    ]
+    assert lines[1] == (
+        "url_preview_enabled: URL previews make the server fetch links from messages, leaking them. "
+        "Fix: set url_preview_enabled: false"
+    )
+    assert "consistent" not in result.stdout
+    assert f"{homeserver_yaml}: 2 setting(s) contradict the police policy" in result.stderr
+
+
+def test_file_with_invalid_module_config(homeserver_yaml: Path) -> None:
+    config = yaml.safe_load(homeserver_yaml.read_text(encoding="utf8"))
+    config["modules"][0]["config"] = {"rooms": {"allowed_join_rules": ["public"]}}
+    homeserver_yaml.write_text(yaml.safe_dump(config), encoding="utf8")
+
+    result = check_config(homeserver_yaml)
+
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("modules[0].config: rooms.allowed_join_rules[0]: expected one of ")
+    assert all(FINDING_LINE.match(line) for line in lines)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+
+    result = check_config(missing)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"{missing}: cannot read the file: No such file or directory" in result.stderr
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("server_name: hs.test\nmodules: [\n  - {module: x\n", encoding="utf8")
+
+    result = check_config(path)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"{path}: not valid YAML" in result.stderr
+
+
+def test_yaml_list_instead_of_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- server_name: hs.test\n- modules: []\n", encoding="utf8")
+
+    result = check_config(path)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"{path}: expected a homeserver config (a YAML mapping), got list" in result.stderr
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("", encoding="utf8")
+
+    result = check_config(path)
+
+    assert result.returncode == 2
+    assert "expected a homeserver config (a YAML mapping), got NoneType" in result.stderr
+
+
+def test_missing_argument_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "synapse_police_policy.cli", "check-config"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "HOMESERVER_YAML" in result.stderr

@@ -1,0 +1,266 @@
+"""parse_config: defaults, the commented default file, and every error path.
+
+Each error must be a Synapse ConfigError whose message starts with the full
+key path, says what was expected and shows what was found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from synapse.config._base import ConfigError
+
+from synapse_police_policy.config import (
+    KNOWN_HISTORY_VISIBILITY,
+    KNOWN_JOIN_RULES,
+    PolicyConfig,
+    parse_config,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_POLICY_FILE = REPO_ROOT / "config" / "police_policy.yaml"
+
+SECTIONS = ("rooms", "federation", "retention", "devices", "media", "auditor")
+DURATION_EXPECTED = "expected a duration such as '7d' (units s, m, h, d, w)"
+SERVER_EXPECTED = "expected a Matrix server name such as 'polizei-by.example' or 'hs.example:8448'"
+
+
+def config_error(raw: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return info.value.msg
+
+
+# --- defaults ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [{}, None], ids=["empty-mapping", "null"])
+def test_defaults(raw: Any) -> None:
+    config = parse_config(raw)
+
+    assert config.retention.device_lifetime == 604800  # 7d
+    assert config.retention.audit_lifetime == 7776000  # 90d
+    assert config.rooms.allowed_join_rules == frozenset({"invite"})
+    assert config.rooms.default_history_visibility == "shared"
+    assert config.rooms.refuse_unencrypted_messages is True
+    assert config.federation.allowed_servers == frozenset()
+    assert config == PolicyConfig()
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+@pytest.mark.parametrize("value", [{}, None], ids=["empty-mapping", "null"])
+def test_empty_sections_mean_defaults(section: str, value: Any) -> None:
+    assert parse_config({section: value}) == PolicyConfig()
+
+
+def test_commented_default_policy_file_parses_to_the_defaults() -> None:
+    raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text(encoding="utf8"))
+
+    # every section is spelled out in the file, so it documents all of them
+    assert set(raw) == set(SECTIONS)
+    assert parse_config(raw) == PolicyConfig()
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config({})
+    with pytest.raises(AttributeError):
+        config.retention.device_lifetime = 1  # type: ignore[misc]
+
+
+# --- accepted values ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("2h", 7200), ("7d", 604800), ("2w", 1209600), ("13w", 13 * 604800)],
+)
+def test_durations_in_every_unit(text: str, seconds: int) -> None:
+    config = parse_config({"retention": {"device_lifetime": text, "audit_lifetime": "13w"}})
+    assert config.retention.device_lifetime == seconds
+
+
+def test_device_lifetime_may_equal_audit_lifetime() -> None:
+    config = parse_config({"retention": {"device_lifetime": "30d", "audit_lifetime": "30d"}})
+    assert config.retention.device_lifetime == config.retention.audit_lifetime == 30 * 86400
+
+
+def test_rooms_section_values() -> None:
+    config = parse_config(
+        {
+            "rooms": {
+                "allowed_join_rules": ["invite", "knock", "restricted", "knock_restricted"],
+                "default_history_visibility": "joined",
+                "refuse_unencrypted_messages": False,
+            }
+        }
+    )
+    assert config.rooms.allowed_join_rules == frozenset({"invite", "knock", "restricted", "knock_restricted"})
+    assert config.rooms.default_history_visibility == "joined"
+    assert config.rooms.refuse_unencrypted_messages is False
+
+
+@pytest.mark.parametrize("visibility", sorted(KNOWN_HISTORY_VISIBILITY))
+def test_every_member_only_history_visibility_is_accepted(visibility: str) -> None:
+    config = parse_config({"rooms": {"default_history_visibility": visibility}})
+    assert config.rooms.default_history_visibility == visibility
+
+
+def test_server_names_are_normalised() -> None:
+    config = parse_config(
+        {"federation": {"allowed_servers": ["Polizei-BY.example:8448", "POLIZEI-NRW.example", "[::1]:8448"]}}
+    )
+    assert config.federation.allowed_servers == frozenset(
+        {"polizei-by.example:8448", "polizei-nrw.example", "[::1]:8448"}
+    )
+
+
+# --- unknown keys ------------------------------------------------------------
+
+
+def test_unknown_top_level_key() -> None:
+    msg = config_error({"room": {}})
+    assert msg.startswith("room: unknown key")
+    for section in SECTIONS:
+        assert section in msg  # lists what is expected
+
+
+@pytest.mark.parametrize(
+    ("section", "known"),
+    [
+        ("rooms", ["allowed_join_rules", "default_history_visibility", "refuse_unencrypted_messages"]),
+        ("federation", ["allowed_servers"]),
+        ("retention", ["audit_lifetime", "device_lifetime"]),
+        ("devices", []),
+        ("media", []),
+        ("auditor", []),
+    ],
+)
+def test_unknown_key_in_each_section(section: str, known: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({section: {"bogus_key": 1}})
+
+    msg = info.value.msg
+    assert msg.startswith(f"{section}.bogus_key: unknown key; expected one of: ")
+    assert msg.endswith(", ".join(known) if known else "(none yet)")
+    assert tuple(info.value.path) == (section, "bogus_key")
+
+
+# --- wrong types -------------------------------------------------------------
+
+
+def test_top_level_not_a_mapping() -> None:
+    msg = config_error(["rooms"])
+    assert msg == "module config: expected a mapping, got ['rooms']"
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+@pytest.mark.parametrize("value", [["a"], "text", 3])
+def test_section_not_a_mapping(section: str, value: Any) -> None:
+    msg = config_error({section: value})
+    assert msg == f"{section}: expected a mapping, got {value!r}"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("rooms", "allowed_join_rules"), ("federation", "allowed_servers")],
+)
+@pytest.mark.parametrize("value", ["invite", {"invite": True}, None])
+def test_list_expected(section: str, key: str, value: Any) -> None:
+    msg = config_error({section: {key: value}})
+    assert msg == f"{section}.{key}: expected a list, got {value!r}"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None, "true"])
+def test_bool_expected(value: Any) -> None:
+    msg = config_error({"rooms": {"refuse_unencrypted_messages": value}})
+    assert msg == f"rooms.refuse_unencrypted_messages: expected true or false, got {value!r}"
+
+
+# --- durations ---------------------------------------------------------------
+
+
+def test_spec_example_duration_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"retention": {"device_lifetime": "seven days"}})
+
+    assert info.value.msg == (
+        "retention.device_lifetime: expected a duration such as '7d' (units s, m, h, d, w), got 'seven days'"
+    )
+    assert tuple(info.value.path) == ("retention", "device_lifetime")
+
+
+@pytest.mark.parametrize("key", ["device_lifetime", "audit_lifetime"])
+@pytest.mark.parametrize("value", ["seven days", 7, "0d", "-1d", "7x", "7", "d", "1.5d", "07d", None, True])
+def test_bad_durations(key: str, value: Any) -> None:
+    msg = config_error({"retention": {key: value}})
+    assert msg == f"retention.{key}: {DURATION_EXPECTED}, got {value!r}"
+
+
+def test_device_lifetime_longer_than_audit_lifetime() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"retention": {"device_lifetime": "100d", "audit_lifetime": "90d"}})
+
+    msg = info.value.msg
+    assert msg.startswith("retention.device_lifetime: expected at most retention.audit_lifetime")
+    assert "(7776000s)" in msg  # what was expected
+    assert "got 8640000s" in msg  # what was found
+    assert tuple(info.value.path) == ("retention", "device_lifetime")
+
+
+def test_audit_lifetime_shorter_than_default_device_lifetime() -> None:
+    """Only audit_lifetime was written, so the error names it, not the default it clashes with."""
+    msg = config_error({"retention": {"audit_lifetime": "1d"}})
+    assert msg.startswith("retention.audit_lifetime: expected at least retention.device_lifetime (604800s)")
+    assert "got 86400s" in msg
+
+
+# --- rooms values ------------------------------------------------------------
+
+
+def test_public_join_rule_refused() -> None:
+    msg = config_error({"rooms": {"allowed_join_rules": ["invite", "public"]}})
+    assert msg.startswith("rooms.allowed_join_rules[1]: expected one of ")
+    assert msg.endswith("got 'public'")
+    for rule in KNOWN_JOIN_RULES:
+        assert rule in msg
+    assert "public," not in msg  # never offered as an option
+
+
+@pytest.mark.parametrize("entry", ["Invite", 1, None, ["invite"]])
+def test_join_rule_entries_must_be_known_strings(entry: Any) -> None:
+    msg = config_error({"rooms": {"allowed_join_rules": ["invite", entry]}})
+    assert msg.startswith("rooms.allowed_join_rules[1]: expected one of ")
+    assert msg.endswith(f"got {entry!r}")
+
+
+@pytest.mark.parametrize("rules", [["knock"], ["restricted", "knock_restricted"], []])
+def test_allowed_join_rules_without_invite(rules: list[str]) -> None:
+    msg = config_error({"rooms": {"allowed_join_rules": rules}})
+    assert msg == (
+        "rooms.allowed_join_rules: expected a list that includes 'invite' "
+        f"(the rule the module gives rooms that ask for none), got {rules!r}"
+    )
+
+
+@pytest.mark.parametrize("value", ["world_readable", "public", "", 1])
+def test_bad_default_history_visibility(value: Any) -> None:
+    msg = config_error({"rooms": {"default_history_visibility": value}})
+    assert msg == f"rooms.default_history_visibility: expected one of invited, joined, shared, got {value!r}"
+
+
+# --- federation values -------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["not a server!", "", 123, "host:", "a..b", "host:port", None])
+def test_malformed_server_names(bad: Any) -> None:
+    msg = config_error({"federation": {"allowed_servers": ["ok.example", bad]}})
+    assert msg == f"federation.allowed_servers[1]: {SERVER_EXPECTED}, got {bad!r}"
+
+
+@pytest.mark.parametrize("bad", ["host:99999", "host:0", "host:-1"])
+def test_out_of_range_ports_are_malformed_server_names(bad: str) -> None:
+    msg = config_error({"federation": {"allowed_servers": [bad]}})
+    assert msg == f"federation.allowed_servers[0]: {SERVER_EXPECTED}, got {bad!r}"
