@@ -8,8 +8,10 @@ it answers, creates users through the shared-secret admin API and stops it.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -26,6 +28,10 @@ from typing import Any
 
 import attrs
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from signedjson.key import generate_signing_key, write_signing_keys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +100,8 @@ class HomeserverSpec:
     http_port: int
     metrics_port: int | None = None
     bind_address: str = "127.0.0.1"
+    #: TLS federation listener on bind_address (self-signed certificate); None: no federation
+    federation_port: int | None = None
     #: config of the police policy module; None starts Synapse without it
     module_config: dict[str, Any] | None = attrs.field(factory=dict)
     #: Synapse ``database`` section; None means SQLite in ``directory``
@@ -174,6 +182,29 @@ def write_config(spec: HomeserverSpec) -> Path:
             "resources": [{"names": ["client", "federation"], "compress": False}],
         }
     ]
+    federation: dict[str, Any] = {}
+    if spec.federation_port is not None:
+        certificate, key = _self_signed_certificate(directory, spec.bind_address)
+        listeners.append(
+            {
+                "port": spec.federation_port,
+                "bind_addresses": [spec.bind_address],
+                "type": "http",
+                "tls": True,
+                "resources": [{"names": ["federation"], "compress": False}],
+            }
+        )
+        # Peers on this machine: loopback addresses, self-signed certificates.
+        federation = {
+            "tls_certificate_path": str(certificate),
+            "tls_private_key_path": str(key),
+            "federation_verify_certificates": False,
+            "ip_range_whitelist": ["127.0.0.0/8"],
+            # Server names that are IP literals are checked against this list
+            # only (the whitelist above does not apply to them).
+            "federation_ip_range_blacklist": [],
+            "trusted_key_servers": [],
+        }
     if spec.metrics_port is not None:
         listeners.append(
             {"port": spec.metrics_port, "bind_addresses": [spec.bind_address], "type": "metrics"}
@@ -197,6 +228,7 @@ def write_config(spec: HomeserverSpec) -> Path:
         "enable_metrics": spec.metrics_port is not None,
         "modules": [],
     }
+    config.update(federation)
     module_config = spec.module_config
     if module_config is not None:
         config["modules"] = [{"module": MODULE_CLASS, "config": module_config}]
@@ -208,6 +240,36 @@ def write_config(spec: HomeserverSpec) -> Path:
     path = directory / "homeserver.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def _self_signed_certificate(directory: Path, address: str) -> tuple[Path, Path]:
+    """A certificate for the federation listener, made once per directory."""
+    certificate_path, key_path = directory / "tls.crt", directory / "tls.key"
+    if certificate_path.exists() and key_path.exists():
+        return certificate_path, key_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_path.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    certificate_path.write_bytes(certificate.public_bytes(pem))
+    return certificate_path, key_path
 
 
 class SynapseError(RuntimeError):

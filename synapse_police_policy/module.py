@@ -10,9 +10,15 @@ from synapse.events import EventBase
 from synapse.module_api import NOT_SPAM, ModuleApi
 from synapse.types import Requester
 
-from . import rooms
+from . import federation, rooms
 from .config import PolicyConfig, parse_config
 from .decisions import DecisionLog, Denial
+from .internals import guard_remote_media
+
+MEMBER = "m.room.member"
+#: how long a remote join is watched for (checks x interval)
+REMOTE_JOIN_CHECKS = 240
+REMOTE_JOIN_CHECK_INTERVAL_S = 0.5
 
 SpamAnswer = Literal["NOT_SPAM"] | tuple[Codes, dict[str, str]]
 
@@ -24,19 +30,28 @@ class PolicePolicy:
         self._config = config
         self._api = api
         self._decisions = DecisionLog(api.server_name)
+        self._allowed_servers = federation.allowed_set(api.server_name, config.federation.allowed_servers)
 
-        api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
+        api.register_third_party_rules_callbacks(
+            on_create_room=self.on_create_room,
+            check_event_allowed=self.check_event_allowed,
+        )
         api.register_spam_checker_callbacks(
             check_event_for_spam=self.check_event_for_spam,
+            should_drop_federated_event=self.should_drop_federated_event,
             user_may_publish_room=self.user_may_publish_room,
+            user_may_invite=self.user_may_invite,
+            federated_user_may_invite=self.federated_user_may_invite,
+            user_may_join_room=self.user_may_join_room,
         )
+        guard_remote_media(api, self.refuse_remote_media)
 
     @staticmethod
     def parse_config(raw: dict[str, Any]) -> PolicyConfig:
         return parse_config(raw)
 
     def _refuse(
-        self, denial: Denial, *, user: str, device: str | None = None, room: str | None = None
+        self, denial: Denial, *, user: str | None, device: str | None = None, room: str | None = None
     ) -> SpamAnswer:
         self._decisions.deny(denial, user=user, device=device, room=room)
         return (Codes(denial.errcode), denial.error_fields())
@@ -60,12 +75,15 @@ class PolicePolicy:
         ]
 
     async def check_event_for_spam(self, event: EventBase) -> SpamAnswer:
-        # Inbound federation PDUs come here too; the room rules govern what our
-        # own users send (federation rules are the federation section's job).
         if not self._api.is_mine(event.sender):
-            return NOT_SPAM
-        state_key = event.get_state_key()
-        denial = rooms.check_event(self._config.rooms, event.type, state_key, event.content)
+            # Inbound PDUs, also those pulled from a peer (backfill, missing
+            # events): a foreign sender's event is pruned and soft-failed, so it
+            # never reaches clients; the room rules govern our own users only.
+            denial = federation.check_remote_sender(self._allowed_servers, event.sender)
+            if denial is None:
+                return NOT_SPAM
+            return self._refuse(denial, user=event.sender, room=event.room_id)
+        denial = rooms.check_event(self._config.rooms, event.type, event.get_state_key(), event.content)
         if denial is None:
             return NOT_SPAM
         return self._refuse(
@@ -74,6 +92,79 @@ class PolicePolicy:
             device=getattr(event.internal_metadata, "device_id", None),
             room=event.room_id,
         )
+
+    async def should_drop_federated_event(self, event: EventBase) -> bool:
+        """Events of foreign senders in a transaction are dropped before storage."""
+        denial = federation.check_remote_sender(self._allowed_servers, event.sender)
+        if denial is None:
+            return False
+        self._decisions.deny(denial, user=event.sender, room=event.room_id)
+        return True
+
+    async def check_event_allowed(
+        self, event: EventBase, state: dict[tuple[str, str], EventBase]
+    ) -> tuple[bool, dict | None]:
+        """Events Synapse builds for remote users: make_join and make_knock."""
+        if event.type != MEMBER or self._api.is_mine(event.sender):
+            return True, None
+        denial = federation.check_remote_joiner(self._allowed_servers, event.sender)
+        if denial is None:
+            return True, None
+        self._decisions.deny(denial, user=event.sender, room=event.room_id)
+        raise denial.as_error()
+
+    async def user_may_invite(self, inviter: str, invitee: str, room_id: str) -> SpamAnswer:
+        denial = federation.check_invite_target(self._allowed_servers, invitee)
+        if denial is None:
+            return NOT_SPAM
+        return self._refuse(denial, user=inviter, room=room_id)
+
+    async def federated_user_may_invite(self, event: EventBase) -> SpamAnswer:
+        denial = federation.check_remote_inviter(self._allowed_servers, event.sender)
+        if denial is None:
+            return NOT_SPAM
+        return self._refuse(denial, user=event.sender, room=event.room_id)
+
+    async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> SpamAnswer:
+        joined = await self._joined_members(room_id)
+        if joined:
+            denial = federation.check_room_members(self._allowed_servers, joined)
+        elif not is_invited:
+            denial = federation.check_uninvited_unknown_room()
+        else:
+            # A first join into a remote room, on an invite from an allowed
+            # server: the members are known only once the join is through.
+            denial = None
+            self._api.run_as_background_process(
+                "police_policy_check_remote_join", self._undo_join_with_foreign_members, user_id, room_id
+            )
+        if denial is None:
+            return NOT_SPAM
+        return self._refuse(denial, user=user_id, room=room_id)
+
+    async def _joined_members(self, room_id: str) -> list[str]:
+        members = await self._api.get_room_state(room_id, [(MEMBER, None)])
+        return [event.state_key for event in members.values() if event.membership == "join"]
+
+    async def _undo_join_with_foreign_members(self, user_id: str, room_id: str) -> None:
+        """Wait for a remote join to land, then leave again if a member's server is not allowed."""
+        for _ in range(REMOTE_JOIN_CHECKS):
+            await self._api.sleep(REMOTE_JOIN_CHECK_INTERVAL_S)
+            joined = await self._joined_members(room_id)
+            if user_id not in joined:
+                continue
+            denial = federation.check_room_members(self._allowed_servers, joined)
+            if denial is not None:
+                self._decisions.deny(denial, user=user_id, room=room_id)
+                await self._api.update_room_membership(user_id, user_id, room_id, "leave")
+            return
+
+    def refuse_remote_media(self, server_name: str) -> SynapseError | None:
+        denial = federation.check_media_origin(self._allowed_servers, server_name)
+        if denial is None:
+            return None
+        self._decisions.deny(denial, user=None)
+        return denial.as_error()
 
     async def user_may_publish_room(self, user_id: str, room_id: str) -> SpamAnswer:
         return self._refuse(rooms.check_directory_publication(), user=user_id, room=room_id)

@@ -58,17 +58,24 @@ def start_homeserver(
         name: str,
         *,
         module_config: dict[str, Any] | None = None,
+        with_module: bool = True,
         extra: dict[str, Any] | None = None,
-        server_name: str | None = None,
+        federation_address: str | None = None,
     ) -> Homeserver:
+        """``federation_address`` (a loopback address such as 127.0.0.2) adds a
+        TLS federation listener there; the server name is then address:port."""
         safe = re.sub(r"[^a-z0-9_]", "_", name.lower())
         database = postgres.create_database(f"{safe}_{uuid.uuid4().hex[:6]}") if postgres else None
+        bind = federation_address or "127.0.0.1"
+        federation_port = free_port(bind) if federation_address else None
         spec = HomeserverSpec(
             directory=tmp_path_factory.mktemp(safe),
-            server_name=server_name or f"{safe.replace('_', '-')}.test",
-            http_port=free_port(),
-            metrics_port=free_port(),
-            module_config={} if module_config is None else module_config,
+            server_name=f"{bind}:{federation_port}" if federation_port else f"{safe.replace('_', '-')}.test",
+            http_port=free_port(bind),
+            metrics_port=free_port(bind),
+            bind_address=bind,
+            federation_port=federation_port,
+            module_config=(module_config or {}) if with_module else None,
             database=database,
             extra=extra or {},
         )

@@ -1,0 +1,87 @@
+"""Closed federation: our users talk to allow-listed police homeservers only.
+
+Pure functions over server names. The allowlist is a frozenset of normalised
+names (host lower-cased, port kept) and every check is one set lookup, because
+some run on every inbound federated event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .decisions import Denial, quote
+
+
+def server_of(user_id: str) -> str:
+    """The normalised server name of a Matrix user ID ('@a:Host:8448' -> 'host:8448')."""
+    return user_id.partition(":")[2].lower()
+
+
+def allowed_set(own_server: str, allowed_servers: Iterable[str]) -> frozenset[str]:
+    """The servers we may talk to: the configured ones and always our own."""
+    return frozenset({own_server.lower(), *allowed_servers})
+
+
+def _not_allowed(rule: str, server: str, what: str) -> Denial:
+    return Denial(rule, f"{what}: server {quote(server)} is not an allowed police homeserver.")
+
+
+def check_invite_target(allowed: frozenset[str], invitee: str) -> Denial | None:
+    """A local user invites ``invitee``."""
+    server = server_of(invitee)
+    if server in allowed:
+        return None
+    return _not_allowed("federation.invite", server, f"Cannot invite {quote(invitee)}")
+
+
+def check_remote_inviter(allowed: frozenset[str], inviter: str) -> Denial | None:
+    """An invite arrives over federation from ``inviter``."""
+    server = server_of(inviter)
+    if server in allowed:
+        return None
+    return _not_allowed("federation.invite", server, f"Invites from {quote(inviter)} are refused")
+
+
+def check_room_members(allowed: frozenset[str], member_ids: Iterable[str]) -> Denial | None:
+    """A local user joins a room whose current members are ``member_ids``."""
+    foreign = sorted({server_of(user_id) for user_id in member_ids} - allowed)
+    if not foreign:
+        return None
+    return _not_allowed("federation.join", foreign[0], "Cannot join a room with members of a foreign server")
+
+
+def check_uninvited_unknown_room() -> Denial:
+    """A local user joins, without an invite, a room this server is not in.
+
+    Its members cannot be known before joining, so such joins are refused;
+    invites reach our users only from allowed servers.
+    """
+    return Denial(
+        "federation.join",
+        "Cannot join a room this server is not part of without an invite: its members "
+        "cannot be checked against the allowed police homeservers.",
+    )
+
+
+def check_remote_joiner(allowed: frozenset[str], user_id: str) -> Denial | None:
+    """A remote user asks to join (or knock on) a local room."""
+    server = server_of(user_id)
+    if server in allowed:
+        return None
+    return _not_allowed("federation.join", server, f"{quote(user_id)} cannot join rooms on this server")
+
+
+def check_remote_sender(allowed: frozenset[str], sender: str) -> Denial | None:
+    """An event arrives over federation, directly or relayed by another server."""
+    server = server_of(sender)
+    if server in allowed:
+        return None
+    return _not_allowed("federation.event", server, "Event dropped")
+
+
+def check_media_origin(allowed: frozenset[str], server_name: str) -> Denial | None:
+    """Media of ``server_name`` is to be fetched or served."""
+    server = server_name.lower()
+    if server in allowed:
+        return None
+    return _not_allowed("federation.media", server, "Media refused")

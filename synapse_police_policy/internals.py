@@ -1,0 +1,45 @@
+"""The one place that reaches into Synapse's private objects.
+
+Synapse offers no module callback before it fetches remote media (the
+media spam check runs after the download). Guarding the media repository's
+two entry points for remote media keeps foreign media from being fetched at
+all. Private APIs change between releases: ``tests/integration/
+test_federation.py::test_foreign_media_is_never_fetched`` pins this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from synapse.api.errors import SynapseError
+from synapse.module_api import ModuleApi
+
+#: returns the error to raise when media of the given server must not be fetched
+RemoteMediaGate = Callable[[str], SynapseError | None]
+
+
+def guard_remote_media(api: ModuleApi, refuse: RemoteMediaGate) -> bool:
+    """Wrap the media repository of this process; False where it has none."""
+    hs = api._hs
+    if not hs.config.media.can_load_media_repo:
+        return False
+    repository = hs.get_media_repository()
+    get_remote_media = repository.get_remote_media
+    get_remote_media_info = repository.get_remote_media_info
+
+    async def guarded_get_remote_media(request: Any, server_name: str, *args: Any, **kwargs: Any) -> None:
+        error = refuse(server_name)
+        if error is not None:
+            raise error
+        return await get_remote_media(request, server_name, *args, **kwargs)
+
+    async def guarded_get_remote_media_info(server_name: str, *args: Any, **kwargs: Any) -> Any:
+        error = refuse(server_name)
+        if error is not None:
+            raise error
+        return await get_remote_media_info(server_name, *args, **kwargs)
+
+    repository.get_remote_media = guarded_get_remote_media
+    repository.get_remote_media_info = guarded_get_remote_media_info
+    return True

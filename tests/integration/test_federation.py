@@ -1,0 +1,263 @@
+"""Closed federation with three real homeservers on this machine: ours (with
+the module), an allowed peer and a foreign server, each on its own loopback
+address with a TLS federation listener. Every scenario runs twice: with
+Synapse's federation_domain_whitelist set on our server, and without it, so the
+module has to hold on its own."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+import uuid
+
+import pytest
+from nio import RoomMessageText
+
+from devtools.homeserver import Homeserver
+from tests import e2ee
+from tests.conftest import Account
+from tests.integration.test_canary import server_bytes
+from tests.integration.test_decision_log import decisions_for
+
+
+@pytest.fixture(scope="module")
+def peer(start_homeserver) -> Homeserver:
+    return start_homeserver("peer", with_module=False, federation_address="127.0.0.3")
+
+
+@pytest.fixture(scope="module")
+def foreign(start_homeserver) -> Homeserver:
+    return start_homeserver("foreign", with_module=False, federation_address="127.0.0.4")
+
+
+@pytest.fixture(scope="module", params=["with_whitelist", "module_alone"])
+def ours(request, start_homeserver, peer) -> Homeserver:
+    module_config = {"federation": {"allowed_servers": [peer.server_name]}}
+    if request.param == "with_whitelist":
+        return start_homeserver("ours_fed", module_config=module_config, federation_address="127.0.0.2")
+    return start_homeserver(
+        "ours_alone",
+        module_config=module_config,
+        federation_address="127.0.0.5",
+        extra={"federation_domain_whitelist": None},
+    )
+
+
+def account(hs: Homeserver, prefix: str) -> Account:
+    localpart = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    token = hs.register_user(localpart, password)
+    assert token is not None
+    return Account(localpart, hs.user_id(localpart), password, token)
+
+
+def create_room(hs: Homeserver, user: Account, **request) -> str:
+    status, body = hs.request("POST", "/_matrix/client/v3/createRoom", request, token=user.token)
+    assert status == 200, body
+    return body["room_id"]
+
+
+def invite(hs: Homeserver, user: Account, room_id: str, invitee: str) -> tuple[int, dict]:
+    return hs.request(
+        "POST", f"/_matrix/client/v3/rooms/{room_id}/invite", {"user_id": invitee}, token=user.token
+    )
+
+
+def join(hs: Homeserver, user: Account, room_id: str, via: str | None = None) -> tuple[int, dict]:
+    query = f"?server_name={urllib.parse.quote(via)}" if via else ""
+    return hs.request("POST", f"/_matrix/client/v3/join/{room_id}{query}", {}, token=user.token)
+
+
+def send_text(hs: Homeserver, user: Account, room_id: str, body: str) -> str:
+    status, answer = hs.request(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{uuid.uuid4().hex}",
+        {"msgtype": "m.text", "body": body},
+        token=user.token,
+    )
+    assert status == 200, answer
+    return answer["event_id"]
+
+
+def members(hs: Homeserver, user: Account, room_id: str) -> dict[str, str]:
+    status, body = hs.request("GET", f"/_matrix/client/v3/rooms/{room_id}/members", token=user.token)
+    assert status == 200, body
+    return {event["state_key"]: event["content"]["membership"] for event in body["chunk"]}
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(0.3)
+
+
+def invited_rooms(hs: Homeserver, user: Account) -> set[str]:
+    status, body = hs.request("GET", "/_matrix/client/v3/sync?timeout=0", token=user.token)
+    assert status == 200, body
+    return set(body.get("rooms", {}).get("invite", {}))
+
+
+async def test_allowed_peer_e2ee_both_directions(ours, peer, tmp_path):
+    alice, bob = account(ours, "alice"), account(peer, "bob")
+    alice_client = await e2ee.login(ours, alice.localpart, alice.password, tmp_path / "alice")
+    bob_client = await e2ee.login(peer, bob.localpart, bob.password, tmp_path / "bob")
+    try:
+        for host, guest in ((alice_client, bob_client), (bob_client, alice_client)):
+            encryption = {
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+            }
+            room_id = await e2ee.create_room(host, initial_state=[encryption])
+            await e2ee.invite_and_join(host, guest, room_id)
+            for sender, receiver in ((host, guest), (guest, host)):
+                text = f"Lagebild {uuid.uuid4().hex}"
+                await e2ee.sync_until(
+                    sender, lambda s=sender, r=receiver, room=room_id: r.user_id in s.rooms[room].users
+                )
+                event_id = await e2ee.send(sender, room_id, {"msgtype": "m.text", "body": text})
+                [received] = await e2ee.receive(receiver, room_id, event_id, timeout=60)
+                assert isinstance(received, RoomMessageText), received
+                assert received.body == text
+    finally:
+        await alice_client.close()
+        await bob_client.close()
+
+
+def test_invites_to_foreign_users_are_refused(ours, foreign):
+    alice, carol = account(ours, "alice"), account(foreign, "carol")
+    room_id = create_room(ours, alice)
+    status, body = invite(ours, alice, room_id, carol.user_id)
+    assert status == 403, body
+    assert body["errcode"] == "M_FORBIDDEN"
+    assert foreign.server_name in body["error"]
+    [entry] = [e for e in decisions_for(ours, alice.user_id) if e["rule"] == "federation.invite"]
+    assert entry["room"] == room_id
+
+
+def test_invites_from_foreign_users_never_arrive(ours, foreign):
+    alice, carol = account(ours, "alice"), account(foreign, "carol")
+    room_id = create_room(foreign, carol)
+    status, body = invite(foreign, carol, room_id, alice.user_id)
+    assert status != 200, body
+    assert room_id not in invited_rooms(ours, alice)
+
+
+def test_foreign_users_cannot_join_our_rooms(ours, foreign):
+    alice, carol = account(ours, "alice"), account(foreign, "carol")
+    room_id = create_room(ours, alice)
+    status, body = join(foreign, carol, room_id, via=ours.server_name)
+    assert status != 200, body
+    assert carol.user_id not in members(ours, alice, room_id)
+
+
+def test_our_users_cannot_join_foreign_rooms(ours, foreign):
+    alice, carol = account(ours, "alice"), account(foreign, "carol")
+    room_id = create_room(foreign, carol, preset="public_chat")
+    status, body = join(ours, alice, room_id, via=foreign.server_name)
+    assert status == 403, body
+    assert body["errcode"] == "M_FORBIDDEN"
+
+
+def test_remote_join_refusal_names_the_server(ours, foreign):
+    """Where the module answers (whitelist unset), its message names the server."""
+    alice, carol = account(ours, "alice"), account(foreign, "carol")
+    room_id = create_room(ours, alice)
+    status, body = join(foreign, carol, room_id, via=ours.server_name)
+    assert status != 200
+    if ours.spec.extra.get("federation_domain_whitelist", "unset") is None:
+        assert status == 403, body
+        assert foreign.server_name in body["error"], body
+        assert any(e["rule"] == "federation.join" for e in decisions_for(ours, carol.user_id))
+
+
+def test_our_users_cannot_join_a_peer_room_with_foreign_members(ours, peer, foreign, request):
+    if ours.spec.extra.get("federation_domain_whitelist", "unset") is not None:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="with federation_domain_whitelist set, our server cannot fetch the foreign "
+                "server's keys, drops the foreign member's join from the state it learns at join "
+                "time, and so the module never sees the foreign member (open in issue 3)",
+            )
+        )
+    alice, bob, carol = account(ours, "alice"), account(peer, "bob"), account(foreign, "carol")
+    room_id = create_room(peer, bob)
+    assert invite(peer, bob, room_id, carol.user_id)[0] == 200
+    assert join(foreign, carol, room_id, via=peer.server_name)[0] == 200
+    assert invite(peer, bob, room_id, alice.user_id)[0] == 200
+    wait_for(lambda: room_id in invited_rooms(ours, alice), what="alice's invite")
+
+    join(ours, alice, room_id, via=peer.server_name)
+    # The join is refused, or undone at once: alice does not stay in the room.
+    wait_for(lambda: members(peer, bob, room_id).get(alice.user_id) != "join", what="alice not a member")
+    assert any(e["rule"] == "federation.join" for e in decisions_for(ours, alice.user_id))
+
+
+def test_foreign_messages_relayed_by_the_peer_never_reach_our_users(ours, peer, foreign, postgres):
+    alice, bob, carol = account(ours, "alice"), account(peer, "bob"), account(foreign, "carol")
+    room_id = create_room(peer, bob)
+    assert invite(peer, bob, room_id, alice.user_id)[0] == 200
+    wait_for(lambda: room_id in invited_rooms(ours, alice), what="alice's invite")
+    status, body = join(ours, alice, room_id, via=peer.server_name)
+    assert status == 200, body
+    # Only now does a foreign user join the peer's room and talk.
+    assert invite(peer, bob, room_id, carol.user_id)[0] == 200
+    assert join(foreign, carol, room_id, via=peer.server_name)[0] == 200
+    foreign_text = f"FOREIGN-{uuid.uuid4().hex}"
+    foreign_ids = {send_text(foreign, carol, room_id, foreign_text) for _ in range(2)}
+    wait_for(lambda: _peer_has(peer, bob, room_id, foreign_ids), what="the peer to receive carol's messages")
+    marker = send_text(peer, bob, room_id, f"after {uuid.uuid4().hex}")
+
+    # Without the whitelist the room keeps working: bob's later message arrives,
+    # so the foreign events were seen and dropped. With it, Synapse cannot
+    # verify the foreign events that bob's message refers to and holds the
+    # message back; then we watch alice's sync for a while instead.
+    whitelist = ours.spec.extra.get("federation_domain_whitelist", "unset") is not None
+    seen: set[str] = set()
+    since = None
+    deadline = time.monotonic() + (15 if whitelist else 60)
+    while marker not in seen:
+        if time.monotonic() > deadline:
+            assert whitelist, "bob's message after carol's never reached alice"
+            break
+        query = f"?timeout=1000&since={since}" if since else "?timeout=0"
+        status, body = ours.request("GET", f"/_matrix/client/v3/sync{query}", token=alice.token)
+        assert status == 200
+        since = body["next_batch"]
+        room = body.get("rooms", {}).get("join", {}).get(room_id, {})
+        seen |= {event["event_id"] for event in room.get("timeline", {}).get("events", [])}
+        assert foreign_text not in str(body)
+    assert not foreign_ids & seen
+    database, _ = server_bytes(ours, postgres)
+    assert foreign_text.encode() not in database, "foreign content must be dropped, not stored"
+
+
+def _peer_has(peer: Homeserver, bob: Account, room_id: str, event_ids: set[str]) -> bool:
+    return all(
+        peer.request("GET", f"/_matrix/client/v3/rooms/{room_id}/event/{event_id}", token=bob.token)[0] == 200
+        for event_id in event_ids
+    )
+
+
+def test_foreign_media_is_never_fetched(ours, foreign):
+    alice, carol = account(ours, "alice"), account(foreign, "carol")
+    status, body = foreign.request(
+        "POST", "/_matrix/media/v3/upload?filename=x.bin", {"not": "an image"}, token=carol.token
+    )
+    assert status == 200, body
+    media_id = body["content_uri"].rsplit("/", 1)[1]
+    for path in (
+        f"/_matrix/client/v1/media/download/{foreign.server_name}/{media_id}",
+        f"/_matrix/client/v1/media/thumbnail/{foreign.server_name}/{media_id}?width=32&height=32",
+    ):
+        status, body = ours.request("GET", path, token=alice.token)
+        assert status == 403, body
+        if ours.spec.extra.get("federation_domain_whitelist", "unset") is None:
+            assert foreign.server_name in body["error"]
+    requests_for_it = [
+        line for line in foreign.log_path.read_text().splitlines() if media_id in line and "GET" in line
+    ]
+    assert requests_for_it == [], "our server must not have asked for the file"
