@@ -22,24 +22,22 @@ def allowed_set(own_server: str, allowed_servers: Iterable[str]) -> frozenset[st
     return frozenset({own_server.lower(), *allowed_servers})
 
 
-def _not_allowed(rule: str, server: str, what: str) -> Denial:
+def _check(allowed: frozenset[str], server: str, rule: str, what: str) -> Denial | None:
+    if server in allowed:
+        return None
     return Denial(rule, f"{what}: server {quote(server)} is not an allowed police homeserver.")
 
 
 def check_invite_target(allowed: frozenset[str], invitee: str) -> Denial | None:
     """A local user invites ``invitee``."""
-    server = server_of(invitee)
-    if server in allowed:
-        return None
-    return _not_allowed("federation.invite", server, f"Cannot invite {quote(invitee)}")
+    return _check(allowed, server_of(invitee), "federation.invite", f"Cannot invite {quote(invitee)}")
 
 
 def check_remote_inviter(allowed: frozenset[str], inviter: str) -> Denial | None:
     """An invite arrives over federation from ``inviter``."""
-    server = server_of(inviter)
-    if server in allowed:
-        return None
-    return _not_allowed("federation.invite", server, f"Invites from {quote(inviter)} are refused")
+    return _check(
+        allowed, server_of(inviter), "federation.invite", f"Invites from {quote(inviter)} are refused"
+    )
 
 
 def check_room_members(allowed: frozenset[str], member_ids: Iterable[str]) -> Denial | None:
@@ -47,7 +45,9 @@ def check_room_members(allowed: frozenset[str], member_ids: Iterable[str]) -> De
     foreign = sorted({server_of(user_id) for user_id in member_ids} - allowed)
     if not foreign:
         return None
-    return _not_allowed("federation.join", foreign[0], "Cannot join a room with members of a foreign server")
+    return _check(
+        allowed, foreign[0], "federation.join", "Cannot join a room with members of a foreign server"
+    )
 
 
 def check_uninvited_unknown_room() -> Denial:
@@ -65,23 +65,16 @@ def check_uninvited_unknown_room() -> Denial:
 
 def check_remote_joiner(allowed: frozenset[str], user_id: str) -> Denial | None:
     """A remote user asks to join (or knock on) a local room."""
-    server = server_of(user_id)
-    if server in allowed:
-        return None
-    return _not_allowed("federation.join", server, f"{quote(user_id)} cannot join rooms on this server")
+    return _check(
+        allowed, server_of(user_id), "federation.join", f"{quote(user_id)} cannot join rooms on this server"
+    )
 
 
 def check_remote_sender(allowed: frozenset[str], sender: str) -> Denial | None:
     """An event arrives over federation, directly or relayed by another server."""
-    server = server_of(sender)
-    if server in allowed:
-        return None
-    return _not_allowed("federation.event", server, "Event dropped")
+    return _check(allowed, server_of(sender), "federation.event", "Event dropped")
 
 
 def check_media_origin(allowed: frozenset[str], server_name: str) -> Denial | None:
     """Media of ``server_name`` is to be fetched or served."""
-    server = server_name.lower()
-    if server in allowed:
-        return None
-    return _not_allowed("federation.media", server, "Media refused")
+    return _check(allowed, server_name.lower(), "federation.media", "Media refused")
