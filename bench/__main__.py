@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import attrs
 
-from . import module_overhead
+from . import federation_inbound, module_overhead
 
 
 @attrs.frozen
@@ -27,6 +27,11 @@ class Entry:
 
 ENTRIES: list[Entry] = [
     Entry("module_overhead", module_overhead.main, "cost of the policy module on the message path"),
+    Entry(
+        "federation_inbound",
+        federation_inbound.main,
+        "cost of the policy module on events arriving from an allowed peer",
+    ),
 ]
 
 

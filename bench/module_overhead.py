@@ -93,6 +93,12 @@ class Target:
     sender_key: str = attrs.field(factory=lambda: _unpadded_b64(32))
     session_id: str = attrs.field(factory=lambda: _unpadded_b64(32))
     results: list[RunResult] = attrs.field(factory=list)
+    #: where the sender sends, when not ``homeserver`` (a federating peer)
+    sender_homeserver: Homeserver | None = None
+
+    @property
+    def sender_url(self) -> str:
+        return (self.sender_homeserver or self.homeserver).url
 
 
 def _ok(status: int, body: Any, what: str) -> Any:
@@ -119,6 +125,12 @@ def set_up(label: str, hs: Homeserver) -> Target:
         "invite",
     )
     _ok(*hs.request("POST", f"{_room_path(room_id)}/join", {}, token=receiver_token), "join")
+    filter_id, since = sync_position(hs, room_id, receiver_id, receiver_token)
+    return Target(label, hs, room_id, sender_token, receiver_token, filter_id, since)
+
+
+def sync_position(hs: Homeserver, room_id: str, receiver_id: str, receiver_token: str) -> tuple[str, str]:
+    """The receiver's /sync filter for the room and where its incremental syncs start."""
     # Only this room's encrypted timeline, with a limit no batch reaches, so an
     # incremental sync is never "limited" and never skips an event.
     sync_filter = {
@@ -140,17 +152,18 @@ def set_up(label: str, hs: Homeserver) -> Target:
         *hs.request("GET", f"/_matrix/client/v3/sync?timeout=0&filter={filter_id}", token=receiver_token),
         "initial sync",
     )
-    return Target(label, hs, room_id, sender_token, receiver_token, filter_id, sync["next_batch"])
+    return filter_id, sync["next_batch"]
 
 
-def check_module(target: Target, *, loaded: bool) -> None:
-    """Make sure the A/B is what it claims: only the module refuses clear text."""
+def check_module(target: Target, *, loaded: bool, token: str | None = None) -> None:
+    """Make sure the A/B is what it claims: only the module refuses clear text
+    (sent by ``token``, a user of ``target.homeserver``; the sender by default)."""
     txn = f"probe-{next(_txn_counter)}"
     status, body = target.homeserver.request(
         "PUT",
         f"{_room_path(target.room_id)}/send/m.room.message/{txn}",
         {"msgtype": "m.text", "body": "clear text probe"},
-        token=target.sender_token,
+        token=token or target.sender_token,
     )
     if (status != 200) != loaded:
         expected = "refused" if loaded else "accepted"
@@ -212,7 +225,7 @@ async def send_all(
 ) -> None:
     """CONCURRENCY workers share one iterator, so requests stay in flight back to back."""
     headers = {"Authorization": f"Bearer {target.sender_token}"}
-    base = f"{target.homeserver.url}{_room_path(target.room_id)}/send/m.room.encrypted"
+    base = f"{target.sender_url}{_room_path(target.room_id)}/send/m.room.encrypted"
     pending: Iterator[str] = iter(ciphertexts)
 
     async def worker() -> None:
@@ -258,9 +271,11 @@ async def exchange(
     return sent, receiver.arrived
 
 
-async def one_run(session: aiohttp.ClientSession, target: Target) -> RunResult:
-    batch = _ciphertexts(MESSAGES)
-    sent, arrived = await exchange(session, target, [_ciphertexts(WARMUP), batch])
+async def one_run(
+    session: aiohttp.ClientSession, target: Target, messages: int = MESSAGES, warmup: int = WARMUP
+) -> RunResult:
+    batch = _ciphertexts(messages)
+    sent, arrived = await exchange(session, target, [_ciphertexts(warmup), batch])
     latencies = [(arrived[c] - sent[c]) * 1000 for c in batch]
     elapsed = max(arrived[c] for c in batch) - min(sent[c] for c in batch)
     return RunResult(
@@ -308,11 +323,19 @@ def report(without: Target, with_: Target) -> None:
         met = ratio >= THROUGHPUT_TARGET if field == "throughput" else ratio <= LATENCY_TARGET
         lines.append((name, f"{a:.1f}", f"{b:.1f}", f"{ratio:.3f}", target_text))
         verdicts.append(f"{name}: ratio {ratio:.3f} {target_text}: {'met' if met else 'MISSED'}")
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     print(
         f"\nmedian of {ROUNDS} rounds, {MESSAGES} messages each, {CONCURRENCY} sends in flight "
         "(ratio = with / without)"
     )
+    print_table(lines)
+    print()
+    for verdict in verdicts:
+        print(verdict)
+
+
+def print_table(lines: Sequence[tuple[str, ...]]) -> None:
+    """Aligned columns; the first line is the header, the first column the name."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for i, line in enumerate(lines):
         cells = [
             cell.ljust(w) if j == 0 else cell.rjust(w)
@@ -321,9 +344,6 @@ def report(without: Target, with_: Target) -> None:
         print(" | ".join(cells))
         if i == 0:
             print("-+-".join("-" * w for w in widths))
-    print()
-    for verdict in verdicts:
-        print(verdict)
 
 
 def main() -> None:
