@@ -46,14 +46,14 @@ from .module_overhead import (
     SYNC_TIMEOUT_MS,
     BenchError,
     Target,
-    _ciphertexts,
-    _median,
-    _ok,
-    _room_path,
     check_module,
+    ciphertexts,
     exchange,
+    median,
+    ok,
     one_run,
     print_table,
+    room_path,
     sync_position,
 )
 
@@ -100,7 +100,7 @@ def _spec(label: str, address: str, peer_name: str | None = None) -> HomeserverS
 
 
 def _invited(hs: Homeserver, token: str, room_id: str) -> bool:
-    sync = _ok(*hs.request("GET", "/_matrix/client/v3/sync?timeout=0", token=token), "sync")
+    sync = ok(*hs.request("GET", "/_matrix/client/v3/sync?timeout=0", token=token), "sync")
     return room_id in sync.get("rooms", {}).get("invite", {})
 
 
@@ -110,7 +110,7 @@ def set_up(label: str, peer: Homeserver, peer_token: str, hs: Homeserver) -> Tar
     if receiver_token is None:
         raise BenchError(f"{label}: bench user already exists on a fresh homeserver")
     encryption = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
-    room = _ok(
+    room = ok(
         *peer.request(
             "POST", "/_matrix/client/v3/createRoom", {"initial_state": [encryption]}, token=peer_token
         ),
@@ -118,8 +118,8 @@ def set_up(label: str, peer: Homeserver, peer_token: str, hs: Homeserver) -> Tar
     )
     room_id = room["room_id"]
     receiver_id = hs.user_id("receiver")
-    _ok(
-        *peer.request("POST", f"{_room_path(room_id)}/invite", {"user_id": receiver_id}, token=peer_token),
+    ok(
+        *peer.request("POST", f"{room_path(room_id)}/invite", {"user_id": receiver_id}, token=peer_token),
         "invite",
     )
     deadline = time.monotonic() + INVITE_TIMEOUT_S
@@ -129,7 +129,7 @@ def set_up(label: str, peer: Homeserver, peer_token: str, hs: Homeserver) -> Tar
         time.sleep(0.2)
     via = urllib.parse.quote(peer.server_name)
     join_path = f"/_matrix/client/v3/join/{urllib.parse.quote(room_id, safe='')}?server_name={via}"
-    _ok(*hs.request("POST", join_path, {}, token=receiver_token), "join over federation")
+    ok(*hs.request("POST", join_path, {}, token=receiver_token), "join over federation")
     filter_id, since = sync_position(hs, room_id, receiver_id, receiver_token)
     return Target(label, hs, room_id, peer_token, receiver_token, filter_id, since, sender_homeserver=peer)
 
@@ -139,7 +139,7 @@ async def measure(without: Target, with_: Target) -> None:
     timeout = aiohttp.ClientTimeout(total=SYNC_TIMEOUT_MS / 1000 + 30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         for target in (without, with_):
-            await exchange(session, target, [_ciphertexts(INITIAL_WARMUP)])
+            await exchange(session, target, [ciphertexts(INITIAL_WARMUP)])
         for round_no in range(ROUNDS):
             order = (without, with_) if round_no % 2 == 0 else (with_, without)
             for target in order:
@@ -162,7 +162,7 @@ def report(without: Target, with_: Target) -> None:
     lines: list[tuple[str, ...]] = [("metric", "without module", "with module", "ratio", "target")]
     verdicts: list[str] = []
     for name, field, target_text in rows:
-        a, b = _median(without.results, field), _median(with_.results, field)
+        a, b = median(without.results, field), median(with_.results, field)
         ratio = b / a
         lines.append((name, f"{a:.1f}", f"{b:.1f}", f"{ratio:.3f}", target_text))
         if field == "throughput":

@@ -101,13 +101,13 @@ class Target:
         return (self.sender_homeserver or self.homeserver).url
 
 
-def _ok(status: int, body: Any, what: str) -> Any:
+def ok(status: int, body: Any, what: str) -> Any:
     if status != 200:
         raise BenchError(f"{what} failed: HTTP {status} {body}")
     return body
 
 
-def _room_path(room_id: str) -> str:
+def room_path(room_id: str) -> str:
     return f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id, safe='')}"
 
 
@@ -117,14 +117,14 @@ def set_up(label: str, hs: Homeserver) -> Target:
     receiver_token = hs.register_user("receiver", PASSWORD)
     if sender_token is None or receiver_token is None:
         raise BenchError(f"{label}: bench users already exist on a fresh homeserver")
-    room = _ok(*hs.request("POST", "/_matrix/client/v3/createRoom", {}, token=sender_token), "createRoom")
+    room = ok(*hs.request("POST", "/_matrix/client/v3/createRoom", {}, token=sender_token), "createRoom")
     room_id = room["room_id"]
     receiver_id = hs.user_id("receiver")
-    _ok(
-        *hs.request("POST", f"{_room_path(room_id)}/invite", {"user_id": receiver_id}, token=sender_token),
+    ok(
+        *hs.request("POST", f"{room_path(room_id)}/invite", {"user_id": receiver_id}, token=sender_token),
         "invite",
     )
-    _ok(*hs.request("POST", f"{_room_path(room_id)}/join", {}, token=receiver_token), "join")
+    ok(*hs.request("POST", f"{room_path(room_id)}/join", {}, token=receiver_token), "join")
     filter_id, since = sync_position(hs, room_id, receiver_id, receiver_token)
     return Target(label, hs, room_id, sender_token, receiver_token, filter_id, since)
 
@@ -145,10 +145,8 @@ def sync_position(hs: Homeserver, room_id: str, receiver_id: str, receiver_token
         },
     }
     filter_path = f"/_matrix/client/v3/user/{urllib.parse.quote(receiver_id)}/filter"
-    filter_id = _ok(*hs.request("POST", filter_path, sync_filter, token=receiver_token), "filter")[
-        "filter_id"
-    ]
-    sync = _ok(
+    filter_id = ok(*hs.request("POST", filter_path, sync_filter, token=receiver_token), "filter")["filter_id"]
+    sync = ok(
         *hs.request("GET", f"/_matrix/client/v3/sync?timeout=0&filter={filter_id}", token=receiver_token),
         "initial sync",
     )
@@ -161,7 +159,7 @@ def check_module(target: Target, *, loaded: bool, token: str | None = None) -> N
     txn = f"probe-{next(_txn_counter)}"
     status, body = target.homeserver.request(
         "PUT",
-        f"{_room_path(target.room_id)}/send/m.room.message/{txn}",
+        f"{room_path(target.room_id)}/send/m.room.message/{txn}",
         {"msgtype": "m.text", "body": "clear text probe"},
         token=token or target.sender_token,
     )
@@ -225,7 +223,7 @@ async def send_all(
 ) -> None:
     """CONCURRENCY workers share one iterator, so requests stay in flight back to back."""
     headers = {"Authorization": f"Bearer {target.sender_token}"}
-    base = f"{target.sender_url}{_room_path(target.room_id)}/send/m.room.encrypted"
+    base = f"{target.sender_url}{room_path(target.room_id)}/send/m.room.encrypted"
     pending: Iterator[str] = iter(ciphertexts)
 
     async def worker() -> None:
@@ -248,7 +246,7 @@ async def send_all(
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-def _ciphertexts(n: int) -> list[str]:
+def ciphertexts(n: int) -> list[str]:
     # ~200 characters, the size of a short Megolm-encrypted text message
     return [_unpadded_b64(150) for _ in range(n)]
 
@@ -274,8 +272,8 @@ async def exchange(
 async def one_run(
     session: aiohttp.ClientSession, target: Target, messages: int = MESSAGES, warmup: int = WARMUP
 ) -> RunResult:
-    batch = _ciphertexts(messages)
-    sent, arrived = await exchange(session, target, [_ciphertexts(warmup), batch])
+    batch = ciphertexts(messages)
+    sent, arrived = await exchange(session, target, [ciphertexts(warmup), batch])
     latencies = [(arrived[c] - sent[c]) * 1000 for c in batch]
     elapsed = max(arrived[c] for c in batch) - min(sent[c] for c in batch)
     return RunResult(
@@ -290,7 +288,7 @@ async def measure(without: Target, with_: Target) -> None:
     timeout = aiohttp.ClientTimeout(total=SYNC_TIMEOUT_MS / 1000 + 30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         for target in (without, with_):
-            await exchange(session, target, [_ciphertexts(INITIAL_WARMUP)])
+            await exchange(session, target, [ciphertexts(INITIAL_WARMUP)])
         for round_no in range(ROUNDS):
             order = (without, with_) if round_no % 2 == 0 else (with_, without)
             for target in order:
@@ -304,7 +302,7 @@ async def measure(without: Target, with_: Target) -> None:
                 )
 
 
-def _median(results: list[RunResult], field: str) -> float:
+def median(results: list[RunResult], field: str) -> float:
     return statistics.median(getattr(r, field) for r in results)
 
 
@@ -318,7 +316,7 @@ def report(without: Target, with_: Target) -> None:
     lines: list[tuple[str, ...]] = [header]
     verdicts: list[str] = []
     for name, field, target_text in rows:
-        a, b = _median(without.results, field), _median(with_.results, field)
+        a, b = median(without.results, field), median(with_.results, field)
         ratio = b / a
         met = ratio >= THROUGHPUT_TARGET if field == "throughput" else ratio <= LATENCY_TARGET
         lines.append((name, f"{a:.1f}", f"{b:.1f}", f"{ratio:.3f}", target_text))
