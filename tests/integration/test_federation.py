@@ -43,14 +43,6 @@ def ours(request, start_homeserver, peer) -> Homeserver:
     )
 
 
-def account(hs: Homeserver, prefix: str) -> Account:
-    localpart = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    password = f"pw-{uuid.uuid4().hex}"
-    token = hs.register_user(localpart, password)
-    assert token is not None
-    return Account(localpart, hs.user_id(localpart), password, token)
-
-
 def create_room(hs: Homeserver, user: Account, **request) -> str:
     status, body = hs.request("POST", "/_matrix/client/v3/createRoom", request, token=user.token)
     assert status == 200, body
@@ -99,8 +91,8 @@ def invited_rooms(hs: Homeserver, user: Account) -> set[str]:
     return set(body.get("rooms", {}).get("invite", {}))
 
 
-async def test_allowed_peer_e2ee_both_directions(ours, peer, tmp_path):
-    alice, bob = account(ours, "alice"), account(peer, "bob")
+async def test_allowed_peer_e2ee_both_directions(make_user, ours, peer, tmp_path):
+    alice, bob = make_user("alice", homeserver=ours), make_user("bob", homeserver=peer)
     alice_client = await e2ee.login(ours, alice.localpart, alice.password, tmp_path / "alice")
     bob_client = await e2ee.login(peer, bob.localpart, bob.password, tmp_path / "bob")
     try:
@@ -126,8 +118,8 @@ async def test_allowed_peer_e2ee_both_directions(ours, peer, tmp_path):
         await bob_client.close()
 
 
-def test_invites_to_foreign_users_are_refused(ours, foreign):
-    alice, carol = account(ours, "alice"), account(foreign, "carol")
+def test_invites_to_foreign_users_are_refused(make_user, ours, foreign):
+    alice, carol = make_user("alice", homeserver=ours), make_user("carol", homeserver=foreign)
     room_id = create_room(ours, alice)
     status, body = invite(ours, alice, room_id, carol.user_id)
     assert status == 403, body
@@ -137,33 +129,33 @@ def test_invites_to_foreign_users_are_refused(ours, foreign):
     assert entry["room"] == room_id
 
 
-def test_invites_from_foreign_users_never_arrive(ours, foreign):
-    alice, carol = account(ours, "alice"), account(foreign, "carol")
+def test_invites_from_foreign_users_never_arrive(make_user, ours, foreign):
+    alice, carol = make_user("alice", homeserver=ours), make_user("carol", homeserver=foreign)
     room_id = create_room(foreign, carol)
     status, body = invite(foreign, carol, room_id, alice.user_id)
     assert status != 200, body
     assert room_id not in invited_rooms(ours, alice)
 
 
-def test_foreign_users_cannot_join_our_rooms(ours, foreign):
-    alice, carol = account(ours, "alice"), account(foreign, "carol")
+def test_foreign_users_cannot_join_our_rooms(make_user, ours, foreign):
+    alice, carol = make_user("alice", homeserver=ours), make_user("carol", homeserver=foreign)
     room_id = create_room(ours, alice)
     status, body = join(foreign, carol, room_id, via=ours.server_name)
     assert status != 200, body
     assert carol.user_id not in members(ours, alice, room_id)
 
 
-def test_our_users_cannot_join_foreign_rooms(ours, foreign):
-    alice, carol = account(ours, "alice"), account(foreign, "carol")
+def test_our_users_cannot_join_foreign_rooms(make_user, ours, foreign):
+    alice, carol = make_user("alice", homeserver=ours), make_user("carol", homeserver=foreign)
     room_id = create_room(foreign, carol, preset="public_chat")
     status, body = join(ours, alice, room_id, via=foreign.server_name)
     assert status == 403, body
     assert body["errcode"] == "M_FORBIDDEN"
 
 
-def test_remote_join_refusal_names_the_server(ours, foreign):
+def test_remote_join_refusal_names_the_server(make_user, ours, foreign):
     """Where the module answers (whitelist unset), its message names the server."""
-    alice, carol = account(ours, "alice"), account(foreign, "carol")
+    alice, carol = make_user("alice", homeserver=ours), make_user("carol", homeserver=foreign)
     room_id = create_room(ours, alice)
     status, body = join(foreign, carol, room_id, via=ours.server_name)
     assert status != 200
@@ -173,7 +165,7 @@ def test_remote_join_refusal_names_the_server(ours, foreign):
         assert any(e["rule"] == "federation.join" for e in decisions_for(ours, carol.user_id))
 
 
-def test_our_users_cannot_join_a_peer_room_with_foreign_members(ours, peer, foreign, request):
+def test_our_users_cannot_join_a_peer_room_with_foreign_members(make_user, ours, peer, foreign, request):
     if ours.spec.extra.get("federation_domain_whitelist", "unset") is not None:
         request.applymarker(
             pytest.mark.xfail(
@@ -183,7 +175,8 @@ def test_our_users_cannot_join_a_peer_room_with_foreign_members(ours, peer, fore
                 "time, and so the module never sees the foreign member (open in issue 3)",
             )
         )
-    alice, bob, carol = account(ours, "alice"), account(peer, "bob"), account(foreign, "carol")
+    alice = make_user("alice", homeserver=ours)
+    bob, carol = make_user("bob", homeserver=peer), make_user("carol", homeserver=foreign)
     room_id = create_room(peer, bob)
     assert invite(peer, bob, room_id, carol.user_id)[0] == 200
     assert join(foreign, carol, room_id, via=peer.server_name)[0] == 200
@@ -196,8 +189,9 @@ def test_our_users_cannot_join_a_peer_room_with_foreign_members(ours, peer, fore
     assert any(e["rule"] == "federation.join" for e in decisions_for(ours, alice.user_id))
 
 
-def test_foreign_messages_relayed_by_the_peer_never_reach_our_users(ours, peer, foreign, postgres):
-    alice, bob, carol = account(ours, "alice"), account(peer, "bob"), account(foreign, "carol")
+def test_foreign_messages_relayed_by_the_peer_never_reach_our_users(make_user, ours, peer, foreign, postgres):
+    alice = make_user("alice", homeserver=ours)
+    bob, carol = make_user("bob", homeserver=peer), make_user("carol", homeserver=foreign)
     room_id = create_room(peer, bob)
     assert invite(peer, bob, room_id, alice.user_id)[0] == 200
     wait_for(lambda: room_id in invited_rooms(ours, alice), what="alice's invite")
@@ -242,8 +236,8 @@ def _peer_has(peer: Homeserver, bob: Account, room_id: str, event_ids: set[str])
     )
 
 
-def test_foreign_media_is_never_fetched(ours, foreign):
-    alice, carol = account(ours, "alice"), account(foreign, "carol")
+def test_foreign_media_is_never_fetched(make_user, ours, foreign):
+    alice, carol = make_user("alice", homeserver=ours), make_user("carol", homeserver=foreign)
     status, body = foreign.request(
         "POST", "/_matrix/media/v3/upload?filename=x.bin", {"not": "an image"}, token=carol.token
     )
