@@ -14,6 +14,7 @@ from . import federation, rooms
 from .config import PolicyConfig, parse_config
 from .decisions import DecisionLog, Denial
 from .internals import guard_remote_media
+from .store import PolicyStore
 
 MEMBER = "m.room.member"
 #: how long a remote join is watched for (checks x interval)
@@ -31,6 +32,7 @@ class PolicePolicy:
         self._api = api
         self._decisions = DecisionLog(api.server_name)
         self._allowed_servers = federation.allowed_set(api.server_name, config.federation.allowed_servers)
+        self._store = PolicyStore(api)
 
         api.register_third_party_rules_callbacks(
             on_create_room=self.on_create_room,
@@ -45,6 +47,7 @@ class PolicePolicy:
             user_may_join_room=self.user_may_join_room,
         )
         guard_remote_media(api, self.refuse_remote_media)
+        api.run_as_background_process("police_policy_create_tables", self._store.ensure_tables)
 
     @staticmethod
     def parse_config(raw: dict[str, Any]) -> PolicyConfig:
@@ -81,7 +84,10 @@ class PolicePolicy:
             # never reaches clients; the room rules govern our own users only.
             denial = federation.check_remote_sender(self._allowed_servers, event.sender)
             if denial is None:
+                if event.type == MEMBER:
+                    await self._forget_removed_foreign_member(event)
                 return NOT_SPAM
+            await self._remember_foreign_membership(event)
             return self._refuse(denial, user=event.sender, room=event.room_id)
         denial = rooms.check_event(self._config.rooms, event.type, event.get_state_key(), event.content)
         if denial is None:
@@ -98,16 +104,43 @@ class PolicePolicy:
         denial = federation.check_remote_sender(self._allowed_servers, event.sender)
         if denial is None:
             return False
+        await self._remember_foreign_membership(event)
         self._decisions.deny(denial, user=event.sender, room=event.room_id)
         return True
+
+    async def _forget_removed_foreign_member(self, event: EventBase) -> None:
+        """An allowed server kicked or banned a foreign member we remembered."""
+        target = event.state_key or ""
+        if event.membership in ("leave", "ban") and federation.server_of(target) not in self._allowed_servers:
+            await self._store.set_foreign_member(
+                event.room_id, target, event.membership, event.origin_server_ts
+            )
+
+    async def _remember_foreign_membership(self, event: EventBase) -> None:
+        """A dropped membership of a foreign user still holds on the peer's side:
+        remember it, so later joins of our users into that room can be refused."""
+        if event.type == MEMBER and event.state_key == event.sender:
+            await self._store.set_foreign_member(
+                event.room_id, event.sender, event.content.get("membership", ""), event.origin_server_ts
+            )
 
     async def check_event_allowed(
         self, event: EventBase, state: dict[tuple[str, str], EventBase]
     ) -> tuple[bool, dict | None]:
-        """Events Synapse builds for remote users: make_join and make_knock."""
-        if event.type != MEMBER or self._api.is_mine(event.sender):
+        """Membership events Synapse builds: remote users' make_join and make_knock,
+        and our users' knocks (joins have user_may_join_room)."""
+        if event.type != MEMBER:
             return True, None
-        denial = federation.check_remote_joiner(self._allowed_servers, event.sender)
+        if self._api.is_mine(event.sender):
+            if event.membership != "knock":
+                return True, None
+            joined = [
+                key for (kind, key), member in state.items() if kind == MEMBER and member.membership == "join"
+            ]
+            joined += await self._store.foreign_members(event.room_id)
+            denial = federation.check_room_members(self._allowed_servers, joined)
+        else:
+            denial = federation.check_remote_joiner(self._allowed_servers, event.sender)
         if denial is None:
             return True, None
         self._decisions.deny(denial, user=event.sender, room=event.room_id)
@@ -143,14 +176,20 @@ class PolicePolicy:
         return self._refuse(denial, user=user_id, room=room_id)
 
     async def _joined_members(self, room_id: str) -> list[str]:
+        """Members as Synapse sees them, plus foreign members whose join was dropped."""
+        return await self._members_in_state(room_id) + await self._store.foreign_members(room_id)
+
+    async def _members_in_state(self, room_id: str) -> list[str]:
         members = await self._api.get_room_state(room_id, [(MEMBER, None)])
         return [event.state_key for event in members.values() if event.membership == "join"]
 
     async def _undo_join_with_foreign_members(self, user_id: str, room_id: str) -> None:
-        """Wait for a remote join to land, then leave again if a member's server is not allowed."""
+        """Wait for a remote join to land, then leave again if a member's server is
+        not allowed. Only the state the join brought counts: a foreign user who
+        joins later does not push our user out (their events are dropped)."""
         for _ in range(REMOTE_JOIN_CHECKS):
             await self._api.sleep(REMOTE_JOIN_CHECK_INTERVAL_S)
-            joined = await self._joined_members(room_id)
+            joined = await self._members_in_state(room_id)
             if user_id not in joined:
                 continue
             denial = federation.check_room_members(self._allowed_servers, joined)
