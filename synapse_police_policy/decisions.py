@@ -67,18 +67,18 @@ class DecisionLog:
         user: str | None,
         device: str | None = None,
         room: str | None = None,
+        event: str | None = None,
     ) -> None:
+        """``event``: the ID of the refused event, for denials about one event."""
         DENIALS.labels(rule=denial.rule, server_name=self._server_name).inc()
-        DECISION_LOGGER.info(
-            json.dumps(
-                {
-                    "rule": denial.rule,
-                    "decision": "deny",
-                    "user": user,
-                    "device": device,
-                    "room": room,
-                    "reason": denial.reason,
-                },
-                sort_keys=True,
-            )
-        )
+        entry = {
+            "rule": denial.rule,
+            "decision": "deny",
+            "user": user,
+            "device": device,
+            "room": room,
+            "reason": denial.reason,
+        }
+        if event is not None:
+            entry["event"] = event
+        DECISION_LOGGER.info(json.dumps(entry, sort_keys=True))

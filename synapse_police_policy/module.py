@@ -3,6 +3,7 @@ Synapse's return values. Rules live in their own files (``rooms.py``, ...)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Literal
 
 from synapse.api.errors import Codes, SynapseError
@@ -20,6 +21,8 @@ MEMBER = "m.room.member"
 #: how long a remote join is watched for (checks x interval)
 REMOTE_JOIN_CHECKS = 240
 REMOTE_JOIN_CHECK_INTERVAL_S = 0.5
+#: foreign event IDs remembered to log each denial once
+RECENTLY_DENIED_MAX = 10_000
 
 SpamAnswer = Literal["NOT_SPAM"] | tuple[Codes, dict[str, str]]
 
@@ -33,6 +36,7 @@ class PolicePolicy:
         self._decisions = DecisionLog(api.server_name)
         self._allowed_servers = federation.allowed_set(api.server_name, config.federation.allowed_servers)
         self._store = PolicyStore(api)
+        self._recently_denied: OrderedDict[str, None] = OrderedDict()
 
         api.register_third_party_rules_callbacks(
             on_create_room=self.on_create_room,
@@ -87,8 +91,8 @@ class PolicePolicy:
                 if event.type == MEMBER:
                     await self._forget_removed_foreign_member(event)
                 return NOT_SPAM
-            await self._remember_foreign_membership(event)
-            return self._refuse(denial, user=event.sender, room=event.room_id)
+            await self._deny_foreign_event(event, denial)
+            return (Codes(denial.errcode), denial.error_fields())
         denial = rooms.check_event(self._config.rooms, event.type, event.get_state_key(), event.content)
         if denial is None:
             return NOT_SPAM
@@ -104,9 +108,19 @@ class PolicePolicy:
         denial = federation.check_remote_sender(self._allowed_servers, event.sender)
         if denial is None:
             return False
-        await self._remember_foreign_membership(event)
-        self._decisions.deny(denial, user=event.sender, room=event.room_id)
+        await self._deny_foreign_event(event, denial)
         return True
+
+    async def _deny_foreign_event(self, event: EventBase, denial: Denial) -> None:
+        """Log and remember a foreign event once, although Synapse asks about a
+        PDU of a transaction twice (spam check, then the drop check)."""
+        if event.event_id in self._recently_denied:
+            return
+        self._recently_denied[event.event_id] = None
+        if len(self._recently_denied) > RECENTLY_DENIED_MAX:
+            self._recently_denied.popitem(last=False)
+        await self._remember_foreign_membership(event)
+        self._decisions.deny(denial, user=event.sender, room=event.room_id, event=event.event_id)
 
     async def _forget_removed_foreign_member(self, event: EventBase) -> None:
         """An allowed server kicked or banned a foreign member we remembered."""

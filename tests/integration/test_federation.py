@@ -263,6 +263,10 @@ def test_foreign_messages_relayed_by_the_peer_never_reach_our_users(make_user, o
         seen |= {event["event_id"] for event in room.get("timeline", {}).get("events", [])}
         assert foreign_text not in str(body)
     assert not foreign_ids & seen
+    if not whitelist:  # with it, Synapse turns the foreign server away before the module
+        dropped = [e["event"] for e in decisions_for(ours, carol.user_id) if e["rule"] == "federation.event"]
+        assert foreign_ids <= set(dropped), "every foreign event is a logged denial"
+        assert len(dropped) == len(set(dropped)), "each dropped event is logged once"
     database, _ = server_bytes(ours, postgres)
     assert foreign_text.encode() not in database, "foreign content must be dropped, not stored"
 
