@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import attrs
 
-from . import federation_inbound, module_overhead
+from . import federation_inbound, large_room, module_overhead
 
 
 @attrs.frozen
@@ -31,6 +31,11 @@ ENTRIES: list[Entry] = [
         "federation_inbound",
         federation_inbound.main,
         "cost of the policy module on events arriving from an allowed peer",
+    ),
+    Entry(
+        "large_room",
+        large_room.main,
+        f"cost of the policy module on the message path of a room of {large_room.MEMBERS} members",
     ),
 ]
 

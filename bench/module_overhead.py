@@ -28,9 +28,9 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -283,19 +283,27 @@ async def one_run(
     )
 
 
-async def measure(without: Target, with_: Target) -> None:
+async def measure(
+    without: Target,
+    with_: Target,
+    *,
+    rounds: int = ROUNDS,
+    messages: int = MESSAGES,
+    warmup: int = WARMUP,
+    initial_warmup: int = INITIAL_WARMUP,
+) -> None:
     connector = aiohttp.TCPConnector(limit=CONCURRENCY + 4)
     timeout = aiohttp.ClientTimeout(total=SYNC_TIMEOUT_MS / 1000 + 30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         for target in (without, with_):
-            await exchange(session, target, [ciphertexts(INITIAL_WARMUP)])
-        for round_no in range(ROUNDS):
+            await exchange(session, target, [ciphertexts(initial_warmup)])
+        for round_no in range(rounds):
             order = (without, with_) if round_no % 2 == 0 else (with_, without)
             for target in order:
-                result = await one_run(session, target)
+                result = await one_run(session, target, messages, warmup)
                 target.results.append(result)
                 print(
-                    f"  round {round_no + 1:>{len(str(ROUNDS))}}/{ROUNDS} {target.label:<14} "
+                    f"  round {round_no + 1:>{len(str(rounds))}}/{rounds} {target.label:<14} "
                     f"{result.throughput:7.1f} msgs/s  p50 {result.p50_ms:6.1f} ms  "
                     f"p95 {result.p95_ms:6.1f} ms",
                     flush=True,
@@ -306,7 +314,10 @@ def median(results: list[RunResult], field: str) -> float:
     return statistics.median(getattr(r, field) for r in results)
 
 
-def report(without: Target, with_: Target) -> None:
+def report(
+    without: Target, with_: Target, *, rounds: int = ROUNDS, messages: int = MESSAGES, room: str = ""
+) -> None:
+    """The table; ``room`` (e.g. "500 joined members") goes into its header."""
     rows = [
         ("throughput (msgs/s)", "throughput", f">= {THROUGHPUT_TARGET:.2f}"),
         ("latency p50 (ms)", "p50_ms", f"<= {LATENCY_TARGET:.2f}"),
@@ -321,8 +332,9 @@ def report(without: Target, with_: Target) -> None:
         met = ratio >= THROUGHPUT_TARGET if field == "throughput" else ratio <= LATENCY_TARGET
         lines.append((name, f"{a:.1f}", f"{b:.1f}", f"{ratio:.3f}", target_text))
         verdicts.append(f"{name}: ratio {ratio:.3f} {target_text}: {'met' if met else 'MISSED'}")
+    where = f" into a room of {room}" if room else ""
     print(
-        f"\nmedian of {ROUNDS} rounds, {MESSAGES} messages each, {CONCURRENCY} sends in flight "
+        f"\nmedian of {rounds} rounds, {messages} messages each{where}, {CONCURRENCY} sends in flight "
         "(ratio = with / without)"
     )
     print_table(lines)
@@ -344,8 +356,13 @@ def print_table(lines: Sequence[tuple[str, ...]]) -> None:
             print("-+-".join("-" * w for w in widths))
 
 
-def main() -> None:
-    """Start both homeservers, measure, print the table; always stop them."""
+@contextmanager
+def homeserver_pair(extra: Mapping[str, Any] | None = None) -> Iterator[tuple[Homeserver, Homeserver]]:
+    """Start the homeserver without the module and the one with it (in that
+    order); always stop them, and keep their directories when the block failed.
+
+    ``extra``: homeserver settings for both, on top of the policy's.
+    """
     directories = {
         label: Path(tempfile.mkdtemp(prefix=f"bench-{label}-")) for label in ("without-module", "with-module")
     }
@@ -360,7 +377,7 @@ def main() -> None:
                 module_config=None if label == "without-module" else {},
                 # Both servers get the homeserver settings of the policy, so the
                 # only difference measured is the module itself.
-                extra=policy_aligned_settings("bench.localhost", {}),
+                extra={**policy_aligned_settings("bench.localhost", {}), **(extra or {})},
                 for_tests=True,
             )
             servers[label] = Homeserver(spec)
@@ -368,12 +385,7 @@ def main() -> None:
         # Start-up is mostly waiting; in parallel it takes half as long.
         with ThreadPoolExecutor(len(servers)) as pool:
             list(pool.map(Homeserver.start, servers.values()))
-        without = set_up("without module", servers["without-module"])
-        with_ = set_up("with module", servers["with-module"])
-        check_module(without, loaded=False)
-        check_module(with_, loaded=True)
-        asyncio.run(measure(without, with_))
-        report(without, with_)
+        yield servers["without-module"], servers["with-module"]
         succeeded = True
     finally:
         for hs in servers.values():
@@ -383,3 +395,14 @@ def main() -> None:
                 shutil.rmtree(directory, ignore_errors=True)
             else:
                 print(f"kept {directory} (homeserver.log, stdout.log) for inspection", file=sys.stderr)
+
+
+def main() -> None:
+    """Start both homeservers, measure, print the table; always stop them."""
+    with homeserver_pair() as (without_hs, with_hs):
+        without = set_up("without module", without_hs)
+        with_ = set_up("with module", with_hs)
+        check_module(without, loaded=False)
+        check_module(with_, loaded=True)
+        asyncio.run(measure(without, with_))
+        report(without, with_)
