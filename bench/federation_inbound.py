@@ -34,7 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import synapse
 
 from devtools.homeserver import Homeserver, HomeserverSpec, free_port, policy_aligned_settings
@@ -43,15 +42,12 @@ from .module_overhead import (
     CONCURRENCY,
     MEGOLM,
     PASSWORD,
-    SYNC_TIMEOUT_MS,
     BenchError,
     Target,
     check_module,
-    ciphertexts,
-    exchange,
+    measure,
     median,
     ok,
-    one_run,
     print_table,
     room_path,
     sync_position,
@@ -134,25 +130,6 @@ def set_up(label: str, peer: Homeserver, peer_token: str, hs: Homeserver) -> Tar
     return Target(label, hs, room_id, peer_token, receiver_token, filter_id, since, sender_homeserver=peer)
 
 
-async def measure(without: Target, with_: Target) -> None:
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY + 4)
-    timeout = aiohttp.ClientTimeout(total=SYNC_TIMEOUT_MS / 1000 + 30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        for target in (without, with_):
-            await exchange(session, target, [ciphertexts(INITIAL_WARMUP)])
-        for round_no in range(ROUNDS):
-            order = (without, with_) if round_no % 2 == 0 else (with_, without)
-            for target in order:
-                result = await one_run(session, target, MESSAGES, WARMUP)
-                target.results.append(result)
-                print(
-                    f"  round {round_no + 1:>{len(str(ROUNDS))}}/{ROUNDS} {target.label:<14} "
-                    f"{result.throughput:7.1f} events/s  p50 {result.p50_ms:6.1f} ms  "
-                    f"p95 {result.p95_ms:6.1f} ms",
-                    flush=True,
-                )
-
-
 def report(without: Target, with_: Target) -> None:
     rows = [
         ("inbound throughput (events/s)", "throughput", f">= {THROUGHPUT_TARGET:.2f}"),
@@ -206,7 +183,17 @@ def main() -> None:
         with_ = set_up("with module", peer, peer_token, servers["with-module"])
         check_module(without, loaded=False, token=without.receiver_token)
         check_module(with_, loaded=True, token=with_.receiver_token)
-        asyncio.run(measure(without, with_))
+        asyncio.run(
+            measure(
+                without,
+                with_,
+                rounds=ROUNDS,
+                messages=MESSAGES,
+                warmup=WARMUP,
+                initial_warmup=INITIAL_WARMUP,
+                unit="events/s",
+            )
+        )
         report(without, with_)
         succeeded = True
     finally:

@@ -291,6 +291,7 @@ async def measure(
     messages: int = MESSAGES,
     warmup: int = WARMUP,
     initial_warmup: int = INITIAL_WARMUP,
+    unit: str = "msgs/s",
 ) -> None:
     connector = aiohttp.TCPConnector(limit=CONCURRENCY + 4)
     timeout = aiohttp.ClientTimeout(total=SYNC_TIMEOUT_MS / 1000 + 30)
@@ -304,7 +305,7 @@ async def measure(
                 target.results.append(result)
                 print(
                     f"  round {round_no + 1:>{len(str(rounds))}}/{rounds} {target.label:<14} "
-                    f"{result.throughput:7.1f} msgs/s  p50 {result.p50_ms:6.1f} ms  "
+                    f"{result.throughput:7.1f} {unit}  p50 {result.p50_ms:6.1f} ms  "
                     f"p95 {result.p95_ms:6.1f} ms",
                     flush=True,
                 )
