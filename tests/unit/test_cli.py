@@ -100,36 +100,27 @@ def test_missing_file(tmp_path: Path) -> None:
     assert f"{missing}: cannot read the file: No such file or directory" in result.stderr
 
 
-def test_invalid_yaml(tmp_path: Path) -> None:
-    path = tmp_path / "broken.yaml"
-    path.write_text("server_name: hs.test\nmodules: [\n  - {module: x\n", encoding="utf8")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("server_name: hs.test\nmodules: [\n  - {module: x\n", "not valid YAML"),
+        (
+            "- server_name: hs.test\n- modules: []\n",
+            "expected a homeserver config (a YAML mapping), got list",
+        ),
+        ("", "expected a homeserver config (a YAML mapping), got NoneType"),
+    ],
+    ids=["invalid_yaml", "list_instead_of_mapping", "empty_file"],
+)
+def test_unusable_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "homeserver.yaml"
+    path.write_text(text, encoding="utf8")
 
     result = check_config(path)
 
     assert result.returncode == 2
     assert result.stdout == ""
-    assert f"{path}: not valid YAML" in result.stderr
-
-
-def test_yaml_list_instead_of_mapping(tmp_path: Path) -> None:
-    path = tmp_path / "list.yaml"
-    path.write_text("- server_name: hs.test\n- modules: []\n", encoding="utf8")
-
-    result = check_config(path)
-
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert f"{path}: expected a homeserver config (a YAML mapping), got list" in result.stderr
-
-
-def test_empty_file(tmp_path: Path) -> None:
-    path = tmp_path / "empty.yaml"
-    path.write_text("", encoding="utf8")
-
-    result = check_config(path)
-
-    assert result.returncode == 2
-    assert "expected a homeserver config (a YAML mapping), got NoneType" in result.stderr
+    assert f"{path}: {message}" in result.stderr
 
 
 def test_missing_argument_is_a_usage_error() -> None:
