@@ -60,10 +60,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def days(n: int) -> str:
-    return f"{n}d"
-
-
 def policy_aligned_settings(server_name: str, module_config: Mapping[str, Any]) -> dict[str, Any]:
     """Homeserver settings that carry the part of the policy Synapse enforces
     itself; ``police-policy check-config`` accepts exactly these."""
