@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from signedjson.key import generate_signing_key, write_signing_keys
 
+from synapse_police_policy.bootstrap import enroll_directly
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULE_CLASS = "synapse_police_policy.PolicePolicy"
 
@@ -106,8 +108,10 @@ class HomeserverSpec:
     extra: dict[str, Any] = attrs.field(factory=dict)
     #: log handler to stdout as well as the file (for ``make run``)
     console_log: bool = False
-    #: lift rate limits and response caches (tests and benchmarks)
+    #: lift rate limits and response caches, cheap password hashing (tests and benchmarks)
     for_tests: bool = True
+    #: the client listener trusts X-Forwarded-For (as behind a reverse proxy)
+    x_forwarded: bool = False
 
 
 def _log_config(spec: HomeserverSpec) -> dict[str, Any]:
@@ -174,7 +178,7 @@ def write_config(spec: HomeserverSpec) -> Path:
             "bind_addresses": [spec.bind_address],
             "type": "http",
             "tls": False,
-            "x_forwarded": False,
+            "x_forwarded": spec.x_forwarded,
             "resources": [{"names": ["client", "federation"], "compress": False}],
         }
     ]
@@ -232,6 +236,7 @@ def write_config(spec: HomeserverSpec) -> Path:
     if spec.for_tests:
         config.update(TEST_RATE_LIMITS)
         config["caches"] = {"sync_response_cache_duration": 0}
+        config["bcrypt_rounds"] = 4
     config.update(spec.extra)
     path = directory / "homeserver.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -353,11 +358,14 @@ class Homeserver:
         *,
         token: str | None = None,
         base: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         """A plain HTTP call; returns (status, decoded JSON body or raw text)."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"{base or self.url}{path}", data=data, method=method)
         req.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
@@ -395,15 +403,42 @@ class Homeserver:
             raise SynapseError(f"registering {localpart!r} failed: HTTP {status} {body}")
         return body["access_token"]
 
-    def login(self, localpart: str, password: str, device_id: str | None = None) -> dict[str, Any]:
+    def enroll(self, localpart: str, device_id: str, label: str = "test device") -> None:
+        """Enroll a device straight in the database (``police-policy devices bootstrap``)."""
+        homeserver = yaml.safe_load(self.config_path.read_text())
+        enroll_directly(homeserver, self.user_id(localpart), device_id, label)
+
+    def register_enrolled_user(
+        self, localpart: str, password: str, *, admin: bool = False
+    ) -> tuple[str, str]:
+        """Create a user and log it in on an enrolled device: (access token, device ID).
+        The device the registration itself creates is not enrolled."""
+        self.register_user(localpart, password, admin=admin)
+        device_id = f"ENROLLED-{secrets.token_hex(4).upper()}"
+        self.enroll(localpart, device_id)
+        answer = self.login(localpart, password, device_id)
+        return answer["access_token"], device_id
+
+    def try_login(
+        self,
+        localpart: str,
+        password: str,
+        device_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """A password login as Element sends it (no device ID unless given)."""
         body: dict[str, Any] = {
             "type": "m.login.password",
             "identifier": {"type": "m.id.user", "user": localpart},
             "password": password,
+            "initial_device_display_name": "test client",
         }
         if device_id:
             body["device_id"] = device_id
-        status, answer = self.request("POST", "/_matrix/client/v3/login", body)
+        return self.request("POST", "/_matrix/client/v3/login", body, headers=headers)
+
+    def login(self, localpart: str, password: str, device_id: str | None = None) -> dict[str, Any]:
+        status, answer = self.try_login(localpart, password, device_id)
         if status != 200:
             raise SynapseError(f"login of {localpart!r} failed: HTTP {status} {answer}")
         return answer

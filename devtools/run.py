@@ -1,6 +1,11 @@
 """``make run``: a development homeserver with the policy module on
 http://127.0.0.1:8008 (SQLite), demo accounts, Synapse in the foreground.
 
+Each demo account gets an enrolled device (``DEMO-<NAME>``) the way an
+operator bootstraps one on the server host; the admin is logged in on its
+device and its token kept in ``var/admin-token`` for the ``police-policy
+devices`` commands (approve Element Web logins, enroll, revoke).
+
 State lives in ``var/``; running again reuses it (same database, same keys,
 same demo passwords). Ctrl-C stops Synapse cleanly.
 """
@@ -63,6 +68,22 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def demo_device(localpart: str) -> str:
+    return f"DEMO-{localpart.upper()}"
+
+
+def _enroll_demo_devices(homeserver: Homeserver) -> None:
+    for localpart, (role, _) in DEMO_ACCOUNTS.items():
+        homeserver.enroll(localpart, demo_device(localpart), label=f"make run: {role}")
+
+
+def _write_admin_token(homeserver: Homeserver, password: str) -> None:
+    answer = homeserver.login("admin", password, demo_device("admin"))
+    path = VAR / "admin-token"
+    path.write_text(answer["access_token"])
+    path.chmod(0o600)
+
+
 def main() -> int:
     for port in (HTTP_PORT, METRICS_PORT):
         if _port_in_use(port):
@@ -84,6 +105,8 @@ def main() -> int:
         for localpart, (_, admin) in DEMO_ACCOUNTS.items():
             if homeserver.register_user(localpart, passwords[localpart], admin=admin) is not None:
                 created.append(localpart)
+        _enroll_demo_devices(homeserver)
+        _write_admin_token(homeserver, passwords["admin"])
         _print_welcome(homeserver, passwords, created)
         assert homeserver.process is not None
         return homeserver.process.wait()
@@ -110,13 +133,21 @@ def _print_welcome(homeserver: Homeserver, passwords: dict[str, str], created: l
     ]
     for localpart, (role, _) in DEMO_ACCOUNTS.items():
         note = " (new)" if localpart in created else ""
-        lines.append(f"  {localpart:<{width}}  password {passwords[localpart]}  {role}{note}")
+        lines.append(
+            f"  {localpart:<{width}}  password {passwords[localpart]}"
+            f"  device {demo_device(localpart)}  {role}{note}"
+        )
     lines += [
         "",
-        "Or with curl:",
+        "Only enrolled devices may log in. A client that names the device above gets in at once:",
         f"  curl -s -XPOST {homeserver.url}/_matrix/client/v3/login -d "
         f'\'{{"type":"m.login.password","identifier":{{"type":"m.id.user","user":"officer"}},'
-        f'"password":"{passwords["officer"]}"}}\'',
+        f'"password":"{passwords["officer"]}","device_id":"{demo_device("officer")}"}}\'',
+        "Element names no device: its first login is refused with a request ID.",
+        "Approve the request, then log in again from the same machine:",
+        f"  export POLICE_HOMESERVER_URL={homeserver.url} POLICE_ADMIN_TOKEN=$(cat {VAR / 'admin-token'})",
+        "  .venv/bin/police-policy devices pending",
+        "  .venv/bin/police-policy devices approve REQUEST-ID",
         "",
         f"Passwords are kept in {VAR / 'demo-accounts.json'}; Synapse's log is {homeserver.log_path}.",
         "Policy decisions appear below. Press Ctrl-C to stop.",

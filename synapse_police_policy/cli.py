@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from . import devices_cli
 from .check_config import find_problems
 
 EXIT_OK = 0
@@ -49,9 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="report homeserver settings that contradict the police policy module's config",
     )
     check.add_argument("homeserver_yaml", type=Path, metavar="HOMESERVER_YAML")
+    devices_cli.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.homeserver_yaml)
+    if args.command == "devices":
+        return devices_cli.run(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_UNREADABLE
 

@@ -7,6 +7,7 @@ fix the file without reading this code.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -57,9 +58,20 @@ class RetentionConfig:
     audit_lifetime: int = 90 * 86400
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @attrs.frozen
 class DevicesConfig:
-    """Section ``devices``: filled by the device-enrollment issue."""
+    """Section ``devices``: only MDM-enrolled devices log in and send events."""
+
+    enrollment_required: bool = True
+    #: seconds an approved pending login stays usable
+    approval_window: int = 15 * 60
+    #: networks logins may come from; empty means any address
+    login_networks: tuple[IPNetwork, ...] = ()
+    #: seconds between two sweeps for non-enrolled devices and expired enrollments
+    sweep_interval: int = 60
 
 
 @attrs.frozen
@@ -188,6 +200,36 @@ def _parse_federation(raw: Any) -> FederationConfig:
     return FederationConfig(allowed_servers=frozenset(servers))
 
 
+def _network(value: Any, path: tuple[str, ...]) -> IPNetwork:
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip())
+        except ValueError as error:
+            raise _fail(path, f"a network in CIDR notation such as '10.8.0.0/16' ({error})", value) from None
+    raise _fail(path, "a network in CIDR notation such as '10.8.0.0/16'", value)
+
+
+def _parse_devices(raw: Any) -> DevicesConfig:
+    section = _mapping(
+        raw, ("devices",), {"enrollment_required", "approval_window", "login_networks", "sweep_interval"}
+    )
+    defaults = DevicesConfig()
+    return DevicesConfig(
+        enrollment_required=_bool(section["enrollment_required"], ("devices", "enrollment_required"))
+        if "enrollment_required" in section
+        else defaults.enrollment_required,
+        approval_window=parse_duration(section["approval_window"], ("devices", "approval_window"))
+        if "approval_window" in section
+        else defaults.approval_window,
+        login_networks=tuple(_list_of(section["login_networks"], ("devices", "login_networks"), _network))
+        if "login_networks" in section
+        else defaults.login_networks,
+        sweep_interval=parse_duration(section["sweep_interval"], ("devices", "sweep_interval"))
+        if "sweep_interval" in section
+        else defaults.sweep_interval,
+    )
+
+
 def _parse_retention(raw: Any) -> RetentionConfig:
     section = _mapping(raw, ("retention",), {"device_lifetime", "audit_lifetime"})
     defaults = RetentionConfig()
@@ -214,11 +256,11 @@ def _parse_retention(raw: Any) -> RetentionConfig:
 def parse_config(raw: Any) -> PolicyConfig:
     """Turn the module's YAML config into a ``PolicyConfig`` or raise ``ConfigError``."""
     top = _mapping(raw, (), {"rooms", "federation", "retention", "devices", "media", "auditor"})
-    _mapping(top.get("devices"), ("devices",), set())
     _mapping(top.get("media"), ("media",), set())
     _mapping(top.get("auditor"), ("auditor",), set())
     return PolicyConfig(
         rooms=_parse_rooms(top.get("rooms")),
         federation=_parse_federation(top.get("federation")),
         retention=_parse_retention(top.get("retention")),
+        devices=_parse_devices(top.get("devices")),
     )

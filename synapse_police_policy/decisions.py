@@ -82,3 +82,9 @@ class DecisionLog:
         if event is not None:
             entry["event"] = event
         DECISION_LOGGER.info(json.dumps(entry, sort_keys=True))
+
+    def record(self, action: str, *, actor: str, user: str, device: str | None, **details: Any) -> None:
+        """An operator's or the sweep's action that changed who may use which
+        device (enroll, approve, reject, revoke, expire, remove)."""
+        entry = {"decision": action, "actor": actor, "user": user, "device": device, **details}
+        DECISION_LOGGER.info(json.dumps(entry, sort_keys=True))

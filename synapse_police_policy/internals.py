@@ -1,10 +1,15 @@
 """The one place that reaches into Synapse's private objects.
 
-Synapse offers no module callback before it fetches remote media (the
-media spam check runs after the download). Guarding the media repository's
-two entry points for remote media keeps foreign media from being fetched at
-all. Private APIs change between releases: ``tests/integration/
-test_federation.py::test_foreign_media_is_never_fetched`` pins this.
+Private APIs change between releases; a test pins each use:
+
+- Synapse offers no module callback before it fetches remote media (the
+  media spam check runs after the download). Guarding the media repository's
+  two entry points for remote media keeps foreign media from being fetched at
+  all (``test_federation.py::test_foreign_media_is_never_fetched``).
+- The module API cannot delete a device. Synapse's device handler does what
+  its admin API does: access tokens, E2E keys, pushers and pending to-device
+  messages go, and the other users' servers and clients learn of the device
+  list change (``test_enrollment_revocation.py``).
 """
 
 from __future__ import annotations
@@ -43,3 +48,8 @@ def guard_remote_media(api: ModuleApi, refuse: RemoteMediaGate) -> bool:
     repository.get_remote_media = guarded_get_remote_media
     repository.get_remote_media_info = guarded_get_remote_media_info
     return True
+
+
+async def delete_devices(api: ModuleApi, user_id: str, device_ids: list[str]) -> None:
+    """Delete devices as Synapse's admin API does (missing ones are skipped)."""
+    await api._hs.get_device_handler().delete_devices(user_id, device_ids)

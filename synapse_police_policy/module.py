@@ -4,6 +4,7 @@ Synapse's return values. Rules live in their own files (``rooms.py``, ...)."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Any, Literal
 
 from synapse.api.errors import Codes, SynapseError
@@ -12,10 +13,13 @@ from synapse.module_api import NOT_SPAM, ModuleApi
 from synapse.types import Requester
 
 from . import federation, rooms
+from .admin_api import PREFIX, PoliceAdminResource
 from .config import PolicyConfig, parse_config
 from .decisions import DecisionLog, Denial
+from .devices import DeviceEnrollment
+from .enrollment_store import EnrollmentStore
 from .internals import guard_remote_media
-from .store import PolicyStore
+from .store import PolicyStore, Tables
 
 MEMBER = "m.room.member"
 #: how long a remote join is watched for (checks x interval)
@@ -35,7 +39,9 @@ class PolicePolicy:
         self._api = api
         self._decisions = DecisionLog(api.server_name)
         self._allowed_servers = federation.allowed_set(api.server_name, config.federation.allowed_servers)
-        self._store = PolicyStore(api)
+        tables = Tables(api)
+        self._store = PolicyStore(api, tables)
+        self._devices = DeviceEnrollment(config.devices, api, EnrollmentStore(api, tables), self._decisions)
         self._recently_denied: OrderedDict[str, None] = OrderedDict()
 
         api.register_third_party_rules_callbacks(
@@ -49,9 +55,16 @@ class PolicePolicy:
             user_may_invite=self.user_may_invite,
             federated_user_may_invite=self.federated_user_may_invite,
             user_may_join_room=self.user_may_join_room,
+            check_login_for_spam=self.check_login_for_spam,
         )
+        api.register_account_validity_callbacks(on_user_login=self.on_user_login)
+        api.register_web_resource(PREFIX, PoliceAdminResource(api, self._devices))
         guard_remote_media(api, self.refuse_remote_media)
-        api.run_as_background_process("police_policy_create_tables", self._store.ensure_tables)
+        api.run_as_background_process("police_policy_migrate", tables.ensure)
+        if config.devices.enrollment_required:
+            api.looping_background_call(
+                self._devices.sweep, config.devices.sweep_interval * 1000, desc="police_policy_device_sweep"
+            )
 
     @staticmethod
     def parse_config(raw: dict[str, Any]) -> PolicyConfig:
@@ -138,11 +151,35 @@ class PolicePolicy:
                 event.room_id, event.sender, event.content.get("membership", ""), event.origin_server_ts
             )
 
+    async def check_login_for_spam(
+        self,
+        user_id: str,
+        device_id: str | None,
+        initial_display_name: str | None,
+        request_info: Collection[tuple[str | None, str]],
+        auth_provider_id: str | None = None,
+    ) -> SpamAnswer:
+        """Every login type passes here, after the credentials were checked."""
+        denial = await self._devices.check_login(user_id, device_id, list(request_info))
+        if denial is None:
+            return NOT_SPAM
+        return (Codes(denial.errcode), denial.error_fields())
+
+    async def on_user_login(
+        self, user_id: str, auth_provider_type: str | None, auth_provider_id: str | None
+    ) -> None:
+        await self._devices.on_user_login(user_id)
+
     async def check_event_allowed(
         self, event: EventBase, state: dict[tuple[str, str], EventBase]
     ) -> tuple[bool, dict | None]:
-        """Membership events Synapse builds: remote users' make_join and make_knock,
-        and our users' knocks (joins have user_may_join_room)."""
+        """Every event our users' clients make: the sending device must be
+        enrolled. Then membership events Synapse builds: remote users' make_join
+        and make_knock, and our users' knocks (joins have user_may_join_room)."""
+        if self._api.is_mine(event.sender):
+            denial = await self._devices.check_event(event)
+            if denial is not None:
+                raise denial.as_error()
         if event.type != MEMBER:
             return True, None
         if self._api.is_mine(event.sender):

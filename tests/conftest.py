@@ -24,7 +24,9 @@ class Account:
     localpart: str
     user_id: str
     password: str
+    #: access token of an enrolled device
     token: str
+    device_id: str
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +63,7 @@ def start_homeserver(
         with_module: bool = True,
         extra: dict[str, Any] | None = None,
         federation_address: str | None = None,
+        x_forwarded: bool = False,
     ) -> Homeserver:
         """``federation_address`` (a loopback address such as 127.0.0.2) adds a
         TLS federation listener there; the server name is then address:port."""
@@ -78,6 +81,7 @@ def start_homeserver(
             module_config=(module_config or {}) if with_module else None,
             database=database,
             extra=extra or {},
+            x_forwarded=x_forwarded,
         )
         homeserver = Homeserver(spec)
         started.append(homeserver)
@@ -97,15 +101,14 @@ def hs(start_homeserver: StartHomeserver) -> Homeserver:
 
 @pytest.fixture
 def make_user(hs: Homeserver) -> Callable[..., Account]:
-    """Register a fresh user on ``hs`` (unique per call) and return its token."""
+    """Register a fresh user on ``hs`` (unique per call), logged in on an enrolled device."""
 
     def make(prefix: str = "user", *, admin: bool = False, homeserver: Homeserver | None = None) -> Account:
         server = homeserver or hs
         localpart = f"{prefix}-{uuid.uuid4().hex[:8]}"
         password = f"pw-{uuid.uuid4().hex}"
-        token = server.register_user(localpart, password, admin=admin)
-        assert token is not None
-        return Account(localpart, server.user_id(localpart), password, token)
+        token, device_id = server.register_enrolled_user(localpart, password, admin=admin)
+        return Account(localpart, server.user_id(localpart), password, token, device_id)
 
     return make
 

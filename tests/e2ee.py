@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,19 @@ from nio.crypto.attachments import decrypt_attachment
 from devtools.homeserver import Homeserver
 
 
-async def login(homeserver: Homeserver, localpart: str, password: str, store: Path) -> AsyncClient:
-    """Log a user in with a new device, upload its keys and do a first sync."""
+async def login(
+    homeserver: Homeserver, localpart: str, password: str, store: Path, *, enroll: bool = True
+) -> AsyncClient:
+    """Log a user in with a new device (enrolled first, as the MDM would), upload
+    its keys and do a first sync."""
     store.mkdir(parents=True, exist_ok=True)
+    device_id = f"NIO-{uuid.uuid4().hex[:8].upper()}"
+    if enroll:
+        homeserver.enroll(localpart, device_id, label=f"nio test client of {localpart}")
     client = AsyncClient(
         homeserver.url,
         homeserver.user_id(localpart),
+        device_id=device_id,
         store_path=str(store),
         config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
     )

@@ -59,7 +59,7 @@ async def test_canary_never_reaches_the_server_in_clear(server, make_user, postg
             {"topic": control_topic},
             token=alice.token,
         )
-        assert status == 200
+        assert status == 200, _
         upload = await alice_client.upload(
             lambda *_: control_media, content_type="application/octet-stream", filesize=len(control_media)
         )

@@ -44,6 +44,7 @@ def denial_count(hs: Homeserver, rule: str) -> float:
 
 def test_denial_is_logged_once_with_context_and_counted(hs, make_user):
     user = make_user("officer")
+    hs.enroll(user.localpart, "IPHONE-4711")
     login = hs.login(user.localpart, user.password, device_id="IPHONE-4711")
     token = login["access_token"]
     status, body = hs.request("POST", "/_matrix/client/v3/createRoom", {}, token=token)
@@ -76,6 +77,7 @@ def test_denial_is_logged_once_with_context_and_counted(hs, make_user):
 
 def test_room_creation_denial_names_user_and_device(hs, make_user):
     user = make_user("dispatcher")
+    hs.enroll(user.localpart, "LEITSTELLE-1")
     token = hs.login(user.localpart, user.password, device_id="LEITSTELLE-1")["access_token"]
     before = denial_count(hs, "rooms.public_room")
     status, _ = hs.request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}, token=token)
@@ -89,7 +91,7 @@ def test_room_creation_denial_names_user_and_device(hs, make_user):
 
 def test_no_secrets_or_content_in_the_log(hs, make_user):
     user = make_user("officer")
-    token = hs.login(user.localpart, user.password)["access_token"]
+    token = user.token
     status, body = hs.request("POST", "/_matrix/client/v3/createRoom", {}, token=token)
     room_id = body["room_id"]
     content = f"Zeuge wohnt in der Musterstrasse {uuid.uuid4().hex}"

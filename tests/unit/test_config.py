@@ -133,7 +133,7 @@ def test_unknown_top_level_key() -> None:
         ("rooms", ["allowed_join_rules", "default_history_visibility", "refuse_unencrypted_messages"]),
         ("federation", ["allowed_servers"]),
         ("retention", ["audit_lifetime", "device_lifetime"]),
-        ("devices", []),
+        ("devices", ["approval_window", "enrollment_required", "login_networks", "sweep_interval"]),
         ("media", []),
         ("auditor", []),
     ],
@@ -264,3 +264,52 @@ def test_malformed_server_names(bad: Any) -> None:
 def test_out_of_range_ports_are_malformed_server_names(bad: str) -> None:
     msg = config_error({"federation": {"allowed_servers": [bad]}})
     assert msg == f"federation.allowed_servers[0]: {SERVER_EXPECTED}, got {bad!r}"
+
+
+# --- devices -------------------------------------------------------------------
+
+
+def test_devices_section_values() -> None:
+    devices = parse_config(
+        {
+            "devices": {
+                "enrollment_required": False,
+                "approval_window": "5m",
+                "login_networks": ["10.8.0.0/16", "2001:db8::/32"],
+                "sweep_interval": "30s",
+            }
+        }
+    ).devices
+    assert devices.enrollment_required is False
+    assert devices.approval_window == 300
+    assert [str(network) for network in devices.login_networks] == ["10.8.0.0/16", "2001:db8::/32"]
+    assert devices.sweep_interval == 30
+
+
+def test_devices_defaults() -> None:
+    devices = parse_config({}).devices
+    assert (devices.enrollment_required, devices.approval_window, devices.login_networks) == (True, 900, ())
+    assert devices.sweep_interval == 60
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ("10.0.0.5/8", "devices.login_networks[1]: expected a network in CIDR notation"),
+        ("vpn-pool", "devices.login_networks[1]: expected a network in CIDR notation"),
+        (8, "devices.login_networks[1]: expected a network in CIDR notation"),
+    ],
+)
+def test_bad_login_networks_name_the_entry(bad: Any, expected: str) -> None:
+    assert config_error({"devices": {"login_networks": ["10.8.0.0/16", bad]}}).startswith(expected)
+
+
+@pytest.mark.parametrize("key", ["approval_window", "sweep_interval"])
+def test_bad_device_durations(key: str) -> None:
+    assert config_error({"devices": {key: "soon"}}).startswith(f"devices.{key}: {DURATION_EXPECTED}")
+
+
+def test_enrollment_required_must_be_a_bool() -> None:
+    assert config_error({"devices": {"enrollment_required": "yes"}}).startswith(
+        "devices.enrollment_required: expected true or false"
+    )

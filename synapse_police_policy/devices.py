@@ -1,0 +1,322 @@
+"""Device enrollment applied to Synapse: the login gate, the event gate, the
+operators' actions and the sweep. Rules and messages are in ``enrollment.py``;
+the module's callbacks and the admin API call into ``DeviceEnrollment``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from synapse.api.errors import Codes, SynapseError
+from synapse.events import EventBase
+from synapse.module_api import ModuleApi
+from synapse.types import Requester
+
+from . import enrollment
+from .config import DevicesConfig
+from .decisions import DecisionLog, Denial
+from .enrollment import ENROLLED, EXPIRED, REVOKED, Enrollment, InvalidInput, PendingLogin
+from .enrollment_store import EnrollmentStore
+from .internals import delete_devices
+
+logger = logging.getLogger(__name__)
+
+#: how long a positive enrollment lookup is trusted by the event gate; a
+#: revoked device loses its tokens at once, so this only spares queries
+ACTIVE_CACHE_SECONDS = 30.0
+ACTIVE_CACHE_MAX = 100_000
+#: seconds between an approved login passing the gate and Synapse's login callback
+APPROVAL_BINDING_SECONDS = 60.0
+SWEEP_BATCH = 500
+SWEEP_MAX_BATCHES = 20
+SWEEP_ACTOR = "sweep"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@attrs.frozen
+class _AwaitingDevice:
+    """An approved stock-client login between the gate and device creation."""
+
+    approval: PendingLogin
+    known_before: frozenset[str]
+    deadline: float
+
+
+@attrs.frozen
+class ImportResult:
+    index: int
+    error: InvalidInput | None = None
+    created: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is None:
+            return {"index": self.index, "ok": True, "created": self.created}
+        return {"index": self.index, "ok": False, "errcode": Codes.INVALID_PARAM, "error": str(self.error)}
+
+
+class DeviceEnrollment:
+    def __init__(
+        self, config: DevicesConfig, api: ModuleApi, store: EnrollmentStore, log: DecisionLog
+    ) -> None:
+        self._config = config
+        self._api = api
+        self._store = store
+        self._log = log
+        self._active: OrderedDict[tuple[str, str], tuple[int | None, float]] = OrderedDict()
+        self._awaiting: dict[str, _AwaitingDevice] = {}
+
+    @property
+    def store(self) -> EnrollmentStore:
+        return self._store
+
+    # -- gates -------------------------------------------------------------
+
+    async def check_login(
+        self, user_id: str, device_id: str | None, request_info: Sequence[tuple[str | None, str]]
+    ) -> Denial | None:
+        user_agent, ip = request_info[0] if request_info else (None, "")
+        address = enrollment.parse_ip(ip)
+        ip = str(address) if address is not None else ip
+        denial = enrollment.check_login_network(self._config.login_networks, ip)
+        if denial is None and self._config.enrollment_required:
+            denial = await self._check_login_device(user_id, device_id, ip, (user_agent or "")[:256])
+        if denial is not None:
+            self._log.deny(denial, user=user_id, device=device_id)
+        return denial
+
+    async def _check_login_device(
+        self, user_id: str, device_id: str | None, ip: str, user_agent: str
+    ) -> Denial | None:
+        now = now_ms()
+        if device_id is not None:
+            record = await self._store.get(user_id, device_id)
+            if record is not None and record.is_active(now):
+                self._remember_active(record)
+                return None
+            if record is not None and record.state == ENROLLED and record.expires_at is not None:
+                return enrollment.enrollment_expired(user_id, device_id, record.expires_at)
+        else:
+            approval = await self._store.consume_approval(
+                user_id, ip, now, self._config.approval_window * 1000
+            )
+            if approval is not None:
+                known = frozenset(await self._store.user_devices(user_id))
+                self._awaiting[user_id] = _AwaitingDevice(
+                    approval, known, time.monotonic() + APPROVAL_BINDING_SECONDS
+                )
+                return None
+        pending = await self._store.record_pending(user_id, device_id, ip, user_agent, now)
+        return enrollment.device_not_enrolled(user_id, device_id, pending.request_id)
+
+    async def on_user_login(self, user_id: str) -> None:
+        """Synapse just created the device of a login; enroll it when the login
+        was an approved stock-client login."""
+        awaiting = self._awaiting.pop(user_id, None)
+        if awaiting is None or awaiting.deadline < time.monotonic():
+            return
+        enrolled = [record.device_id for record in await self._store.list(user_id, ENROLLED, 10_000, 0)]
+        device_id = enrollment.candidate_devices_for_approval(
+            await self._store.devices_by_newest_token(user_id), enrolled, awaiting.known_before
+        )
+        if device_id is None:
+            logger.warning("Approved login %s of %s created no device", awaiting.approval.request_id, user_id)
+            return
+        record = await self._store.bind(awaiting.approval, device_id, now_ms())
+        self._remember_active(record)
+        self._log.record(
+            "enroll",
+            actor=record.enrolled_by,
+            user=user_id,
+            device=device_id,
+            request_id=awaiting.approval.request_id,
+        )
+
+    async def check_event(self, event: EventBase) -> Denial | None:
+        """Events of local users from devices that are not enrolled. Events the
+        server makes itself (module, admin API, appservices) carry no device."""
+        if not self._config.enrollment_required:
+            return None
+        device_id = getattr(event.internal_metadata, "device_id", None)
+        if device_id is None or await self.is_active(event.sender, device_id):
+            return None
+        denial = enrollment.event_from_unenrolled_device(event.sender, device_id)
+        self._log.deny(denial, user=event.sender, device=device_id, room=event.room_id)
+        return denial
+
+    async def is_active(self, user_id: str, device_id: str | None) -> bool:
+        if device_id is None:
+            return False
+        key = (user_id, device_id)
+        cached = self._active.get(key)
+        if cached is not None:
+            expires_at, cached_at = cached
+            if time.monotonic() - cached_at < ACTIVE_CACHE_SECONDS and (
+                expires_at is None or expires_at > now_ms()
+            ):
+                return True
+            del self._active[key]
+        record = await self._store.get(user_id, device_id)
+        if record is None or not record.is_active(now_ms()):
+            return False
+        self._remember_active(record)
+        return True
+
+    def _remember_active(self, record: Enrollment) -> None:
+        key = (record.user_id, record.device_id)
+        self._active[key] = (record.expires_at, time.monotonic())
+        self._active.move_to_end(key)
+        if len(self._active) > ACTIVE_CACHE_MAX:
+            self._active.popitem(last=False)
+
+    async def require_admin(self, requester: Requester) -> str:
+        """The admin API's caller: a server admin on an enrolled device."""
+        user_id = requester.user.to_string()
+        if not await self._api.is_user_admin(user_id):
+            raise SynapseError(403, f"{user_id} is not a server admin", Codes.FORBIDDEN)
+        if self._config.enrollment_required and not await self.is_active(user_id, requester.device_id):
+            denial = enrollment.unusable_admin_device(user_id, requester.device_id)
+            self._log.deny(denial, user=user_id, device=requester.device_id)
+            raise denial.as_error()
+        return user_id
+
+    # -- operators' actions --------------------------------------------------
+
+    async def _existing_user(self, user_id: Any, field: str) -> str:
+        user_id = enrollment.validate_user_id(user_id, self._api.server_name, field)
+        if await self._api.check_user_exists(user_id) is None:
+            raise InvalidInput(field, f"there is no user {user_id} on this server")
+        return user_id
+
+    async def enroll(self, actor: str, user_id: str, device_id: str, body: Any) -> tuple[Enrollment, bool]:
+        user_id = await self._existing_user(user_id, "user_id")
+        device_id = enrollment.validate_device_id(device_id)
+        label, expires_at = enrollment.parse_enrollment_body(body, now_ms())
+        record, created = await self._store.enroll(user_id, device_id, label, expires_at, actor, now_ms())
+        self._remember_active(record)
+        self._log.record(
+            "enroll" if created else "update_enrollment",
+            actor=actor,
+            user=user_id,
+            device=device_id,
+            label=label,
+            expires_at=expires_at,
+        )
+        return record, created
+
+    async def import_devices(self, actor: str, entries: list[Any]) -> list[ImportResult]:
+        """Enroll many at once: valid entries in one transaction, each bad one
+        reported by its index and left out."""
+        now = now_ms()
+        results: list[ImportResult] = []
+        valid: list[tuple[str, str, str, int | None]] = []
+        known_users: dict[str, bool] = {}
+        for index, entry in enumerate(entries):
+            prefix = f"devices[{index}]."
+            try:
+                label, expires_at = enrollment.parse_enrollment_body(
+                    entry, now, prefix=prefix, also=frozenset({"user_id", "device_id"})
+                )
+                user_id = enrollment.validate_user_id(
+                    entry.get("user_id"), self._api.server_name, prefix + "user_id"
+                )
+                if user_id not in known_users:
+                    known_users[user_id] = await self._api.check_user_exists(user_id) is not None
+                if not known_users[user_id]:
+                    raise InvalidInput(prefix + "user_id", f"there is no user {user_id} on this server")
+                device_id = enrollment.validate_device_id(entry.get("device_id"), prefix + "device_id")
+            except InvalidInput as error:
+                results.append(ImportResult(index, error))
+                continue
+            results.append(ImportResult(index))
+            valid.append((user_id, device_id, label, expires_at))
+        outcomes = iter(await self._store.enroll_many(valid, actor, now) if valid else [])
+        for position, result in enumerate(results):
+            if result.error is None:
+                record, created = next(outcomes)
+                results[position] = ImportResult(result.index, created=created)
+                if created:
+                    self._log.record("enroll", actor=actor, user=record.user_id, device=record.device_id)
+        return results
+
+    async def revoke(
+        self, actor: str, user_id: str, device_id: str, state: str = REVOKED
+    ) -> Enrollment | None:
+        """End an enrollment and delete the device with its tokens and keys."""
+        user_id = enrollment.validate_user_id(user_id, self._api.server_name)
+        device_id = enrollment.validate_device_id(device_id)
+        record = await self._store.end(user_id, device_id, actor, now_ms(), state)
+        if record is None:
+            return None
+        self._active.pop((user_id, device_id), None)
+        await delete_devices(self._api, user_id, [device_id])
+        self._log.record(
+            "revoke" if state == REVOKED else "expire", actor=actor, user=user_id, device=device_id
+        )
+        return record
+
+    async def decide(self, actor: str, request_id: str, approve: bool) -> PendingLogin | None:
+        pending, record = await self._store.decide(request_id, approve, actor, now_ms())
+        if pending is not None:
+            self._log.record(
+                "approve_login" if approve else "reject_login",
+                actor=actor,
+                user=pending.user_id,
+                device=pending.device_id,
+                request_id=request_id,
+            )
+        if record is not None:
+            self._remember_active(record)
+        return pending
+
+    # -- sweep ------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Expire enrollments, remove devices nobody enrolled, cut device-less
+        tokens and lapse old login requests. Runs on one process only."""
+        expired = 0
+        for record in await self._store.due_expiries(now_ms(), SWEEP_BATCH):
+            if await self.revoke(SWEEP_ACTOR, record.user_id, record.device_id, EXPIRED) is not None:
+                expired += 1
+        removed = await self._remove_unenrolled_devices()
+        cut = 0
+        for user_id, token in await self._store.deviceless_tokens(SWEEP_BATCH):
+            await self._api.invalidate_access_token(token)
+            self._log.record("remove_deviceless_token", actor=SWEEP_ACTOR, user=user_id, device=None)
+            cut += 1
+        lapsed = await self._store.lapse_pending(now_ms(), self._config.approval_window * 1000)
+        if expired or removed or cut or lapsed:
+            logger.info(
+                "Device sweep: %d enrollments expired, %d non-enrolled devices removed, "
+                "%d device-less access tokens invalidated, %d login requests lapsed",
+                expired,
+                removed,
+                cut,
+                lapsed,
+            )
+
+    async def _remove_unenrolled_devices(self) -> int:
+        removed = 0
+        for _ in range(SWEEP_MAX_BATCHES):
+            found = await self._store.unenrolled_devices(SWEEP_BATCH)
+            # An approved login's device exists a moment before it is enrolled.
+            batch = [(user, device) for user, device in found if user not in self._awaiting]
+            by_user: dict[str, list[str]] = {}
+            for user_id, device_id in batch:
+                by_user.setdefault(user_id, []).append(device_id)
+            for user_id, device_ids in by_user.items():
+                await delete_devices(self._api, user_id, device_ids)
+                for device_id in device_ids:
+                    self._log.record(
+                        "remove_unenrolled_device", actor=SWEEP_ACTOR, user=user_id, device=device_id
+                    )
+            removed += len(batch)
+            if len(found) < SWEEP_BATCH or not batch:
+                break
+        return removed

@@ -1,0 +1,236 @@
+"""Device enrollment rules, as pure functions on plain data.
+
+Who may log in on which device, what an enrollment request must look like,
+and the words of every refusal. ``devices.py`` applies these rules to
+Synapse's callbacks, ``admin_api.py`` to HTTP requests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .config import IPNetwork
+from .decisions import Denial, quote
+
+ENROLLED = "enrolled"
+REVOKED = "revoked"
+EXPIRED = "expired"
+ENROLLMENT_STATES = frozenset({ENROLLED, REVOKED, EXPIRED})
+
+OPEN = "open"
+APPROVED = "approved"
+REJECTED = "rejected"
+CONSUMED = "consumed"
+PENDING_STATES = frozenset({OPEN, APPROVED, REJECTED, CONSUMED, EXPIRED})
+
+#: Synapse refuses longer device IDs at login; the registry does the same.
+MAX_DEVICE_ID_LENGTH = 512
+MAX_LABEL_LENGTH = 256
+#: An open login request nobody decided on lapses after a day.
+PENDING_OPEN_LIFETIME_MS = 24 * 3600 * 1000
+_USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:(.+)$")
+_REQUEST_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+@attrs.frozen
+class Enrollment:
+    user_id: str
+    device_id: str
+    label: str
+    enrolled_by: str
+    enrolled_at: int
+    expires_at: int | None
+    state: str
+    revoked_by: str | None = None
+    revoked_at: int | None = None
+
+    def is_active(self, now_ms: int) -> bool:
+        return self.state == ENROLLED and (self.expires_at is None or self.expires_at > now_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class PendingLogin:
+    """A login refused for a missing enrollment; ``device_id`` is None for
+    stock clients that let the server pick the device ID."""
+
+    request_id: str
+    user_id: str
+    device_id: str | None
+    ip: str
+    user_agent: str
+    created_at: int
+    last_attempt_at: int
+    state: str
+    decided_by: str | None = None
+    decided_at: int | None = None
+    consumed_at: int | None = None
+    bound_device_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+class InvalidInput(ValueError):
+    """A request field that cannot be used; ``field`` names it for the 400 answer."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def new_request_id() -> str:
+    """Short enough to read out over the phone: XXXX-XXXX without 0/O/1/I."""
+    chars = "".join(secrets.choice(_REQUEST_ID_ALPHABET) for _ in range(8))
+    return f"{chars[:4]}-{chars[4:]}"
+
+
+def validate_user_id(value: Any, server_name: str, field: str = "user_id") -> str:
+    """A user ID of this server (only local users have devices here)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(field, f"expected a user ID such as '@officer:{server_name}', got {quote(value)}")
+    match = _USER_ID.match(value)
+    if match is None:
+        raise InvalidInput(
+            field, f"{quote(value)} is not a valid user ID (expected '@localpart:{server_name}')"
+        )
+    if match.group(1) != server_name:
+        raise InvalidInput(
+            field,
+            f"{quote(value)} is not a user of this server ({server_name}); "
+            "enroll devices at the user's home server",
+        )
+    return value
+
+
+def validate_device_id(value: Any, field: str = "device_id") -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(field, f"expected a non-empty device ID, got {quote(value)}")
+    if len(value) > MAX_DEVICE_ID_LENGTH:
+        raise InvalidInput(field, f"longer than {MAX_DEVICE_ID_LENGTH} characters")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise InvalidInput(field, f"{quote(value)} contains whitespace or control characters")
+    return value
+
+
+def validate_label(value: Any, field: str = "label") -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"expected a string such as an MDM asset number, got {quote(value)}")
+    if len(value) > MAX_LABEL_LENGTH:
+        raise InvalidInput(field, f"longer than {MAX_LABEL_LENGTH} characters")
+    if any(not ch.isprintable() for ch in value):
+        raise InvalidInput(field, "contains control characters")
+    return value
+
+
+def validate_expiry(value: Any, now_ms: int, field: str = "expires_at") -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(field, f"expected milliseconds since the epoch (an integer), got {quote(value)}")
+    if value <= now_ms:
+        raise InvalidInput(field, f"{value} is not in the future (now is {now_ms})")
+    return value
+
+
+def parse_enrollment_body(
+    body: Any, now_ms: int, *, prefix: str = "", also: frozenset[str] = frozenset()
+) -> tuple[str, int | None]:
+    """``{"label": ..., "expires_at": ...}`` of an enroll request: (label, expiry).
+    ``prefix`` names where the object sits (``devices[3].``); ``also`` lists
+    further fields the caller reads itself."""
+    if not isinstance(body, Mapping):
+        raise InvalidInput(prefix.rstrip(".") or "body", f"expected a JSON object, got {quote(body)}")
+    known = {"label", "expires_at"} | also
+    unknown = sorted(str(key) for key in body if key not in known)
+    if unknown:
+        raise InvalidInput(f"{prefix}{unknown[0]}", f"unknown field; expected {', '.join(sorted(known))}")
+    label = validate_label(body.get("label"), f"{prefix}label")
+    expires_at = validate_expiry(body.get("expires_at"), now_ms, f"{prefix}expires_at")
+    return label, expires_at
+
+
+def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    # An IPv4 client on a dual-stack listener shows up as ::ffff:a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def check_login_network(networks: Iterable[IPNetwork], ip: str) -> Denial | None:
+    networks = tuple(networks)
+    if not networks:
+        return None
+    address = parse_ip(ip)
+    if address is not None and any(address in network for network in networks):
+        return None
+    return Denial(
+        rule="devices.login_network",
+        reason=f"Login refused: logins from {ip} are not allowed on this server "
+        "(devices.login_networks); connect through the MDM VPN or the control-room network",
+    )
+
+
+def device_not_enrolled(user_id: str, device_id: str | None, request_id: str) -> Denial:
+    if device_id is None:
+        reason = (
+            f"Login refused: this client did not name an enrolled device, and {user_id} may only log in on "
+            f"MDM-enrolled devices. Login request {request_id} is waiting for an operator: once it is "
+            "approved, log in again from the same network."
+        )
+    else:
+        reason = (
+            f"Login refused: device {quote(device_id)} is not enrolled for {user_id}; only MDM-enrolled "
+            f"devices may log in. Login request {request_id} is waiting for an operator."
+        )
+    return Denial(rule="devices.not_enrolled", reason=reason)
+
+
+def enrollment_expired(user_id: str, device_id: str, expired_at: int) -> Denial:
+    return Denial(
+        rule="devices.enrollment_expired",
+        reason=f"Login refused: the enrollment of device {quote(device_id)} of {user_id} expired "
+        f"(at {expired_at} ms); ask your operator to enroll the device again",
+    )
+
+
+def event_from_unenrolled_device(user_id: str, device_id: str) -> Denial:
+    return Denial(
+        rule="devices.event_from_unenrolled_device",
+        reason=f"Device {quote(device_id)} of {user_id} is not enrolled: events from devices that were "
+        "not enrolled through the MDM are refused. Log in on an enrolled device.",
+    )
+
+
+def unusable_admin_device(user_id: str, device_id: str | None) -> Denial:
+    return Denial(
+        rule="devices.admin_device_not_enrolled",
+        reason=f"The admin API needs an access token of an enrolled device; device {quote(device_id)} of "
+        f"{user_id} is not enrolled (see 'police-policy devices bootstrap')",
+    )
+
+
+def candidate_devices_for_approval(
+    newest_first: Iterable[str], enrolled: Iterable[str], known_before: Iterable[str]
+) -> str | None:
+    """The device an approved stock-client login created: the newest device of
+    the user that is neither enrolled nor existed before the login."""
+    skip = set(enrolled) | set(known_before)
+    for device_id in newest_first:
+        if device_id not in skip:
+            return device_id
+    return None

@@ -1,0 +1,97 @@
+"""The module's tables in Synapse's database, and their migrations.
+
+The module owns these tables (Synapse's schema tooling knows nothing of
+them). ``police_policy_schema_version`` holds the version reached; start-up
+applies the missing steps in one transaction. Every statement is valid on
+SQLite and PostgreSQL and repeatable (``IF NOT EXISTS``), so two processes
+starting at once (Synapse workers) cannot break each other. The bootstrap
+command (``police-policy devices bootstrap``) runs the same steps through a
+plain DB-API connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Step N brings the schema from version N-1 to N. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # The latest membership of each foreign user whose membership event the
+        # module dropped at the federation boundary: Synapse's room state never
+        # shows them, yet they are in the room on the peer's side. Events can
+        # arrive out of order (a missing join pulled after a later kick), so the
+        # newest origin_server_ts wins.
+        """
+        CREATE TABLE IF NOT EXISTS police_policy_foreign_members (
+            room_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            membership TEXT NOT NULL,
+            event_ts BIGINT NOT NULL,
+            PRIMARY KEY (room_id, user_id)
+        )
+        """,
+    ),
+    (
+        # The enrollment registry: one row per (user, device) ever enrolled.
+        # Revoked and expired rows stay, so the registry answers "who enrolled
+        # this phone, and who revoked it when".
+        """
+        CREATE TABLE IF NOT EXISTS police_policy_enrollments (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            label TEXT NOT NULL,
+            enrolled_by TEXT NOT NULL,
+            enrolled_at BIGINT NOT NULL,
+            expires_at BIGINT,
+            state TEXT NOT NULL,
+            revoked_by TEXT,
+            revoked_at BIGINT,
+            PRIMARY KEY (user_id, device_id)
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS police_policy_enrollments_expiry"
+        " ON police_policy_enrollments (state, expires_at)",
+        # Logins refused for a missing enrollment, waiting for an operator.
+        """
+        CREATE TABLE IF NOT EXISTS police_policy_pending_logins (
+            request_id TEXT NOT NULL PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            device_id TEXT,
+            ip TEXT NOT NULL,
+            user_agent TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            last_attempt_at BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            decided_by TEXT,
+            decided_at BIGINT,
+            consumed_at BIGINT,
+            bound_device_id TEXT
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS police_policy_pending_logins_user"
+        " ON police_policy_pending_logins (user_id, state)",
+        "CREATE INDEX IF NOT EXISTS police_policy_pending_logins_created"
+        " ON police_policy_pending_logins (created_at)",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(txn: Any) -> int:
+    """Bring the schema to ``SCHEMA_VERSION`` on a DB-API cursor; returns the
+    version found. A database newer than this code is left alone."""
+    txn.execute("CREATE TABLE IF NOT EXISTS police_policy_schema_version (version INTEGER NOT NULL)")
+    txn.execute("SELECT version FROM police_policy_schema_version")
+    row = txn.fetchone()
+    found = int(row[0]) if row else 0
+    if found >= SCHEMA_VERSION:
+        return found
+    for step in MIGRATIONS[found:]:
+        for statement in step:
+            txn.execute(statement)
+    if row:
+        txn.execute(f"UPDATE police_policy_schema_version SET version = {SCHEMA_VERSION}")
+    else:
+        txn.execute(f"INSERT INTO police_policy_schema_version (version) VALUES ({SCHEMA_VERSION})")
+    return found

@@ -1,0 +1,152 @@
+"""The admin API and the ``police-policy devices`` CLI against a real Synapse:
+who may call it, what a bad request gets, and the CSV import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devtools.homeserver import REPO_ROOT
+from tests.admin_api import call, device_path, enroll, enrollments
+from tests.integration.test_decision_log import decisions_for
+
+
+@pytest.fixture
+def admin(make_user):
+    return make_user("admin", admin=True)
+
+
+def police_policy(hs, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"POLICE_HOMESERVER_URL": hs.url, "POLICE_ADMIN_TOKEN": token, "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "synapse_police_policy.cli", "devices", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+def test_callers_must_be_admins_on_enrolled_devices(hs, make_user, admin):
+    path = device_path(admin.user_id, "X")
+    status, body = call(hs, "PUT", path, None, {})
+    assert (status, body["errcode"]) == (401, "M_MISSING_TOKEN")
+    status, body = call(hs, "PUT", path, "not-a-token", {})
+    assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    user = make_user("officer")
+    status, body = call(hs, "PUT", path, user.token, {})
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    assert "not a server admin" in body["error"]
+    # An admin whose token belongs to a device nobody enrolled (here: the one
+    # the registration created) is refused too.
+    other_admin_token = hs.register_user("admin-unenrolled-" + admin.localpart, "pw-x", admin=True)
+    status, body = call(hs, "GET", "devices", other_admin_token)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    assert "enrolled device" in body["error"]
+
+
+def test_enroll_is_idempotent_and_listed(hs, make_user, admin):
+    user = make_user("officer")
+    first = enroll(hs, admin.token, user.user_id, "IPHONE-0815", label="asset 0815")
+    assert first["created"] is True
+    again = enroll(hs, admin.token, user.user_id, "IPHONE-0815", label="asset 0815 (new case)")
+    assert again["created"] is False
+    assert again["enrollment"]["enrolled_at"] == first["enrollment"]["enrolled_at"]
+    record = enrollments(hs, admin.token, user.user_id)["IPHONE-0815"]
+    assert record["label"] == "asset 0815 (new case)"
+    assert (record["state"], record["enrolled_by"]) == ("enrolled", admin.user_id)
+    assert any(
+        entry.get("decision") == "enroll" and entry["actor"] == admin.user_id
+        for entry in decisions_for(hs, user.user_id)
+    )
+    assert hs.try_login(user.localpart, user.password, "IPHONE-0815")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("user_part", "device_id", "body", "field"),
+    [
+        ("@nobody-here:{server}", "D1", {}, "user_id"),
+        ("not-a-user-id", "D1", {}, "user_id"),
+        ("@someone:other.example", "D1", {}, "user_id"),
+        ("{user}", "D 1", {}, "device_id"),
+        ("{user}", "D1", {"label": 42}, "label"),
+        ("{user}", "D1", {"expires_at": "tomorrow"}, "expires_at"),
+        ("{user}", "D1", {"expires_at": 1000}, "expires_at"),
+        ("{user}", "D1", {"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_enroll_requests_name_the_field_and_write_nothing(
+    hs, make_user, admin, user_part, device_id, body, field
+):
+    user = make_user("officer")
+    user_id = user_part.format(server=hs.server_name, user=user.user_id)
+    status, answer = call(hs, "PUT", device_path(user_id, device_id), admin.token, body)
+    assert status == 400, answer
+    assert answer["errcode"] == "M_INVALID_PARAM"
+    assert answer["error"].startswith(field)
+    assert enrollments(hs, admin.token, user.user_id).keys() == {user.device_id}
+
+
+def test_body_that_is_not_json_is_refused(hs, make_user, admin):
+    user = make_user("officer")
+    status, answer = hs.request(
+        "PUT", "/_synapse/client/police/v1/" + device_path(user.user_id, "D1"), None, token=admin.token
+    )
+    assert status == 400, answer
+    assert answer["errcode"] == "M_NOT_JSON"
+
+
+def test_revoking_what_is_not_enrolled_is_404(hs, make_user, admin):
+    user = make_user("officer")
+    status, answer = call(hs, "DELETE", device_path(user.user_id, "NEVER-ENROLLED"), admin.token)
+    assert (status, answer["errcode"]) == (404, "M_NOT_FOUND")
+
+
+def test_unknown_endpoint_and_method(hs, admin):
+    assert call(hs, "GET", "nothing-here", admin.token)[0] == 404
+    assert call(hs, "POST", "devices", admin.token, {})[0] == 405
+
+
+def test_csv_import_reports_bad_rows_and_can_be_rerun(hs, make_user, admin, tmp_path: Path):
+    alice, bob = make_user("officer"), make_user("officer")
+    csv_file = tmp_path / "mdm-export.csv"
+    csv_file.write_text(
+        "user_id,device_id,label\n"
+        f"{alice.user_id},IPHONE-A1,asset A1\n"
+        f"{bob.user_id},IPHONE-B1,asset B1\n"
+        f"@ghost:{hs.server_name},IPHONE-G1,asset G1\n"
+        f"{alice.user_id},,missing device\n"
+        f"{bob.user_id},IPHONE B2,space in id\n"
+        f"{bob.user_id},IPHONE-B3,\n"
+    )
+    result = police_policy(hs, admin.token, "import", str(csv_file))
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    assert f"{csv_file}:4:" in out and "no user" in out
+    assert f"{csv_file}:5:" in out
+    assert f"{csv_file}:6:" in out and "whitespace" in out
+    assert "3 enrolled (new), 0 already enrolled, 3 failed" in out
+    assert set(enrollments(hs, admin.token, bob.user_id)) == {bob.device_id, "IPHONE-B1", "IPHONE-B3"}
+    assert admin.token not in out + result.stderr
+
+    rerun = police_policy(hs, admin.token, "import", str(csv_file))
+    assert "0 enrolled (new), 3 already enrolled, 3 failed" in rerun.stdout
+    assert hs.try_login(alice.localpart, alice.password, "IPHONE-A1")[0] == 200
+
+
+def test_cli_enroll_list_revoke(hs, make_user, admin):
+    user = make_user("officer")
+    assert (
+        police_policy(hs, admin.token, "enroll", user.user_id, "CLI-1", "--label", "via cli").returncode == 0
+    )
+    listed = police_policy(hs, admin.token, "list", "--user", user.user_id)
+    assert "CLI-1" in listed.stdout and "via cli" in listed.stdout
+    assert police_policy(hs, admin.token, "revoke", user.user_id, "CLI-1").returncode == 0
+    assert enrollments(hs, admin.token, user.user_id)["CLI-1"]["state"] == "revoked"
+    again = police_policy(hs, admin.token, "revoke", user.user_id, "CLI-1")
+    assert again.returncode == 1
+    assert "M_NOT_FOUND" in again.stderr
