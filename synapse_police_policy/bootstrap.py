@@ -56,7 +56,11 @@ def _connect(database: Any) -> tuple[Any, bool]:
         path = args.get("database")
         if not isinstance(path, str):
             raise BootstrapError("database.args.database: expected the path of the SQLite file")
-        return sqlite3.connect(path, timeout=30), True
+        try:
+            # mode=rw: a wrong path must not create an empty database
+            return sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30), True
+        except sqlite3.Error as error:
+            raise BootstrapError(f"database.args.database: cannot open {path}: {error}") from None
     if name in ("psycopg2", "psycopg"):
         try:
             import psycopg2
@@ -92,8 +96,14 @@ def enroll_directly(homeserver: Mapping[str, Any], user_id: str, device_id: str,
         )
         connection.commit()
         return record
-    except Exception:
+    except Exception as error:
         connection.rollback()
-        raise
+        if isinstance(error, BootstrapError):
+            raise
+        # sqlite3.Error or psycopg2.Error: most often Synapse never ran on this database
+        raise BootstrapError(
+            f"the database refused the enrollment ({type(error).__name__}: {str(error).strip()}); "
+            "is this the database of a Synapse that has started at least once?"
+        ) from None
     finally:
         connection.close()

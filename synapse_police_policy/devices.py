@@ -21,7 +21,7 @@ from .config import DevicesConfig
 from .decisions import DecisionLog, Denial
 from .enrollment import ENROLLED, EXPIRED, REVOKED, Enrollment, InvalidInput, PendingLogin
 from .enrollment_store import EnrollmentStore
-from .internals import delete_devices
+from .internals import delete_access_token, delete_devices
 
 logger = logging.getLogger(__name__)
 
@@ -279,27 +279,38 @@ class DeviceEnrollment:
 
     async def sweep(self) -> None:
         """Expire enrollments, remove devices nobody enrolled, cut device-less
-        tokens and lapse old login requests. Runs on one process only."""
+        tokens and lapse old login requests. Runs on one process only; a step
+        that fails is logged and does not keep the others from running."""
+        counts = {}
+        for name, step in (
+            ("enrollments expired", self._expire_enrollments),
+            ("non-enrolled devices removed", self._remove_unenrolled_devices),
+            ("device-less access tokens deleted", self._delete_deviceless_tokens),
+            ("login requests lapsed", self._lapse_pending),
+        ):
+            try:
+                counts[name] = await step()
+            except Exception:
+                logger.exception("Device sweep: %s failed", name)
+        if any(counts.values()):
+            logger.info("Device sweep: %s", ", ".join(f"{count} {name}" for name, count in counts.items()))
+
+    async def _expire_enrollments(self) -> int:
         expired = 0
         for record in await self._store.due_expiries(now_ms(), SWEEP_BATCH):
             if await self.revoke(SWEEP_ACTOR, record.user_id, record.device_id, EXPIRED) is not None:
                 expired += 1
-        removed = await self._remove_unenrolled_devices()
-        cut = 0
-        for user_id, token in await self._store.deviceless_tokens(SWEEP_BATCH):
-            await self._api.invalidate_access_token(token)
-            self._log.record("remove_deviceless_token", actor=SWEEP_ACTOR, user=user_id, device=None)
-            cut += 1
-        lapsed = await self._store.lapse_pending(now_ms(), self._config.approval_window * 1000)
-        if expired or removed or cut or lapsed:
-            logger.info(
-                "Device sweep: %d enrollments expired, %d non-enrolled devices removed, "
-                "%d device-less access tokens invalidated, %d login requests lapsed",
-                expired,
-                removed,
-                cut,
-                lapsed,
-            )
+        return expired
+
+    async def _delete_deviceless_tokens(self) -> int:
+        tokens = await self._store.deviceless_tokens(SWEEP_BATCH)
+        for user_id, token in tokens:
+            await delete_access_token(self._api, token)
+            self._log.record("delete_deviceless_token", actor=SWEEP_ACTOR, user=user_id, device=None)
+        return len(tokens)
+
+    async def _lapse_pending(self) -> int:
+        return await self._store.lapse_pending(now_ms(), self._config.approval_window * 1000)
 
     async def _remove_unenrolled_devices(self) -> int:
         removed = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -35,6 +36,8 @@ MAX_LABEL_LENGTH = 256
 #: An open login request nobody decided on lapses after a day.
 PENDING_OPEN_LIFETIME_MS = 24 * 3600 * 1000
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:(.+)$")
+#: Unicode categories a one-line label must not contain (non-breaking spaces are fine)
+_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
 _REQUEST_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
@@ -97,7 +100,7 @@ def validate_user_id(value: Any, server_name: str, field: str = "user_id") -> st
     """A user ID of this server (only local users have devices here)."""
     if not isinstance(value, str) or not value:
         raise InvalidInput(field, f"expected a user ID such as '@officer:{server_name}', got {quote(value)}")
-    match = _USER_ID.match(value)
+    match = _USER_ID.fullmatch(value)
     if match is None:
         raise InvalidInput(
             field, f"{quote(value)} is not a valid user ID (expected '@localpart:{server_name}')"
@@ -128,8 +131,8 @@ def validate_label(value: Any, field: str = "label") -> str:
         raise InvalidInput(field, f"expected a string such as an MDM asset number, got {quote(value)}")
     if len(value) > MAX_LABEL_LENGTH:
         raise InvalidInput(field, f"longer than {MAX_LABEL_LENGTH} characters")
-    if any(not ch.isprintable() for ch in value):
-        raise InvalidInput(field, "contains control characters")
+    if any(unicodedata.category(ch) in _LINE_BREAKING for ch in value):
+        raise InvalidInput(field, "contains control characters or line breaks")
     return value
 
 

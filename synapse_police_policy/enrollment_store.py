@@ -96,6 +96,17 @@ def enroll_txn(
     return record, True
 
 
+def _enroll_unless_enrolled_txn(
+    txn: Any, user_id: str, device_id: str, label: str, by: str, now: int
+) -> Enrollment:
+    """An approval enrolls the device, but leaves an operator's own enrollment
+    of it (label, expiry) as it is."""
+    existing = get_enrollment_txn(txn, user_id, device_id)
+    if existing is not None and existing.state == ENROLLED:
+        return existing
+    return enroll_txn(txn, user_id, device_id, label, None, by, now)[0]
+
+
 def _end_enrollment_txn(
     txn: Any, user_id: str, device_id: str, by: str, now: int, state: str
 ) -> Enrollment | None:
@@ -152,7 +163,11 @@ def _unenrolled_devices_txn(txn: Any, limit: int) -> list[tuple[str, str]]:
 
 
 def _deviceless_tokens_txn(txn: Any, limit: int) -> list[tuple[str, str]]:
-    txn.execute("SELECT user_id, token FROM access_tokens WHERE device_id IS NULL LIMIT ?", (limit,))
+    # Admin "log in as user" tokens: the user they act as is puppets_user_id.
+    txn.execute(
+        "SELECT COALESCE(puppets_user_id, user_id), token FROM access_tokens WHERE device_id IS NULL LIMIT ?",
+        (limit,),
+    )
     return [(row[0], row[1]) for row in txn.fetchall()]
 
 
@@ -246,7 +261,7 @@ def _decide_txn(
     enrollment = None
     if approve and pending.device_id is not None:
         label = f"approved login request {request_id}"
-        enrollment, _ = enroll_txn(txn, pending.user_id, pending.device_id, label, None, by, now)
+        enrollment = _enroll_unless_enrolled_txn(txn, pending.user_id, pending.device_id, label, by, now)
     decided = PendingLogin(
         **{**pending.to_json(), "state": state, "decided_by": by, "decided_at": now, "bound_device_id": bound}
     )
@@ -279,10 +294,9 @@ def _bind_txn(txn: Any, pending: PendingLogin, device_id: str, now: int) -> Enro
         (device_id, pending.request_id),
     )
     label = f"approved login request {pending.request_id} ({pending.user_agent})"[:256]
-    enrollment, _ = enroll_txn(
-        txn, pending.user_id, device_id, label, None, pending.decided_by or "unknown", now
+    return _enroll_unless_enrolled_txn(
+        txn, pending.user_id, device_id, label, pending.decided_by or "unknown", now
     )
-    return enrollment
 
 
 def _lapse_pending_txn(txn: Any, now: int, window_ms: int) -> int:

@@ -10,6 +10,9 @@ Private APIs change between releases; a test pins each use:
   its admin API does: access tokens, E2E keys, pushers and pending to-device
   messages go, and the other users' servers and clients learn of the device
   list change (``test_enrollment_revocation.py``).
+- ``ModuleApi.invalidate_access_token`` fails on Synapse 1.163 (it reads a
+  ``Requester`` as a dict); the auth handler deletes a token as logout does
+  (``test_enrollment_devices.py::test_tokens_without_a_device_are_cut_by_the_sweep``).
 """
 
 from __future__ import annotations
@@ -53,3 +56,12 @@ def guard_remote_media(api: ModuleApi, refuse: RemoteMediaGate) -> bool:
 async def delete_devices(api: ModuleApi, user_id: str, device_ids: list[str]) -> None:
     """Delete devices as Synapse's admin API does (missing ones are skipped)."""
     await api._hs.get_device_handler().delete_devices(user_id, device_ids)
+
+
+async def delete_access_token(api: ModuleApi, token: str) -> None:
+    """Delete one access token as a logout does (an unknown token is skipped)."""
+    try:
+        await api._hs.get_auth_handler().delete_access_token(token)
+    except SynapseError as error:
+        if error.code != 401:
+            raise
