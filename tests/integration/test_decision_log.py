@@ -15,8 +15,10 @@ from devtools.homeserver import Homeserver
 DECISION_LOGGER = "synapse_police_policy.decisions"
 
 
-def decisions_for(hs: Homeserver, user_id: str, timeout: float = 10.0) -> list[dict]:
-    """Decision lines about ``user_id`` (the log is written asynchronously)."""
+def decisions_for(hs: Homeserver, user_id: str, timeout: float = 10.0, decision: str = "deny") -> list[dict]:
+    """Decision lines of one kind about ``user_id`` (the log is written
+    asynchronously); "deny" by default, since the device sweep also logs what it
+    removes (the device each registration creates, for one)."""
     deadline = time.monotonic() + timeout
     while True:
         lines = [
@@ -24,7 +26,7 @@ def decisions_for(hs: Homeserver, user_id: str, timeout: float = 10.0) -> list[d
             for line in hs.log_path.read_text().splitlines()
             if f" - {DECISION_LOGGER} - " in line
         ]
-        found = [entry for entry in lines if entry["user"] == user_id]
+        found = [entry for entry in lines if entry["user"] == user_id and entry["decision"] == decision]
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.2)

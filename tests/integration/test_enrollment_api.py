@@ -59,10 +59,8 @@ def test_enroll_is_idempotent_and_listed(hs, make_user, admin):
     record = enrollments(hs, admin.token, user.user_id)["IPHONE-0815"]
     assert record["label"] == "asset 0815 (new case)"
     assert (record["state"], record["enrolled_by"]) == ("enrolled", admin.user_id)
-    assert any(
-        entry.get("decision") == "enroll" and entry["actor"] == admin.user_id
-        for entry in decisions_for(hs, user.user_id)
-    )
+    [logged] = decisions_for(hs, user.user_id, decision="enroll")
+    assert (logged["actor"], logged["device"]) == (admin.user_id, "IPHONE-0815")
     assert hs.try_login(user.localpart, user.password, "IPHONE-0815")[0] == 200
 
 
