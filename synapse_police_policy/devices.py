@@ -100,8 +100,10 @@ class DeviceEnrollment:
             if record is not None and record.is_active(now):
                 self._remember_active(record)
                 return None
-            if record is not None and record.state == ENROLLED and record.expires_at is not None:
-                return enrollment.enrollment_expired(user_id, device_id, record.expires_at)
+            if record is not None:
+                # A revoked or expired phone gets no request an operator could
+                # approve by mistake: enrolling it again must be deliberate.
+                return enrollment.enrollment_ended(record)
         else:
             approval = await self._store.consume_approval(
                 user_id, ip, now, self._config.approval_window * 1000

@@ -203,11 +203,18 @@ def device_not_enrolled(user_id: str, device_id: str | None, request_id: str) ->
     return Denial(rule="devices.not_enrolled", reason=reason)
 
 
-def enrollment_expired(user_id: str, device_id: str, expired_at: int) -> Denial:
+def enrollment_ended(record: Enrollment) -> Denial:
+    """The login names a device whose enrollment is over (``record`` is not active)."""
+    device = f"device {quote(record.device_id)} of {record.user_id}"
+    if record.state == REVOKED:
+        return Denial(
+            rule="devices.revoked",
+            reason=f"Login refused: {device} was revoked (lost or replaced); "
+            "only an operator can enroll it again",
+        )
     return Denial(
         rule="devices.enrollment_expired",
-        reason=f"Login refused: the enrollment of device {quote(device_id)} of {user_id} expired "
-        f"(at {expired_at} ms); ask your operator to enroll the device again",
+        reason=f"Login refused: the enrollment of {device} expired; ask your operator to enroll it again",
     )
 
 

@@ -61,6 +61,9 @@ async def test_revoked_phone_is_cut_off_and_leaves_the_device_lists(fast_sweep, 
         # Logging in again with the revoked device ID does not bring it back.
         status, body = hs.try_login(alice.localpart, alice.password, lost)
         assert status == 403, body
+        assert "was revoked" in body["error"]
+        # ... and leaves no request an operator could approve by mistake.
+        assert not [entry for entry in pending(hs, admin.token) if entry["user_id"] == alice.user_id]
     finally:
         await alice_client.close()
         await bob_client.close()

@@ -20,6 +20,7 @@ from synapse_police_policy.enrollment import (
     candidate_devices_for_approval,
     check_login_network,
     device_not_enrolled,
+    enrollment_ended,
     new_request_id,
     parse_enrollment_body,
     parse_ip,
@@ -268,3 +269,18 @@ def test_candidate_devices_for_approval(
 def test_enrollment_is_active(state: str, expires_at: int | None, active: bool) -> None:
     record = Enrollment("@a:police.example", "PHONE1", "", "@admin:police.example", 1, expires_at, state)
     assert record.is_active(NOW) is active
+
+
+@pytest.mark.parametrize(
+    ("state", "expires_at", "rule", "words"),
+    [
+        ("revoked", None, "devices.revoked", "was revoked"),
+        ("expired", 5, "devices.enrollment_expired", "expired"),
+        ("enrolled", 5, "devices.enrollment_expired", "expired"),
+    ],
+)
+def test_enrollment_ended_says_why(state: str, expires_at: int | None, rule: str, words: str) -> None:
+    record = Enrollment("@a:police.example", "PHONE", "", "@admin:police.example", 1, expires_at, state)
+    denial = enrollment_ended(record)
+    assert denial.rule == rule
+    assert words in denial.reason and "'PHONE'" in denial.reason
