@@ -378,9 +378,12 @@ class Homeserver:
         except ValueError:
             return status, raw.decode("utf8", "replace")
 
-    def register_user(self, localpart: str, password: str, *, admin: bool = False) -> str | None:
-        """Create a user with the shared secret; returns an access token, or
-        None when the user already exists."""
+    def register_user(
+        self, localpart: str, password: str, *, admin: bool = False, login: bool = True
+    ) -> str | None:
+        """Create a user with the shared secret; returns None when the user
+        already exists, else the access token of the device the registration
+        creates (not enrolled), or "" with ``login=False`` (no device)."""
         _, nonce_body = self.request("GET", "/_synapse/admin/v1/register")
         nonce = nonce_body["nonce"]
         message = "\x00".join([nonce, localpart, password, "admin" if admin else "notadmin"])
@@ -394,14 +397,14 @@ class Homeserver:
                 "password": password,
                 "admin": admin,
                 "mac": mac.hexdigest(),
-                "inhibit_login": False,
+                "inhibit_login": not login,
             },
         )
         if status == 400 and isinstance(body, dict) and body.get("errcode") == "M_USER_IN_USE":
             return None
         if status != 200:
             raise SynapseError(f"registering {localpart!r} failed: HTTP {status} {body}")
-        return body["access_token"]
+        return body.get("access_token", "")
 
     def enroll(self, localpart: str, device_id: str, label: str = "test device") -> None:
         """Enroll a device straight in the database (``police-policy devices bootstrap``)."""
@@ -411,9 +414,8 @@ class Homeserver:
     def register_enrolled_user(
         self, localpart: str, password: str, *, admin: bool = False
     ) -> tuple[str, str]:
-        """Create a user and log it in on an enrolled device: (access token, device ID).
-        The device the registration itself creates is not enrolled."""
-        self.register_user(localpart, password, admin=admin)
+        """Create a user and log it in on an enrolled device: (access token, device ID)."""
+        self.register_user(localpart, password, admin=admin, login=False)
         device_id = f"ENROLLED-{secrets.token_hex(4).upper()}"
         self.enroll(localpart, device_id)
         answer = self.login(localpart, password, device_id)

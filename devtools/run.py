@@ -103,7 +103,10 @@ def main() -> int:
         homeserver.start(foreground_output=True)
         created = []
         for localpart, (_, admin) in DEMO_ACCOUNTS.items():
-            if homeserver.register_user(localpart, passwords[localpart], admin=admin) is not None:
+            if (
+                homeserver.register_user(localpart, passwords[localpart], admin=admin, login=False)
+                is not None
+            ):
                 created.append(localpart)
         _enroll_demo_devices(homeserver)
         _write_admin_token(homeserver, passwords["admin"])
