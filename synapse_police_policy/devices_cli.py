@@ -323,29 +323,41 @@ def list_enrollments(client: AdminClient, user_id: str | None, state: str | None
         params["from"] = str(cursor)
 
 
-def cmd_list(client: AdminClient, args: argparse.Namespace) -> int:
-    enrollments = list(list_enrollments(client, args.user, args.state))
-    if args.json:
-        dump_json(enrollments)
-    elif not enrollments:
-        print("no enrollments")
+def show(
+    records: list[dict[str, Any]],
+    as_json: bool,
+    empty: str,
+    headers: tuple[str, ...],
+    row: Callable[[dict[str, Any]], Sequence[str]],
+) -> int:
+    if as_json:
+        dump_json(records)
+    elif not records:
+        print(empty)
     else:
-        headers = ("USER", "DEVICE", "STATE", "LABEL", "ENROLLED", "EXPIRES", "ENROLLED BY")
-        print(table(headers, map(enrollment_row, enrollments)))
+        print(table(headers, map(row, records)))
     return EXIT_OK
+
+
+def cmd_list(client: AdminClient, args: argparse.Namespace) -> int:
+    return show(
+        list(list_enrollments(client, args.user, args.state)),
+        args.json,
+        "no enrollments",
+        ("USER", "DEVICE", "STATE", "LABEL", "ENROLLED", "EXPIRES", "ENROLLED BY"),
+        enrollment_row,
+    )
 
 
 def cmd_pending(client: AdminClient, args: argparse.Namespace) -> int:
     params = {"state": args.state} if args.state else None
-    waiting = client.call("GET", ("pending",), params=params).get("pending") or []
-    if args.json:
-        dump_json(waiting)
-    elif not waiting:
-        print("no pending device requests")
-    else:
-        headers = ("REQUEST", "USER", "DEVICE", "STATE", "CREATED", "IP", "USER AGENT")
-        print(table(headers, map(pending_row, waiting)))
-    return EXIT_OK
+    return show(
+        client.call("GET", ("pending",), params=params).get("pending") or [],
+        args.json,
+        "no pending device requests",
+        ("REQUEST", "USER", "DEVICE", "STATE", "CREATED", "IP", "USER AGENT"),
+        pending_row,
+    )
 
 
 def decide(decision: str) -> Callable[[AdminClient, argparse.Namespace], int]:
