@@ -33,8 +33,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from signedjson.key import generate_signing_key, write_signing_keys
+from synapse.config._base import ConfigError
 
-from synapse_police_policy.bootstrap import enroll_directly
+from synapse_police_policy.bootstrap import connect_database, enroll_directly
+from synapse_police_policy.config import MediaConfig, parse_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULE_CLASS = "synapse_police_policy.PolicePolicy"
@@ -62,6 +64,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _largest_upload(module_config: Mapping[str, Any]) -> int:
+    """Synapse's own body limit must admit the largest file the policy allows.
+    A broken module config (tests of start-up errors) gets the defaults here;
+    Synapse reports the error itself."""
+    try:
+        return parse_config(module_config).media.largest_upload
+    except ConfigError:
+        return MediaConfig().largest_upload
+
+
 def policy_aligned_settings(server_name: str, module_config: Mapping[str, Any]) -> dict[str, Any]:
     """Homeserver settings that carry the part of the policy Synapse enforces
     itself; ``police-policy check-config`` accepts exactly these."""
@@ -76,6 +88,7 @@ def policy_aligned_settings(server_name: str, module_config: Mapping[str, Any]) 
         "url_preview_enabled": False,
         "encryption_enabled_by_default_for_room_type": "all",
         "room_list_publication_rules": [{"action": "deny"}],
+        "max_upload_size": f"{_largest_upload(module_config) // 1024**2}M",
         # Rooms announce the device tier in m.room.retention; the server keeps
         # history until the audit tier by clamping purges to it.
         "retention": {
@@ -410,6 +423,17 @@ class Homeserver:
         """Enroll a device straight in the database (``police-policy devices bootstrap``)."""
         homeserver = yaml.safe_load(self.config_path.read_text())
         enroll_directly(homeserver, self.user_id(localpart), device_id, label)
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read Synapse's database (SQLite or PostgreSQL) with ``?`` placeholders."""
+        homeserver = yaml.safe_load(self.config_path.read_text())
+        connection, qmark = connect_database(homeserver["database"])
+        try:
+            cursor = connection.cursor()
+            cursor.execute(sql if qmark else sql.replace("?", "%s"), args)
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            connection.close()
 
     def register_enrolled_user(
         self, localpart: str, password: str, *, admin: bool = False

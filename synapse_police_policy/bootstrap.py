@@ -47,7 +47,9 @@ class _QmarkCursor:
         return self._cursor.rowcount
 
 
-def _connect(database: Any) -> tuple[Any, bool]:
+def connect_database(database: Any) -> tuple[Any, bool]:
+    """A DB-API connection to a homeserver's ``database`` section, and whether
+    it takes ``?`` placeholders (SQLite) rather than ``%s`` (psycopg2)."""
     if not isinstance(database, Mapping):
         raise BootstrapError("database: expected the homeserver's database section (name and args)")
     name = database.get("name", "sqlite3")
@@ -84,7 +86,7 @@ def enroll_directly(homeserver: Mapping[str, Any], user_id: str, device_id: str,
         label = validate_label(label)
     except ValueError as error:
         raise BootstrapError(str(error)) from None
-    connection, qmark = _connect(homeserver.get("database", {"name": "sqlite3", "args": {}}))
+    connection, qmark = connect_database(homeserver.get("database", {"name": "sqlite3", "args": {}}))
     try:
         cursor = _QmarkCursor(connection.cursor(), qmark)
         cursor.execute("SELECT name FROM users WHERE name = ?", (user_id,))

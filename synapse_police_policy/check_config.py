@@ -284,4 +284,27 @@ def find_problems(homeserver: Mapping[str, Any]) -> list[Finding]:
     _check_federation(homeserver, policy, findings)
     _check_simple_settings(homeserver, findings)
     _check_retention(homeserver, policy, findings)
+    _check_upload_size(homeserver, policy, findings)
     return findings
+
+
+def _check_upload_size(homeserver: Mapping[str, Any], policy: PolicyConfig, findings: list[Finding]) -> None:
+    """Synapse refuses bodies above its own max_upload_size (default 50M)
+    before the module is asked, so it must admit the largest allowed file."""
+    largest = policy.media.largest_upload
+    wanted = f"{largest // 1024**2}M"
+    value = homeserver.get("max_upload_size", "50M")
+    try:
+        size = Config.parse_size(value)
+    except (TypeError, ValueError, ConfigError):
+        findings.append(Finding("max_upload_size", f"{value!r} is not a size", f"set it to {wanted}"))
+        return
+    if size < largest:
+        findings.append(
+            Finding(
+                "max_upload_size",
+                f"{value} (Synapse's limit) is below the largest file the media policy allows ({wanted}), "
+                "so such uploads fail with Synapse's generic error",
+                f"set it to {wanted}",
+            )
+        )

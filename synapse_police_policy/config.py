@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import attrs
@@ -74,9 +75,70 @@ class DevicesConfig:
     sweep_interval: int = 60
 
 
+#: MIME types the media section may name: what libmagic reports for photos,
+#: audio, video and documents (``media.py`` maps libmagic's aliases).
+KNOWN_MEDIA_TYPES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/heic",
+        "image/heif",
+        "image/avif",
+        "image/webp",
+        "image/tiff",
+        "image/bmp",
+        "video/mp4",
+        "video/quicktime",
+        "video/webm",
+        "video/x-matroska",
+        "video/3gpp",
+        "audio/mp4",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/flac",
+        "audio/wav",
+        "audio/aac",
+        "audio/webm",
+        "application/pdf",
+    }
+)
+_KIB = 1024
+_SIZE = re.compile(r"^([1-9][0-9]*)([KMG]?)$")
+_SIZE_UNITS = {"": 1, "K": _KIB, "M": _KIB**2, "G": _KIB**3}
+DEFAULT_ALLOWED_MEDIA: Mapping[str, int] = MappingProxyType(
+    {
+        "image/jpeg": 30 * _KIB**2,
+        "image/png": 30 * _KIB**2,
+        "image/heic": 30 * _KIB**2,
+        "image/heif": 30 * _KIB**2,
+        "image/webp": 30 * _KIB**2,
+        "video/mp4": 500 * _KIB**2,
+        "video/quicktime": 500 * _KIB**2,
+        "audio/mp4": 100 * _KIB**2,
+        "audio/mpeg": 100 * _KIB**2,
+        "audio/ogg": 100 * _KIB**2,
+        "application/pdf": 50 * _KIB**2,
+    }
+)
+
+
 @attrs.frozen
 class MediaConfig:
-    """Section ``media``: filled by the media-type issue."""
+    """Section ``media``: what may be uploaded, judged by content; sizes in bytes."""
+
+    #: detected MIME type -> largest allowed size
+    allowed: Mapping[str, int] = attrs.field(
+        default=DEFAULT_ALLOWED_MEDIA, converter=lambda value: MappingProxyType(dict(value)), hash=False
+    )
+    #: uploads that are opaque ciphertext (E2EE attachments)
+    encrypted_max_size: int = 500 * _KIB**2
+    #: per user, across all uploads, over the last 24 hours
+    daily_upload_quota: int = 5 * _KIB**3
+
+    @property
+    def largest_upload(self) -> int:
+        return max([self.encrypted_max_size, *self.allowed.values()])
 
 
 @attrs.frozen
@@ -230,6 +292,46 @@ def _parse_devices(raw: Any) -> DevicesConfig:
     )
 
 
+def parse_size(value: Any, path: tuple[str, ...]) -> int:
+    """A positive size in bytes, or with a K, M or G suffix (powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value.strip().upper())
+        if match:
+            return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    raise _fail(path, "a size such as '30M' (bytes, or K, M, G)", value)
+
+
+def _parse_media(raw: Any) -> MediaConfig:
+    section = _mapping(raw, ("media",), {"allowed", "encrypted_max_size", "daily_upload_quota"})
+    defaults = MediaConfig()
+    allowed = defaults.allowed
+    if "allowed" in section:
+        path = ("media", "allowed")
+        entries = section["allowed"]
+        if not isinstance(entries, Mapping) or not entries:
+            raise _fail(path, "a mapping of MIME type to size, such as {image/jpeg: 30M}", entries)
+        allowed = {}
+        for mime, size in entries.items():
+            if mime not in KNOWN_MEDIA_TYPES:
+                raise ConfigError(
+                    f"media.allowed.{mime}: unknown MIME type; "
+                    f"expected one of: {', '.join(sorted(KNOWN_MEDIA_TYPES))}",
+                    path=(*path, str(mime)),
+                )
+            allowed[mime] = parse_size(size, (*path, str(mime)))
+    return MediaConfig(
+        allowed=allowed,
+        encrypted_max_size=parse_size(section["encrypted_max_size"], ("media", "encrypted_max_size"))
+        if "encrypted_max_size" in section
+        else defaults.encrypted_max_size,
+        daily_upload_quota=parse_size(section["daily_upload_quota"], ("media", "daily_upload_quota"))
+        if "daily_upload_quota" in section
+        else defaults.daily_upload_quota,
+    )
+
+
 def _parse_retention(raw: Any) -> RetentionConfig:
     section = _mapping(raw, ("retention",), {"device_lifetime", "audit_lifetime"})
     defaults = RetentionConfig()
@@ -256,11 +358,11 @@ def _parse_retention(raw: Any) -> RetentionConfig:
 def parse_config(raw: Any) -> PolicyConfig:
     """Turn the module's YAML config into a ``PolicyConfig`` or raise ``ConfigError``."""
     top = _mapping(raw, (), {"rooms", "federation", "retention", "devices", "media", "auditor"})
-    _mapping(top.get("media"), ("media",), set())
     _mapping(top.get("auditor"), ("auditor",), set())
     return PolicyConfig(
         rooms=_parse_rooms(top.get("rooms")),
         federation=_parse_federation(top.get("federation")),
         retention=_parse_retention(top.get("retention")),
         devices=_parse_devices(top.get("devices")),
+        media=_parse_media(top.get("media")),
     )

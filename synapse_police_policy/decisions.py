@@ -68,8 +68,10 @@ class DecisionLog:
         device: str | None = None,
         room: str | None = None,
         event: str | None = None,
+        media: str | None = None,
     ) -> None:
-        """``event``: the ID of the refused event, for denials about one event."""
+        """``event``: the ID of the refused event, for denials about one event;
+        ``media``: the media ID (mxc server/ID) of a refused file."""
         DENIALS.labels(rule=denial.rule, server_name=self._server_name).inc()
         entry = {
             "rule": denial.rule,
@@ -81,6 +83,8 @@ class DecisionLog:
         }
         if event is not None:
             entry["event"] = event
+        if media is not None:
+            entry["media"] = media
         DECISION_LOGGER.info(json.dumps(entry, sort_keys=True))
 
     def record(self, action: str, *, actor: str, user: str, device: str | None, **details: Any) -> None:

@@ -3,22 +3,27 @@ Synapse's return values. Rules live in their own files (``rooms.py``, ...)."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Collection
 from typing import Any, Literal
 
 from synapse.api.errors import Codes, SynapseError
 from synapse.events import EventBase
+from synapse.media._base import FileInfo
+from synapse.media.media_storage import ReadableFileWrapper
 from synapse.module_api import NOT_SPAM, ModuleApi
 from synapse.types import Requester
 
-from . import federation, rooms
+from . import federation, media, rooms
 from .admin_api import PREFIX, PoliceAdminResource
 from .config import PolicyConfig, parse_config
 from .decisions import DecisionLog, Denial
 from .devices import DeviceEnrollment
 from .enrollment_store import EnrollmentStore
+from .filetype import sniff
 from .internals import guard_remote_media
+from .media_store import MediaUsage
 from .store import PolicyStore, Tables
 
 MEMBER = "m.room.member"
@@ -27,6 +32,8 @@ REMOTE_JOIN_CHECKS = 240
 REMOTE_JOIN_CHECK_INTERVAL_S = 0.5
 #: foreign event IDs remembered to log each denial once
 RECENTLY_DENIED_MAX = 10_000
+
+DAY_MS = 24 * 3600 * 1000
 
 SpamAnswer = Literal["NOT_SPAM"] | tuple[Codes, dict[str, str]]
 
@@ -42,6 +49,7 @@ class PolicePolicy:
         tables = Tables(api)
         self._store = PolicyStore(api, tables)
         self._devices = DeviceEnrollment(config.devices, api, EnrollmentStore(api, tables), self._decisions)
+        self._media_usage = MediaUsage(api)
         self._recently_denied: OrderedDict[str, None] = OrderedDict()
 
         api.register_third_party_rules_callbacks(
@@ -56,6 +64,10 @@ class PolicePolicy:
             federated_user_may_invite=self.federated_user_may_invite,
             user_may_join_room=self.user_may_join_room,
             check_login_for_spam=self.check_login_for_spam,
+            check_media_file_for_spam=self.check_media_file_for_spam,
+        )
+        api.register_media_repository_callbacks(
+            is_user_allowed_to_upload_media_of_size=self.is_user_allowed_to_upload_media_of_size
         )
         api.register_account_validity_callbacks(on_user_login=self.on_user_login)
         api.register_web_resource(PREFIX, PoliceAdminResource(api, self._devices))
@@ -255,6 +267,33 @@ class PolicePolicy:
             return None
         self._decisions.deny(denial, user=None)
         return denial.as_error()
+
+    async def is_user_allowed_to_upload_media_of_size(self, user_id: str, size: int) -> bool:
+        """Before the body is stored: the declared length and the daily quota.
+        Raising (rather than returning False) lets the answer say which limit."""
+        since = int(time.time() * 1000) - DAY_MS
+        uploaded = await self._media_usage.uploaded_since(user_id, since)
+        denial = media.check_declared_size(self._config.media, size, uploaded)
+        if denial is None:
+            return True
+        self._decisions.deny(denial, user=user_id)
+        raise denial.as_error()
+
+    async def check_media_file_for_spam(self, file: ReadableFileWrapper, info: FileInfo) -> SpamAnswer:
+        """Every stored file, uploaded here or fetched from another server, by
+        what its bytes are. Thumbnails Synapse makes itself are exempt. Raising
+        gives the uploader the reason; Synapse then deletes the file and writes
+        no database row."""
+        if info.thumbnail is not None:
+            return NOT_SPAM
+        sniffed = await self._api.defer_to_thread(sniff, file.path)
+        denial = media.check_file(self._config.media, sniffed.mime, sniffed.size, sniffed.random_looking)
+        if denial is None:
+            return NOT_SPAM
+        self._decisions.deny(
+            denial, user=None, media=f"{info.server_name or self._api.server_name}/{info.file_id}"
+        )
+        raise denial.as_error()
 
     async def user_may_publish_room(self, user_id: str, room_id: str) -> SpamAnswer:
         return self._refuse(rooms.check_directory_publication(), user=user_id, room=room_id)

@@ -12,7 +12,7 @@ from nio import RoomEncryptedFile, RoomMessageText
 
 from devtools.homeserver import Homeserver
 from devtools.postgres import PostgresCluster
-from tests import e2ee
+from tests import e2ee, media_corpus
 
 
 def server_bytes(hs: Homeserver, postgres: PostgresCluster | None) -> tuple[bytes, bytes]:
@@ -42,7 +42,9 @@ async def test_canary_never_reaches_the_server_in_clear(server, make_user, postg
     canary_file = f"CANARY-FILE-{uuid.uuid4().hex}".encode()
     canary_plain = f"CANARY-PLAIN-{uuid.uuid4().hex}"
     control_topic = f"CONTROL-TOPIC-{uuid.uuid4().hex}"
-    control_media = f"CONTROL-MEDIA-{uuid.uuid4().hex}".encode()
+    control_marker = f"CONTROL-MEDIA-{uuid.uuid4().hex}".encode()
+    # a clear upload of an allowed type (a PDF) that carries the marker
+    control_media = media_corpus.pdf() + b"% " + control_marker + b"\n"
 
     alice_client = await e2ee.login(hs, alice.localpart, alice.password, tmp_path / "alice")
     bob_client = await e2ee.login(hs, bob.localpart, bob.password, tmp_path / "bob")
@@ -89,7 +91,7 @@ async def test_canary_never_reaches_the_server_in_clear(server, make_user, postg
 
     database, media = server_bytes(hs, postgres)
     assert control_topic.encode() in database, "the database search must see clear-text state"
-    assert control_media in media, "the media search must see clear-text uploads"
+    assert control_marker in media, "the media search must see clear-text uploads"
     for secret in (canary.encode(), canary_file, canary_plain.encode()):
         assert secret not in database
         assert secret not in media

@@ -134,7 +134,7 @@ def test_unknown_top_level_key() -> None:
         ("federation", ["allowed_servers"]),
         ("retention", ["audit_lifetime", "device_lifetime"]),
         ("devices", ["approval_window", "enrollment_required", "login_networks", "sweep_interval"]),
-        ("media", []),
+        ("media", ["allowed", "daily_upload_quota", "encrypted_max_size"]),
         ("auditor", []),
     ],
 )
