@@ -13,6 +13,8 @@ Private APIs change between releases; a test pins each use:
 - ``ModuleApi.invalidate_access_token`` fails on Synapse 1.163 (it reads a
   ``Requester`` as a dict); the auth handler deletes a token as logout does
   (``test_enrollment_devices.py::test_tokens_without_a_device_are_cut_by_the_sweep``).
+- The media spam check is not told who uploaded the file; the request's
+  logging context knows (``test_media_types.py::test_hostile_files_are_refused_by_content``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from synapse.api.errors import SynapseError
+from synapse.logging.context import LoggingContext, current_context
 from synapse.module_api import ModuleApi
 
 #: returns the error to raise when media of the given server must not be fetched
@@ -65,3 +68,11 @@ async def delete_access_token(api: ModuleApi, token: str) -> None:
     except SynapseError as error:
         if error.code != 401:
             raise
+
+
+def current_requester() -> str | None:
+    """The user (or, for federation, the server) whose request is being served."""
+    context = current_context()
+    if isinstance(context, LoggingContext):
+        return context.request.requester
+    return None

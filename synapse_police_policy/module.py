@@ -22,7 +22,7 @@ from .decisions import DecisionLog, Denial
 from .devices import DeviceEnrollment
 from .enrollment_store import EnrollmentStore
 from .filetype import sniff
-from .internals import guard_remote_media
+from .internals import current_requester, guard_remote_media
 from .media_store import MediaUsage
 from .store import PolicyStore, Tables
 
@@ -291,7 +291,9 @@ class PolicePolicy:
         if denial is None:
             return NOT_SPAM
         self._decisions.deny(
-            denial, user=None, media=f"{info.server_name or self._api.server_name}/{info.file_id}"
+            denial,
+            user=current_requester(),
+            media=f"{info.server_name or self._api.server_name}/{info.file_id}",
         )
         raise denial.as_error()
 
