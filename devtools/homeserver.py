@@ -88,7 +88,7 @@ def policy_aligned_settings(server_name: str, module_config: Mapping[str, Any]) 
         "url_preview_enabled": False,
         "encryption_enabled_by_default_for_room_type": "all",
         "room_list_publication_rules": [{"action": "deny"}],
-        "max_upload_size": f"{_largest_upload(module_config) // 1024**2}M",
+        "max_upload_size": f"{-(-_largest_upload(module_config) // 1024**2)}M",
         # Rooms announce the device tier in m.room.retention; the server keeps
         # history until the audit tier by clamping purges to it.
         "retention": {

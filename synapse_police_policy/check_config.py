@@ -292,11 +292,11 @@ def _check_upload_size(homeserver: Mapping[str, Any], policy: PolicyConfig, find
     """Synapse refuses bodies above its own max_upload_size (default 50M)
     before the module is asked, so it must admit the largest allowed file."""
     largest = policy.media.largest_upload
-    wanted = f"{largest // 1024**2}M"
+    wanted = f"{-(-largest // 1024**2)}M"  # whole MiB, rounded up
     value = homeserver.get("max_upload_size", "50M")
     try:
         size = Config.parse_size(value)
-    except (TypeError, ValueError, ConfigError):
+    except (TypeError, ValueError, IndexError, ConfigError):
         findings.append(Finding("max_upload_size", f"{value!r} is not a size", f"set it to {wanted}"))
         return
     if size < largest:

@@ -6,12 +6,16 @@ Only the head is read, so memory does not grow with the file; callers run
 
 from __future__ import annotations
 
+import bz2
+import io
 import os
+import zlib
 
 import attrs
 import magic
+from PIL import Image
 
-from .media import RANDOMNESS_SAMPLE, looks_random
+from .media import OPAQUE, RANDOMNESS_SAMPLE, looks_random
 
 #: libmagic looks at most this far into a file for the formats we care about
 #: (zip-based office files list their parts near the start).
@@ -25,9 +29,39 @@ class Sniffed:
     random_looking: bool
 
 
+def _gzip(head: bytes) -> None:
+    zlib.decompressobj(wbits=31).decompress(head[:RANDOMNESS_SAMPLE])
+
+
+def _bzip2(head: bytes) -> None:
+    bz2.BZ2Decompressor().decompress(head[:RANDOMNESS_SAMPLE])
+
+
+def _jpeg(head: bytes) -> None:
+    with Image.open(io.BytesIO(head)) as image:
+        image.size  # noqa: B018 - opening parsed the segments up to the frame header
+
+
+#: Signatures of two or three bytes, which one ciphertext in 65,536 (gzip)
+#: or 16 million (bzip2, JPEG) starts with by chance. In random-looking
+#: content they are believed only when the stream really decodes.
+_SHORT_SIGNATURES = {"application/gzip": _gzip, "application/x-bzip2": _bzip2, "image/jpeg": _jpeg}
+
+
+def _decodes(mime: str, head: bytes) -> bool:
+    try:
+        _SHORT_SIGNATURES[mime](head)
+    except Exception:
+        return False
+    return True
+
+
 def sniff(path: str) -> Sniffed:
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         head = file.read(HEAD_BYTES)
     mime = magic.from_buffer(head, mime=True) if head else "application/x-empty"
-    return Sniffed(mime=mime, size=size, random_looking=looks_random(head[:RANDOMNESS_SAMPLE]))
+    random_looking = looks_random(head[:RANDOMNESS_SAMPLE])
+    if random_looking and mime in _SHORT_SIGNATURES and not _decodes(mime, head):
+        mime = OPAQUE
+    return Sniffed(mime=mime, size=size, random_looking=random_looking)

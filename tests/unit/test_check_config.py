@@ -446,3 +446,97 @@ def test_empty_string_is_not_a_duration(
     breakage(homeserver)
     findings = find_problems(homeserver)
     assert any(finding.problem == "'' is not a duration" for finding in findings)
+
+
+# --- max_upload_size ---------------------------------------------------------------
+
+MiB = 1024**2
+#: a policy whose largest file is 20M, below Synapse's default of 50M
+SMALL_MEDIA = {"media": {"allowed": {"image/jpeg": "10M"}, "encrypted_max_size": "20M"}}
+#: a policy whose largest file is a 2G video
+LARGE_MEDIA = {"media": {"allowed": {"video/mp4": "2G"}, "encrypted_max_size": "100M"}}
+
+
+def test_written_config_admits_the_largest_allowed_file(homeserver: Homeserver) -> None:
+    assert homeserver["max_upload_size"] == "500M"
+
+
+@pytest.mark.parametrize("value", ["100M", "499M", 500 * MiB - 1, "511999K", "50M"])
+def test_max_upload_size_below_the_largest_allowed_file(homeserver: Homeserver, value: Any) -> None:
+    homeserver["max_upload_size"] = value
+    finding = only_finding(homeserver, "max_upload_size")
+    assert finding.problem == (
+        f"{value} (Synapse's limit) is below the largest file the media policy allows (500M), "
+        "so such uploads fail with Synapse's generic error"
+    )
+    assert finding.fix == "set it to 500M"
+
+
+def test_max_upload_size_unset_means_synapse_s_default_50m(default_policy_homeserver: Homeserver) -> None:
+    del default_policy_homeserver["max_upload_size"]
+    finding = only_finding(default_policy_homeserver, "max_upload_size")
+    assert finding.problem.startswith("50M (Synapse's limit) is below the largest file")
+    assert "(500M)" in finding.problem
+    assert finding.fix == "set it to 500M"
+
+
+@pytest.mark.parametrize("value", ["500M", 500 * MiB, "512000K", "1G", "1T", str(500 * MiB)])
+def test_max_upload_size_sufficient(homeserver: Homeserver, value: Any) -> None:
+    homeserver["max_upload_size"] = value
+    assert find_problems(homeserver) == []
+
+
+def test_max_upload_size_follows_a_small_media_policy(tmp_path: Path) -> None:
+    config = written_config(tmp_path, SMALL_MEDIA)
+    assert config["max_upload_size"] == "20M"
+    assert find_problems(config) == []
+    del config["max_upload_size"]  # Synapse's 50M admits 20M
+    assert find_problems(config) == []
+    config["max_upload_size"] = "19M"
+    finding = only_finding(config, "max_upload_size")
+    assert "allows (20M)" in finding.problem
+    assert finding.fix == "set it to 20M"
+
+
+def test_max_upload_size_follows_a_large_allowed_type(tmp_path: Path) -> None:
+    config = written_config(tmp_path, LARGE_MEDIA)
+    assert find_problems(config) == []
+    config["max_upload_size"] = "1G"
+    finding = only_finding(config, "max_upload_size")
+    assert "allows (2048M)" in finding.problem
+    assert finding.fix == "set it to 2048M"
+
+
+def test_max_upload_size_with_an_invalid_module_config_uses_the_default_policy(
+    default_policy_homeserver: Homeserver,
+) -> None:
+    default_policy_homeserver["modules"][0]["config"] = {"media": {"allowed": {"text/html": "1M"}}}
+    default_policy_homeserver["max_upload_size"] = "20M"
+    findings = find_problems(default_policy_homeserver)
+    assert keys(findings) == ["modules[0].config", "max_upload_size"]
+    assert findings[0].problem.startswith("media.allowed.text/html: unknown MIME type")
+    assert findings[1].fix == "set it to 500M"
+
+
+@pytest.mark.parametrize("value", ["big", "1.5M", "500m", "500 MB", "M", None, True, [500], {"M": 500}])
+def test_max_upload_size_not_a_size(homeserver: Homeserver, value: Any) -> None:
+    homeserver["max_upload_size"] = value
+    finding = only_finding(homeserver, "max_upload_size")
+    assert finding.problem == f"{value!r} is not a size"
+    assert finding.fix == "set it to 500M"
+
+
+def test_max_upload_size_empty_string_is_not_a_size(homeserver: Homeserver) -> None:
+    homeserver["max_upload_size"] = ""
+    finding = only_finding(homeserver, "max_upload_size")
+    assert finding.problem == "'' is not a size"
+
+
+def test_max_upload_size_fix_admits_a_largest_size_that_is_not_whole_mebibytes(tmp_path: Path) -> None:
+    config = written_config(
+        tmp_path, {"media": {"allowed": {"image/jpeg": "1M"}, "encrypted_max_size": "1500K"}}
+    )
+    config["max_upload_size"] = "1K"
+    finding = only_finding(config, "max_upload_size")
+    config["max_upload_size"] = finding.fix.removeprefix("set it to ")
+    assert find_problems(config) == []

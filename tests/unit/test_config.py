@@ -14,8 +14,11 @@ import yaml
 from synapse.config._base import ConfigError
 
 from synapse_police_policy.config import (
+    DEFAULT_ALLOWED_MEDIA,
     KNOWN_HISTORY_VISIBILITY,
     KNOWN_JOIN_RULES,
+    KNOWN_MEDIA_TYPES,
+    MediaConfig,
     PolicyConfig,
     parse_config,
 )
@@ -313,3 +316,143 @@ def test_enrollment_required_must_be_a_bool() -> None:
     assert config_error({"devices": {"enrollment_required": "yes"}}).startswith(
         "devices.enrollment_required: expected true or false"
     )
+
+
+# --- media -------------------------------------------------------------------
+
+SIZE_EXPECTED = "expected a size such as '30M' (bytes, or K, M, G)"
+
+
+def test_media_defaults() -> None:
+    media = parse_config({}).media
+    assert media == MediaConfig()
+    assert dict(media.allowed) == dict(DEFAULT_ALLOWED_MEDIA)
+    assert media.encrypted_max_size == 500 * 1024**2
+    assert media.daily_upload_quota == 5 * 1024**3
+    assert media.largest_upload == 500 * 1024**2
+
+
+def test_media_default_types_are_all_known() -> None:
+    assert set(DEFAULT_ALLOWED_MEDIA) <= KNOWN_MEDIA_TYPES
+
+
+def test_media_keys_absent_mean_defaults() -> None:
+    media = parse_config({"media": {"encrypted_max_size": "1G"}}).media
+    assert dict(media.allowed) == dict(DEFAULT_ALLOWED_MEDIA)
+    assert media.encrypted_max_size == 1024**3
+    assert media.daily_upload_quota == 5 * 1024**3
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("30M", 30 * 1024**2),
+        ("512K", 512 * 1024),
+        ("2G", 2 * 1024**3),
+        ("1000", 1000),
+        (1000, 1000),
+        (1, 1),
+        ("30m", 30 * 1024**2),
+        ("512k", 512 * 1024),
+        ("2g", 2 * 1024**3),
+        (" 30M ", 30 * 1024**2),
+    ],
+)
+def test_media_sizes(text: Any, size: int) -> None:
+    media = parse_config(
+        {"media": {"allowed": {"image/png": text}, "encrypted_max_size": text, "daily_upload_quota": text}}
+    ).media
+    assert dict(media.allowed) == {"image/png": size}
+    assert media.encrypted_max_size == size
+    assert media.daily_upload_quota == size
+
+
+def test_media_allowed_replaces_the_defaults() -> None:
+    media = parse_config({"media": {"allowed": {"image/jpeg": "10M", "application/pdf": "20M"}}}).media
+    assert dict(media.allowed) == {"image/jpeg": 10 * 1024**2, "application/pdf": 20 * 1024**2}
+
+
+def test_media_config_is_frozen() -> None:
+    media = parse_config({"media": {"allowed": {"image/png": "1M"}}}).media
+    with pytest.raises(TypeError):
+        media.allowed["image/png"] = 1  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        media.encrypted_max_size = 1  # type: ignore[misc]
+
+
+BAD_SIZES = [0, -1, "0", "-1", "1T", "big", "1.5M", "30 M", "030M", "M", "", 1.5, True, False, None, ["30M"]]
+
+
+@pytest.mark.parametrize("value", BAD_SIZES)
+def test_bad_allowed_size_names_the_type(value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"media": {"allowed": {"image/jpeg": "30M", "image/png": value}}})
+    assert info.value.msg == f"media.allowed.image/png: {SIZE_EXPECTED}, got {value!r}"
+    assert tuple(info.value.path) == ("media", "allowed", "image/png")
+
+
+@pytest.mark.parametrize("key", ["encrypted_max_size", "daily_upload_quota"])
+@pytest.mark.parametrize("value", BAD_SIZES)
+def test_bad_media_sizes(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"media": {key: value}})
+    assert info.value.msg == f"media.{key}: {SIZE_EXPECTED}, got {value!r}"
+    assert tuple(info.value.path) == ("media", key)
+
+
+@pytest.mark.parametrize(
+    "mime", ["text/html", "image/svg+xml", "application/zip", "IMAGE/PNG", "image/x-ms-bmp"]
+)
+def test_unknown_media_type(mime: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"media": {"allowed": {"image/png": "1M", mime: "1M"}}})
+    assert info.value.msg.startswith(f"media.allowed.{mime}: unknown MIME type; expected one of: ")
+    assert info.value.msg.endswith(", ".join(sorted(KNOWN_MEDIA_TYPES)))
+    assert tuple(info.value.path) == ("media", "allowed", mime)
+
+
+def test_unknown_media_type_spec_example() -> None:
+    assert config_error({"media": {"allowed": {"text/html": "1M"}}}).startswith(
+        "media.allowed.text/html: unknown MIME type"
+    )
+
+
+def test_unknown_media_type_that_is_not_a_string() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"media": {"allowed": {42: "1M"}}})
+    assert info.value.msg.startswith("media.allowed.42: unknown MIME type")
+    assert tuple(info.value.path) == ("media", "allowed", "42")
+
+
+@pytest.mark.parametrize("value", [{}, [], None, "image/png", ["image/png"], 30])
+def test_media_allowed_empty_or_not_a_mapping(value: Any) -> None:
+    msg = config_error({"media": {"allowed": value}})
+    assert msg == (
+        f"media.allowed: expected a mapping of MIME type to size, such as {{image/jpeg: 30M}}, got {value!r}"
+    )
+
+
+def test_unknown_key_in_media() -> None:
+    msg = config_error({"media": {"max_size": "1M"}})
+    assert (
+        msg == "media.max_size: unknown key; expected one of: allowed, daily_upload_quota, encrypted_max_size"
+    )
+
+
+@pytest.mark.parametrize(
+    ("media", "largest"),
+    [
+        ({}, 500 * 1024**2),
+        ({"allowed": {"image/png": "1M"}, "encrypted_max_size": "2M"}, 2 * 1024**2),
+        ({"allowed": {"image/png": "1M", "video/mp4": "3G"}, "encrypted_max_size": "2M"}, 3 * 1024**3),
+        ({"allowed": {"video/mp4": "2M"}, "encrypted_max_size": "2M"}, 2 * 1024**2),
+        ({"allowed": {"image/png": 1000}, "encrypted_max_size": 999}, 1000),
+    ],
+)
+def test_largest_upload(media: dict[str, Any], largest: int) -> None:
+    assert parse_config({"media": media}).media.largest_upload == largest
+
+
+def test_largest_upload_ignores_the_daily_quota() -> None:
+    media = parse_config({"media": {"encrypted_max_size": "1M", "allowed": {"image/png": "1M"}}}).media
+    assert media.daily_upload_quota > media.largest_upload == 1024**2
