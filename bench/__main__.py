@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import attrs
 
-from . import federation_inbound, large_room, module_overhead
+from . import device_import, federation_inbound, large_room, login_rate, module_overhead
 
 
 @attrs.frozen
@@ -36,6 +36,16 @@ ENTRIES: list[Entry] = [
         "large_room",
         large_room.main,
         f"cost of the policy module on the message path of a room of {large_room.MEMBERS} members",
+    ),
+    Entry(
+        "login_rate",
+        login_rate.main,
+        f"password logins per second with {login_rate.REGISTRY:,} enrolled devices in the registry",
+    ),
+    Entry(
+        "device_import",
+        device_import.main,
+        f"`police-policy devices import` of a {device_import.ROWS:,}-row CSV: rows per second",
     ),
 ]
 

@@ -16,7 +16,8 @@ each PDU of the allowed sender). Rounds alternate between our two servers
 * throughput: events / (first send on the peer to last arrival on ours);
 * latency (for information): send on the peer until our ``/sync`` returned it.
 
-The peer's work is in both paths alike; the target is on throughput only.
+Our receiver logs in on an enrolled device (``bench/accounts.py``) on both of
+ours. The peer's work is in both paths alike; the target is on throughput only.
 The peer takes sends about twice as fast as our server takes them in: Synapse
 stages inbound PDUs and handles those of one room one at a time, so the
 latency figures are mostly queueing on our side.
@@ -38,11 +39,11 @@ import synapse
 
 from devtools.homeserver import Homeserver, HomeserverSpec, free_port, policy_aligned_settings
 
+from .accounts import BenchError, enrolled_user
 from .module_overhead import (
     CONCURRENCY,
     MEGOLM,
     PASSWORD,
-    BenchError,
     Target,
     check_module,
     measure,
@@ -101,10 +102,9 @@ def _invited(hs: Homeserver, token: str, room_id: str) -> bool:
 
 
 def set_up(label: str, peer: Homeserver, peer_token: str, hs: Homeserver) -> Target:
-    """A room on the peer that our receiver joined over federation (not timed)."""
-    receiver_token = hs.register_user("receiver", PASSWORD)
-    if receiver_token is None:
-        raise BenchError(f"{label}: bench user already exists on a fresh homeserver")
+    """A room on the peer that our receiver (on an enrolled device) joined over
+    federation (not timed)."""
+    receiver_token = enrolled_user(hs, "receiver", PASSWORD)
     encryption = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
     room = ok(
         *peer.request(

@@ -13,10 +13,13 @@ events per message, which the two-member room of ``module_overhead`` does
 not show.
 
 Setup is not timed: the members are registered through the shared-secret
-admin API, invited by the room's creator and joined, a few requests in
-flight, both servers at once. Both get the same members (checked before
-measuring). The password hash cost is lowered on both (``BCRYPT_ROUNDS``):
-it only matters for registering the members, not on the message path.
+admin API, their devices enrolled in one transaction and logged in
+(``bench/accounts.py``: the module refuses joins and messages from devices the
+MDM did not enroll), then invited by the room's creator and joined, a few
+requests in flight, both servers at once. Both get the same members (checked
+before measuring). The password hash cost is lowered on both
+(``BCRYPT_ROUNDS``): it only matters for setting up the members, not on the
+message path.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from typing import Any
 
 from devtools.homeserver import Homeserver
 
+from .accounts import BenchError, enrolled_users
 from .module_overhead import (
     PASSWORD,
-    BenchError,
     Target,
     check_module,
     homeserver_pair,
@@ -65,21 +68,12 @@ def _localparts(members: int) -> list[str]:
     return [f"member-{i:04d}" for i in range(1, members - 1)]
 
 
-def _register(hs: Homeserver, localpart: str) -> str:
-    token = hs.register_user(localpart, PASSWORD)
-    if token is None:
-        raise BenchError(f"{localpart} already exists on a fresh homeserver")
-    return token
-
-
 def set_up(label: str, hs: Homeserver, members: int = MEMBERS) -> Target:
     """A room of ``members`` joined members: the sender created it and invited
     everyone else, who joined (the module makes every room invite-only)."""
     started = time.perf_counter()
-    sender_token = _register(hs, "sender")
     localparts = ["receiver", *_localparts(members)]
-    with ThreadPoolExecutor(SETUP_WORKERS) as pool:
-        tokens = list(pool.map(lambda localpart: _register(hs, localpart), localparts))
+    sender_token, *tokens = enrolled_users(hs, ["sender", *localparts], PASSWORD, workers=SETUP_WORKERS)
     created = ok(
         *hs.request("POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"}, token=sender_token),
         "createRoom",

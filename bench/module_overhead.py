@@ -13,6 +13,8 @@ the machine hits both alike, and the median of the rounds is compared:
 
 The module refuses clear-text ``m.room.message``, so the traffic is
 ``m.room.encrypted`` with random ciphertext (the server does not verify it).
+Sender and receiver log in on enrolled devices (``bench/accounts.py``) on both
+servers: the module refuses events from devices the MDM did not enroll.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ import synapse
 
 from devtools.homeserver import Homeserver, HomeserverSpec, free_port, policy_aligned_settings
 
+from .accounts import BenchError, enrolled_users
+
 #: measured messages per run
 MESSAGES = 250
 #: messages sent once per server before the rounds (cold caches, first queries)
@@ -60,10 +64,6 @@ LATENCY_TARGET = 1.05
 MEGOLM = "m.megolm.v1.aes-sha2"
 PASSWORD = "bench-" + secrets.token_urlsafe(8)
 _txn_counter = itertools.count()
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 def _unpadded_b64(n_bytes: int) -> str:
@@ -112,11 +112,9 @@ def room_path(room_id: str) -> str:
 
 
 def set_up(label: str, hs: Homeserver) -> Target:
-    """Users, room and /sync filter, through the blocking helpers (setup is not timed)."""
-    sender_token = hs.register_user("sender", PASSWORD)
-    receiver_token = hs.register_user("receiver", PASSWORD)
-    if sender_token is None or receiver_token is None:
-        raise BenchError(f"{label}: bench users already exist on a fresh homeserver")
+    """Users on enrolled devices, room and /sync filter, through the blocking
+    helpers (setup is not timed)."""
+    sender_token, receiver_token = enrolled_users(hs, ["sender", "receiver"], PASSWORD)
     room = ok(*hs.request("POST", "/_matrix/client/v3/createRoom", {}, token=sender_token), "createRoom")
     room_id = room["room_id"]
     receiver_id = hs.user_id("receiver")
@@ -358,15 +356,16 @@ def print_table(lines: Sequence[tuple[str, ...]]) -> None:
 
 
 @contextmanager
-def homeserver_pair(extra: Mapping[str, Any] | None = None) -> Iterator[tuple[Homeserver, Homeserver]]:
-    """Start the homeserver without the module and the one with it (in that
-    order); always stop them, and keep their directories when the block failed.
+def homeservers(
+    labels: Sequence[str], extra: Mapping[str, Any] | None = None
+) -> Iterator[dict[str, Homeserver]]:
+    """Start a homeserver per label, all at once: the one labelled
+    ``without-module`` without the module, the others with it; always stop
+    them, and keep their directories when the block failed.
 
-    ``extra``: homeserver settings for both, on top of the policy's.
+    ``extra``: homeserver settings for all, on top of the policy's.
     """
-    directories = {
-        label: Path(tempfile.mkdtemp(prefix=f"bench-{label}-")) for label in ("without-module", "with-module")
-    }
+    directories = {label: Path(tempfile.mkdtemp(prefix=f"bench-{label}-")) for label in labels}
     servers: dict[str, Homeserver] = {}
     succeeded = False
     try:
@@ -376,17 +375,18 @@ def homeserver_pair(extra: Mapping[str, Any] | None = None) -> Iterator[tuple[Ho
                 server_name="bench.localhost",
                 http_port=free_port(),
                 module_config=None if label == "without-module" else {},
-                # Both servers get the homeserver settings of the policy, so the
+                # Every server gets the homeserver settings of the policy, so the
                 # only difference measured is the module itself.
                 extra={**policy_aligned_settings("bench.localhost", {}), **(extra or {})},
                 for_tests=True,
             )
             servers[label] = Homeserver(spec)
-        print(f"starting two homeservers (Synapse {synapse.__version__}, SQLite) ...", flush=True)
+        count = f"{len(servers)} homeservers" if len(servers) > 1 else "a homeserver"
+        print(f"starting {count} (Synapse {synapse.__version__}, SQLite) ...", flush=True)
         # Start-up is mostly waiting; in parallel it takes half as long.
         with ThreadPoolExecutor(len(servers)) as pool:
             list(pool.map(Homeserver.start, servers.values()))
-        yield servers["without-module"], servers["with-module"]
+        yield servers
         succeeded = True
     finally:
         for hs in servers.values():
@@ -396,6 +396,13 @@ def homeserver_pair(extra: Mapping[str, Any] | None = None) -> Iterator[tuple[Ho
                 shutil.rmtree(directory, ignore_errors=True)
             else:
                 print(f"kept {directory} (homeserver.log, stdout.log) for inspection", file=sys.stderr)
+
+
+@contextmanager
+def homeserver_pair(extra: Mapping[str, Any] | None = None) -> Iterator[tuple[Homeserver, Homeserver]]:
+    """The homeserver without the module and the one with it (see ``homeservers``)."""
+    with homeservers(("without-module", "with-module"), extra) as servers:
+        yield servers["without-module"], servers["with-module"]
 
 
 def main() -> None:
