@@ -27,6 +27,7 @@ KNOWN_JOIN_RULES = frozenset({"invite", "knock", "restricted", "knock_restricted
 #: History visibility values that keep history to members (never world_readable).
 KNOWN_HISTORY_VISIBILITY = frozenset({"shared", "invited", "joined"})
 
+_LOCALPART = re.compile(r"^[a-z0-9._=\-/+]+\Z")
 _DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h|d|w)$")
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -57,6 +58,10 @@ class RetentionConfig:
 
     device_lifetime: int = 7 * 86400
     audit_lifetime: int = 90 * 86400
+    #: seconds between two runs of the redaction sweep
+    sweep_interval: int = 5 * 60
+    #: localpart of the local user that redacts expired content
+    system_user: str = "policy"
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -333,7 +338,9 @@ def _parse_media(raw: Any) -> MediaConfig:
 
 
 def _parse_retention(raw: Any) -> RetentionConfig:
-    section = _mapping(raw, ("retention",), {"device_lifetime", "audit_lifetime"})
+    section = _mapping(
+        raw, ("retention",), {"device_lifetime", "audit_lifetime", "sweep_interval", "system_user"}
+    )
     defaults = RetentionConfig()
     device = defaults.device_lifetime
     audit = defaults.audit_lifetime
@@ -352,7 +359,21 @@ def _parse_retention(raw: Any) -> RetentionConfig:
             "before it leaves the audit archive",
             path=("retention", key),
         )
-    return RetentionConfig(device_lifetime=device, audit_lifetime=audit)
+    sweep = defaults.sweep_interval
+    if "sweep_interval" in section:
+        sweep = parse_duration(section["sweep_interval"], ("retention", "sweep_interval"))
+    system_user = defaults.system_user
+    if "system_user" in section:
+        system_user = section["system_user"]
+        if not isinstance(system_user, str) or not _LOCALPART.match(system_user):
+            raise _fail(
+                ("retention", "system_user"),
+                "a user ID localpart such as 'policy' (lower-case letters, digits, ._=-/+)",
+                system_user,
+            )
+    return RetentionConfig(
+        device_lifetime=device, audit_lifetime=audit, sweep_interval=sweep, system_user=system_user
+    )
 
 
 def parse_config(raw: Any) -> PolicyConfig:

@@ -13,6 +13,11 @@ Private APIs change between releases; a test pins each use:
 - ``ModuleApi.invalidate_access_token`` fails on Synapse 1.163 (it reads a
   ``Requester`` as a dict); the auth handler deletes a token as logout does
   (``test_enrollment_devices.py::test_tokens_without_a_device_are_cut_by_the_sweep``).
+- Synapse deletes old media by last access only; the retention sweep picks
+  media by upload time and has the media repository remove those files,
+  thumbnails and rows (``test_retention_sweep.py``).
+- Whether a room version lists creators in the power levels, and the
+  server's default room version (``test_retention_rooms.py``).
 - The media spam check is not told who uploaded the file; the request's
   logging context knows (``test_media_types.py::test_hostile_files_are_refused_by_content``).
 """
@@ -23,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from synapse.api.errors import SynapseError
+from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
 from synapse.logging.context import LoggingContext, current_context
 from synapse.module_api import ModuleApi
 
@@ -76,3 +82,20 @@ def current_requester() -> str | None:
     if isinstance(context, LoggingContext):
         return context.request.requester
     return None
+
+
+async def delete_local_media(api: ModuleApi, media_ids: list[str]) -> int:
+    """Remove local media files, their thumbnails and rows; returns how many."""
+    hs = api._hs
+    if not hs.config.media.can_load_media_repo:
+        return 0
+    _, count = await hs.get_media_repository()._remove_local_media_from_disk(media_ids)
+    return count
+
+
+def creators_have_unlimited_power(api: ModuleApi, room_version: str | None) -> bool:
+    """Whether rooms of this version (default: the server's) leave creators out
+    of the power levels' ``users`` (room version 12 and later)."""
+    hs = api._hs
+    version = KNOWN_ROOM_VERSIONS.get(room_version or "") or hs.config.server.default_room_version
+    return bool(version.msc4289_creator_power_enabled)

@@ -3,6 +3,7 @@ Synapse's return values. Rules live in their own files (``rooms.py``, ...)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Collection
@@ -15,18 +16,26 @@ from synapse.media.media_storage import ReadableFileWrapper
 from synapse.module_api import NOT_SPAM, ModuleApi
 from synapse.types import Requester
 
-from . import federation, media, rooms
+from . import federation, media, retention, rooms
 from .admin_api import PREFIX, PoliceAdminResource
 from .config import PolicyConfig, parse_config
 from .decisions import DecisionLog, Denial
 from .devices import DeviceEnrollment
 from .enrollment_store import EnrollmentStore
 from .filetype import sniff
-from .internals import current_requester, guard_remote_media
+from .internals import creators_have_unlimited_power, current_requester, guard_remote_media
 from .media_store import MediaUsage
+from .retention_store import RetentionStore
+from .retention_sweep import RetentionSweep
 from .store import PolicyStore, Tables
 
+logger = logging.getLogger(__name__)
+
 MEMBER = "m.room.member"
+CREATE = "m.room.create"
+#: how long a new room is waited for before the system user is invited (checks x interval)
+ENLIST_CHECKS = 120
+ENLIST_CHECK_INTERVAL_S = 0.25
 #: how long a remote join is watched for (checks x interval)
 REMOTE_JOIN_CHECKS = 240
 REMOTE_JOIN_CHECK_INTERVAL_S = 0.5
@@ -50,6 +59,7 @@ class PolicePolicy:
         self._store = PolicyStore(api, tables)
         self._devices = DeviceEnrollment(config.devices, api, EnrollmentStore(api, tables), self._decisions)
         self._media_usage = MediaUsage(api)
+        self._sweep = RetentionSweep(config.retention, api, RetentionStore(api, tables))
         self._recently_denied: OrderedDict[str, None] = OrderedDict()
 
         api.register_third_party_rules_callbacks(
@@ -73,6 +83,11 @@ class PolicePolicy:
         api.register_web_resource(PREFIX, PoliceAdminResource(api, self._devices))
         guard_remote_media(api, self.refuse_remote_media)
         api.run_as_background_process("police_policy_migrate", tables.ensure)
+        if api.should_run_background_tasks():
+            api.run_as_background_process("police_policy_system_user", self._sweep.ensure_system_user)
+        api.looping_background_call(
+            self._sweep.run, config.retention.sweep_interval * 1000, desc="police_policy_retention_sweep"
+        )
         if config.devices.enrollment_required:
             api.looping_background_call(
                 self._devices.sweep, config.devices.sweep_interval * 1000, desc="police_policy_device_sweep"
@@ -101,10 +116,24 @@ class PolicePolicy:
         if denial is not None:
             self._decisions.deny(denial, user=requester.user.to_string(), device=requester.device_id)
             raise denial.as_error()
+        retention_policy = self._config.retention
+        for entry in request.get("initial_state", []):
+            if entry.get("type") == retention.RETENTION:
+                denial = retention.check_retention_change(retention_policy, entry.get("content") or {})
+                if denial is not None:
+                    self._decisions.deny(denial, user=requester.user.to_string(), device=requester.device_id)
+                    raise denial.as_error()
         request["initial_state"] = [
-            *request.get("initial_state", []),
+            *(e for e in request.get("initial_state", []) if e.get("type") != retention.RETENTION),
             *rooms.missing_initial_state(self._config.rooms, request),
+            retention.retention_state(retention_policy),
         ]
+        request["power_level_content_override"] = retention.power_override(
+            request,
+            requester.user.to_string(),
+            self._sweep.system_user,
+            creator_listed=not creators_have_unlimited_power(self._api, request.get("room_version")),
+        )
 
     async def check_event_for_spam(self, event: EventBase) -> SpamAnswer:
         if not self._api.is_mine(event.sender):
@@ -120,6 +149,8 @@ class PolicePolicy:
             return (Codes(denial.errcode), denial.error_fields())
         denial = rooms.check_event(self._config.rooms, event.type, event.get_state_key(), event.content)
         if denial is None:
+            denial = await self._check_retention_state(event)
+        if denial is None:
             return NOT_SPAM
         return self._refuse(
             denial,
@@ -127,6 +158,23 @@ class PolicePolicy:
             device=getattr(event.internal_metadata, "device_id", None),
             room=event.room_id,
         )
+
+    async def _check_retention_state(self, event: EventBase) -> Denial | None:
+        """Nobody changes a room's retention or takes the system user's power."""
+        if event.get_state_key() != "":
+            return None
+        if event.type == retention.RETENTION:
+            return retention.check_retention_change(self._config.retention, event.content)
+        if event.type == retention.POWER_LEVELS:
+            current = await self._api.get_room_state(event.room_id, [(retention.POWER_LEVELS, "")])
+            levels = current.get((retention.POWER_LEVELS, ""))
+            # Only rooms under the policy: the system user holds its power there.
+            if (
+                levels is not None
+                and retention.check_power_levels(levels.content, self._sweep.system_user) is None
+            ):
+                return retention.check_power_levels(event.content, self._sweep.system_user)
+        return None
 
     async def should_drop_federated_event(self, event: EventBase) -> bool:
         """Events of foreign senders in a transaction are dropped before storage."""
@@ -192,8 +240,17 @@ class PolicePolicy:
             denial = await self._devices.check_event(event)
             if denial is not None:
                 raise denial.as_error()
+            if event.type == CREATE and event.sender != self._sweep.system_user:
+                self._api.run_as_background_process(
+                    "police_policy_enlist_system_user", self._enlist_system_user, event.room_id, event.sender
+                )
         if event.type != MEMBER:
             return True, None
+        if event.state_key == self._sweep.system_user and event.sender != event.state_key:
+            denial = retention.check_system_user_removal(event.membership, self._sweep.system_user)
+            if denial is not None:
+                self._decisions.deny(denial, user=event.sender, room=event.room_id)
+                raise denial.as_error()
         if self._api.is_mine(event.sender):
             if event.membership != "knock":
                 return True, None
@@ -208,6 +265,23 @@ class PolicePolicy:
             return True, None
         self._decisions.deny(denial, user=event.sender, room=event.room_id)
         raise denial.as_error()
+
+    async def _enlist_system_user(self, room_id: str, creator: str) -> None:
+        """Bring the system user into a new room (it redacts expired content
+        there). It is invited once the room exists, not in the creation request:
+        invitees of a trusted private chat become its creators."""
+        for _ in range(ENLIST_CHECKS):
+            await self._api.sleep(ENLIST_CHECK_INTERVAL_S)
+            members = await self._api.get_room_state(room_id, [(MEMBER, creator)])
+            member = members.get((MEMBER, creator))
+            if member is not None and member.membership == "join":
+                break
+        else:
+            logger.warning("Room %s was not created; the system user stays out", room_id)
+            return
+        system_user = self._sweep.system_user
+        await self._api.update_room_membership(creator, system_user, room_id, "invite")
+        await self._api.update_room_membership(system_user, system_user, room_id, "join")
 
     async def user_may_invite(self, inviter: str, invitee: str, room_id: str) -> SpamAnswer:
         denial = federation.check_invite_target(self._allowed_servers, invitee)

@@ -73,6 +73,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS police_policy_pending_logins_created"
         " ON police_policy_pending_logins (created_at)",
     ),
+    (
+        # Progress of the retention sweep: the stream position up to which every
+        # expired event has been redacted (or found redacted, or skipped).
+        """
+        CREATE TABLE IF NOT EXISTS police_policy_retention_progress (
+            name TEXT NOT NULL PRIMARY KEY,
+            position BIGINT NOT NULL
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

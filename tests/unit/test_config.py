@@ -135,7 +135,7 @@ def test_unknown_top_level_key() -> None:
     [
         ("rooms", ["allowed_join_rules", "default_history_visibility", "refuse_unencrypted_messages"]),
         ("federation", ["allowed_servers"]),
-        ("retention", ["audit_lifetime", "device_lifetime"]),
+        ("retention", ["audit_lifetime", "device_lifetime", "sweep_interval", "system_user"]),
         ("devices", ["approval_window", "enrollment_required", "login_networks", "sweep_interval"]),
         ("media", ["allowed", "daily_upload_quota", "encrypted_max_size"]),
         ("auditor", []),

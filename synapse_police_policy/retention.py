@@ -1,0 +1,81 @@
+"""The retention tiers in every room, as pure functions: what a new room
+carries, and which changes to it are refused.
+
+A room announces the device tier in ``m.room.retention`` (Synapse hides older
+events from clients and purges at the audit tier, see README), and the
+system user holds the power to redact there, which the sweep
+(``retention_sweep.py``) uses once content passes the device tier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .config import RetentionConfig
+from .decisions import Denial
+
+RETENTION = "m.room.retention"
+POWER_LEVELS = "m.room.power_levels"
+#: the system user's power level: enough to redact anyone's events, and equal
+#: to a creator's in room versions before 12, so a creator cannot demote it
+SYSTEM_POWER = 100
+
+
+def retention_content(config: RetentionConfig) -> dict[str, int]:
+    return {"max_lifetime": config.device_lifetime * 1000}
+
+
+def retention_state(config: RetentionConfig) -> dict[str, Any]:
+    return {"type": RETENTION, "state_key": "", "content": retention_content(config)}
+
+
+def power_override(
+    request: Mapping[str, Any], creator: str, system_user: str, creator_listed: bool
+) -> dict[str, Any]:
+    """``power_level_content_override`` for a creation request: the system user
+    at SYSTEM_POWER. Synapse replaces the default ``users`` map with the
+    override's, so the creator is kept in it where the room version lists
+    creators there (``creator_listed``, before version 12)."""
+    override = dict(request.get("power_level_content_override") or {})
+    users = dict(override.get("users") or {})
+    if creator_listed:
+        users.setdefault(creator, 100)
+    users[system_user] = SYSTEM_POWER
+    override["users"] = users
+    return override
+
+
+def check_retention_change(config: RetentionConfig, content: Mapping[str, Any]) -> Denial | None:
+    """Only the policy's own ``m.room.retention`` content may be sent."""
+    if dict(content) == retention_content(config):
+        return None
+    return Denial(
+        rule="retention.room_policy",
+        reason="The retention of rooms is set by the server's policy "
+        f"(content leaves devices after {config.device_lifetime}s); m.room.retention cannot be changed",
+    )
+
+
+def check_power_levels(content: Mapping[str, Any], system_user: str) -> Denial | None:
+    """The system user keeps its power (it redacts expired content)."""
+    users = content.get("users")
+    level = users.get(system_user) if isinstance(users, Mapping) else None
+    if isinstance(level, int) and not isinstance(level, bool) and level >= SYSTEM_POWER:
+        return None
+    return Denial(
+        rule="retention.system_user_power",
+        reason=f"{system_user} must keep power level {SYSTEM_POWER}: it removes expired content from "
+        "every room, as the retention policy requires",
+    )
+
+
+def check_system_user_removal(membership: str, system_user: str) -> Denial | None:
+    """Others may invite the system user, never kick or ban it."""
+    if membership not in ("leave", "ban"):
+        return None
+    return Denial(
+        rule="retention.system_user_power",
+        reason=f"{system_user} cannot be removed from a room: it removes expired content, "
+        "as the retention policy requires",
+    )
