@@ -1,0 +1,131 @@
+"""The device tier on a real Synapse with lifetimes of seconds: expired
+content is redacted on the clients, its media is gone from the server, and a
+crash mid-sweep neither skips an event nor redacts one twice."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from urllib.parse import quote
+
+import pytest
+from nio import RedactionEvent
+
+from devtools.homeserver import Homeserver
+from tests import e2ee, media_corpus
+from tests.integration.test_media_types import media_rows, stored_files
+from tests.integration.test_retention_rooms import create, wait_for_system_user
+
+DEVICE_S = 4
+
+
+@pytest.fixture(scope="module")
+def short_lived(start_homeserver) -> Homeserver:
+    return start_homeserver(
+        "retention",
+        module_config={
+            "retention": {"device_lifetime": f"{DEVICE_S}s", "audit_lifetime": "60s", "sweep_interval": "1s"}
+        },
+    )
+
+
+def send_encrypted_looking(hs: Homeserver, token: str, room_id: str) -> str:
+    """An m.room.encrypted event as a client would send it (the server cannot read it anyway)."""
+    content = {
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "ciphertext": uuid.uuid4().hex * 4,
+        "device_id": "X",
+        "sender_key": "k",
+        "session_id": "s",
+    }
+    status, body = hs.request(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.encrypted/{uuid.uuid4().hex}",
+        content,
+        token=token,
+    )
+    assert status == 200, body
+    return body["event_id"]
+
+
+def system_redactions(hs: Homeserver) -> dict[str, int]:
+    """event ID -> number of redactions of it sent by the system user."""
+    rows = hs.query(
+        "SELECT r.redacts, COUNT(*) FROM redactions AS r JOIN events AS e ON e.event_id = r.event_id"
+        " WHERE e.sender = ? GROUP BY r.redacts",
+        (hs.user_id("policy"),),
+    )
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+
+
+async def test_expired_content_leaves_the_clients_and_the_media_store(short_lived, make_user, tmp_path):
+    hs = short_lived
+    alice, bob = make_user("alice", homeserver=hs), make_user("bob", homeserver=hs)
+    alice_client = await e2ee.login(hs, alice.localpart, alice.password, tmp_path / "alice")
+    bob_client = await e2ee.login(hs, bob.localpart, bob.password, tmp_path / "bob")
+    try:
+        room_id = await e2ee.create_room(alice_client)
+        wait_for_system_user(hs, alice.token, room_id)
+        await e2ee.invite_and_join(alice_client, bob_client, room_id)
+        files_before = stored_files(hs)
+        text_id = await e2ee.send(alice_client, room_id, {"msgtype": "m.text", "body": "Zugriff 07:40"})
+        photo = media_corpus.jpeg()
+        file_id = await e2ee.send(
+            alice_client, room_id, await e2ee.upload_encrypted(alice_client, photo, "p.jpg")
+        )
+        text, _ = await e2ee.receive(bob_client, room_id, text_id, file_id)
+        assert text.body == "Zugriff 07:40"
+        assert stored_files(hs) - files_before, "the attachment is stored"
+
+        redacted: set[str] = set()
+
+        def note(room, event):
+            redacted.add(event.redacts)
+
+        bob_client.add_event_callback(note, RedactionEvent)
+        await e2ee.sync_until(bob_client, lambda: {text_id, file_id} <= redacted, timeout=30)
+
+        # Past the room's max_lifetime Synapse no longer hands the events out at all.
+        for event_id in (text_id, file_id):
+            status, _ = hs.request(
+                "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/event/{quote(event_id)}", token=bob.token
+            )
+            assert status == 404
+        wait_for(lambda: media_rows(hs, alice.user_id) == 0, 15, "the attachment's row is still there")
+        assert not (stored_files(hs) - files_before), "the attachment's file is still there"
+        counts = system_redactions(hs)
+        assert (counts[text_id], counts[file_id]) == (1, 1)
+    finally:
+        await alice_client.close()
+        await bob_client.close()
+
+
+def test_sigkill_mid_sweep_neither_skips_nor_repeats(start_homeserver, make_user):
+    hs = start_homeserver(
+        "retention_crash",
+        module_config={
+            "retention": {"device_lifetime": "3s", "audit_lifetime": "60s", "sweep_interval": "2s"}
+        },
+    )
+    alice = make_user("alice", homeserver=hs)
+    room_id = create(hs, alice.token)
+    wait_for_system_user(hs, alice.token, room_id)
+    sent = [send_encrypted_looking(hs, alice.token, room_id) for _ in range(400)]
+
+    wait_for(lambda: len(system_redactions(hs)) >= 20, 60, "the sweep did not start")
+    assert len(system_redactions(hs)) < len(sent), "the sweep finished before the kill; send more events"
+    assert hs.process is not None
+    hs.process.kill()
+    hs.process.wait()
+    hs.start()
+
+    wait_for(lambda: set(sent) <= set(system_redactions(hs)), 120, "not every expired event was redacted")
+    counts = system_redactions(hs)
+    assert {event_id: counts[event_id] for event_id in sent if counts[event_id] != 1} == {}
