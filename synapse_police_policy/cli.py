@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from synapse.config._base import ConfigError
 
 from . import devices_cli
+from .bootstrap import BootstrapError
 from .check_config import find_problems
+from .retention_status import retention_status
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -18,19 +21,8 @@ EXIT_UNREADABLE = 2
 
 
 def check_config(path: Path) -> int:
-    try:
-        homeserver = yaml.safe_load(path.read_text(encoding="utf8"))
-    except OSError as error:
-        print(f"{path}: cannot read the file: {error.strerror}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        print(f"{path}: not valid YAML: {error}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    if not isinstance(homeserver, dict):
-        print(
-            f"{path}: expected a homeserver config (a YAML mapping), got {type(homeserver).__name__}",
-            file=sys.stderr,
-        )
+    homeserver = _read_homeserver(path)
+    if homeserver is None:
         return EXIT_UNREADABLE
     findings = find_problems(homeserver)
     for finding in findings:
@@ -39,6 +31,38 @@ def check_config(path: Path) -> int:
         print(f"{path}: {len(findings)} setting(s) contradict the police policy", file=sys.stderr)
         return EXIT_PROBLEMS
     print(f"{path}: consistent with the police policy")
+    return EXIT_OK
+
+
+def _read_homeserver(path: Path) -> dict | None:
+    """The homeserver config as a mapping, or None after saying why not."""
+    try:
+        homeserver = yaml.safe_load(path.read_text(encoding="utf8"))
+    except OSError as error:
+        print(f"{path}: cannot read the file: {error.strerror}", file=sys.stderr)
+        return None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        print(f"{path}: not valid YAML: {error}", file=sys.stderr)
+        return None
+    if not isinstance(homeserver, dict):
+        print(
+            f"{path}: expected a homeserver config (a YAML mapping), got {type(homeserver).__name__}",
+            file=sys.stderr,
+        )
+        return None
+    return homeserver
+
+
+def show_retention_status(path: Path) -> int:
+    homeserver = _read_homeserver(path)
+    if homeserver is None:
+        return EXIT_UNREADABLE
+    try:
+        status = retention_status(homeserver)
+    except (ValueError, ConfigError, BootstrapError) as error:
+        print(f"{path}: {getattr(error, 'msg', None) or error}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print("\n".join(status.lines()))
     return EXIT_OK
 
 
@@ -51,11 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.add_argument("homeserver_yaml", type=Path, metavar="HOMESERVER_YAML")
     devices_cli.add_parser(commands)
+    retention = commands.add_parser("retention", help="the retention tiers (run on the server host)")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True)
+    status = retention_commands.add_parser(
+        "status", help="sweep progress and lag, redactions, media and events past their tier"
+    )
+    status.add_argument("-c", "--config", type=Path, required=True, metavar="HOMESERVER_YAML")
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.homeserver_yaml)
     if args.command == "devices":
         return devices_cli.run(args)
+    if args.command == "retention":
+        return show_retention_status(args.config)
     parser.error(f"unknown command {args.command}")
     return EXIT_UNREADABLE
 

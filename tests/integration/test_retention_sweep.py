@@ -4,6 +4,9 @@ crash mid-sweep neither skips an event nor redacts one twice."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 import uuid
 from urllib.parse import quote
@@ -102,6 +105,26 @@ async def test_expired_content_leaves_the_clients_and_the_media_store(short_live
         assert not (stored_files(hs) - files_before), "the attachment's file is still there"
         counts = system_redactions(hs)
         assert (counts[text_id], counts[file_id]) == (1, 1)
+
+        # The operator's view says the same.
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "synapse_police_policy.cli",
+                "retention",
+                "status",
+                "-c",
+                str(hs.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert re.search(r"^expired, not yet swept +0$", status.stdout, re.M), status.stdout
+        assert int(re.search(r"^events redacted \(total\) +(\d+)$", status.stdout, re.M).group(1)) >= 2
+        assert re.search(r"^media past device tier +0$", status.stdout, re.M), status.stdout
     finally:
         await alice_client.close()
         await bob_client.close()
@@ -129,3 +152,40 @@ def test_sigkill_mid_sweep_neither_skips_nor_repeats(start_homeserver, make_user
     wait_for(lambda: set(sent) <= set(system_redactions(hs)), 120, "not every expired event was redacted")
     counts = system_redactions(hs)
     assert {event_id: counts[event_id] for event_id in sent if counts[event_id] != 1} == {}
+
+
+def test_audit_tier_purges_the_events_from_the_database(start_homeserver, make_user):
+    """Synapse's own purge jobs, configured for the audit tier (as
+    police-policy check-config demands), delete the events, redacted
+    originals included."""
+    audit = "12s"
+    hs = start_homeserver(
+        "retention_audit",
+        module_config={
+            "retention": {"device_lifetime": "3s", "audit_lifetime": audit, "sweep_interval": "1s"}
+        },
+        extra={
+            "retention": {
+                "enabled": True,
+                "default_policy": {"max_lifetime": audit},
+                "allowed_lifetime_min": audit,
+                "allowed_lifetime_max": audit,
+                "purge_jobs": [{"interval": "2s"}],
+            },
+            "redaction_retention_period": audit,
+        },
+    )
+    alice = make_user("alice", homeserver=hs)
+    room_id = create(hs, alice.token)
+    wait_for_system_user(hs, alice.token, room_id)
+    sent = [send_encrypted_looking(hs, alice.token, room_id) for _ in range(5)]
+    wait_for(lambda: set(sent) <= set(system_redactions(hs)), 30, "the device tier did not redact")
+
+    def remaining() -> int:
+        marks = ", ".join("?" for _ in sent)
+        return hs.query(f"SELECT COUNT(*) FROM event_json WHERE event_id IN ({marks})", tuple(sent))[0][0]
+
+    assert remaining() == len(sent), "redacted originals stay until the audit tier"
+    wait_for(lambda: remaining() == 0, 60, "the audit tier did not purge the events")
+    marks = ", ".join("?" for _ in sent)
+    assert hs.query(f"SELECT COUNT(*) FROM events WHERE event_id IN ({marks})", tuple(sent))[0][0] == 0
