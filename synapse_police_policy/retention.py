@@ -57,16 +57,36 @@ def check_retention_change(config: RetentionConfig, content: Mapping[str, Any]) 
     )
 
 
+def _level(value: Any, default: int) -> int | None:
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
 def check_power_levels(content: Mapping[str, Any], system_user: str) -> Denial | None:
-    """The system user keeps its power (it redacts expired content)."""
+    """The system user keeps its power to redact anyone's events: its own
+    level, and the levels redacting needs (room creators of version 12 could
+    otherwise raise those above it)."""
     users = content.get("users")
-    level = users.get(system_user) if isinstance(users, Mapping) else None
-    if isinstance(level, int) and not isinstance(level, bool) and level >= SYSTEM_POWER:
+    level = _level(users.get(system_user) if isinstance(users, Mapping) else None, -1)
+    events = content.get("events")
+    events = events if isinstance(events, Mapping) else {}
+    needed = (
+        _level(content.get("redact"), 50),
+        _level(events.get("m.room.redaction"), _level(content.get("events_default"), 0) or 0),
+    )
+    if (
+        level is not None
+        and level >= SYSTEM_POWER
+        and all(need is not None and need <= SYSTEM_POWER for need in needed)
+    ):
         return None
     return Denial(
         rule="retention.system_user_power",
-        reason=f"{system_user} must keep power level {SYSTEM_POWER}: it removes expired content from "
-        "every room, as the retention policy requires",
+        reason=f"{system_user} must keep power level {SYSTEM_POWER}, and redacting must not need more: "
+        "it removes expired content from every room, as the retention policy requires",
     )
 
 

@@ -13,7 +13,7 @@ import attrs
 from .bootstrap import connect_database
 from .check_config import MODULE_NAME
 from .config import PolicyConfig, parse_config
-from .retention_store import WATERMARK
+from .retention_store import MEDIA_UPLOADED_BEFORE, WATERMARK
 
 
 @attrs.frozen
@@ -51,7 +51,10 @@ def _policy(homeserver: Mapping[str, Any]) -> PolicyConfig:
 
 def retention_status(homeserver: Mapping[str, Any]) -> RetentionStatus:
     policy = _policy(homeserver)
-    system_user = f"@{policy.retention.system_user}:{homeserver['server_name']}"
+    server_name = homeserver.get("server_name")
+    if not isinstance(server_name, str):
+        raise ValueError("server_name: missing from the homeserver config")
+    system_user = f"@{policy.retention.system_user}:{server_name}"
     now = int(time.time() * 1000)
     device_cutoff = now - policy.retention.device_lifetime * 1000
     audit_cutoff = now - policy.retention.audit_lifetime * 1000
@@ -93,11 +96,22 @@ def retention_status(homeserver: Mapping[str, Any]) -> RetentionStatus:
             ),
             lag_s=max(0.0, (device_cutoff - oldest) / 1000) if oldest is not None else 0.0,
             media_past_device_tier=one(
-                "SELECT COUNT(*) FROM local_media_repository WHERE created_ts < ?", device_cutoff
+                f"SELECT COUNT(*) FROM ({MEDIA_UPLOADED_BEFORE}) AS expired",
+                device_cutoff,
+                server_name,
+                server_name,
             ),
             events_past_audit_tier=one(
                 f"SELECT COUNT(*) FROM events WHERE received_ts <= ? AND {content}", audit_cutoff, False
             ),
         )
+    except Exception as error:
+        if isinstance(error, ValueError):
+            raise
+        # sqlite3.Error or psycopg2.Error, most often: the module never ran on it
+        raise ValueError(
+            f"the database could not answer ({type(error).__name__}: {str(error).strip()}); "
+            "is this the database of a Synapse that has run with the module?"
+        ) from None
     finally:
         connection.close()

@@ -71,17 +71,19 @@ def _joined_rooms_txn(txn: Any, user_id: str) -> set[str]:
     return {row[0] for row in txn.fetchall()}
 
 
+#: Local media uploaded before a time (by upload time: avatars of users and
+#: rooms stay, they are not content); parameters: time, server name twice.
+MEDIA_UPLOADED_BEFORE = (
+    "SELECT media_id FROM local_media_repository WHERE created_ts < ?"
+    " AND 'mxc://' || ? || '/' || media_id NOT IN"
+    " (SELECT avatar_url FROM profiles WHERE avatar_url IS NOT NULL)"
+    " AND 'mxc://' || ? || '/' || media_id NOT IN"
+    " (SELECT avatar FROM room_stats_state WHERE avatar IS NOT NULL)"
+)
+
+
 def _media_uploaded_before_txn(txn: Any, server_name: str, before_ms: int, limit: int) -> list[str]:
-    # By upload time; avatars of users and rooms stay (they are not content).
-    txn.execute(
-        "SELECT media_id FROM local_media_repository WHERE created_ts < ?"
-        " AND 'mxc://' || ? || '/' || media_id NOT IN"
-        " (SELECT avatar_url FROM profiles WHERE avatar_url IS NOT NULL)"
-        " AND 'mxc://' || ? || '/' || media_id NOT IN"
-        " (SELECT avatar FROM room_stats_state WHERE avatar IS NOT NULL)"
-        " LIMIT ?",
-        (before_ms, server_name, server_name, limit),
-    )
+    txn.execute(f"{MEDIA_UPLOADED_BEFORE} LIMIT ?", (before_ms, server_name, server_name, limit))
     return [row[0] for row in txn.fetchall()]
 
 

@@ -133,3 +133,59 @@ def test_missing_argument_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "HOMESERVER_YAML" in result.stderr
+
+
+# --- police-policy retention status -------------------------------------------------
+
+
+def retention_status(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "synapse_police_policy.cli", "retention", "status", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_retention_status_needs_the_config_option() -> None:
+    result = retention_status()
+
+    assert result.returncode == 2
+    assert "HOMESERVER_YAML" in result.stderr
+
+
+def test_retention_status_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+
+    result = retention_status("-c", str(missing))
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"{missing}: cannot read the file: No such file or directory" in result.stderr
+
+
+def test_retention_status_without_the_module(homeserver_yaml: Path) -> None:
+    rewrite(homeserver_yaml, {"modules": []})
+
+    result = retention_status("-c", str(homeserver_yaml))
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert f"{homeserver_yaml}: modules: synapse_police_policy.PolicePolicy is not loaded" in result.stderr
+
+
+def test_retention_status_before_synapse_created_the_database(homeserver_yaml: Path) -> None:
+    """The SQLite file does not exist yet: said so, and not created by the command."""
+    database = Path(
+        yaml.safe_load(homeserver_yaml.read_text(encoding="utf8"))["database"]["args"]["database"]
+    )
+    assert not database.exists()
+
+    result = retention_status("--config", str(homeserver_yaml))
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert f"{homeserver_yaml}: database.args.database: cannot open {database}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not database.exists()

@@ -456,3 +456,94 @@ def test_largest_upload(media: dict[str, Any], largest: int) -> None:
 def test_largest_upload_ignores_the_daily_quota() -> None:
     media = parse_config({"media": {"encrypted_max_size": "1M", "allowed": {"image/png": "1M"}}}).media
     assert media.daily_upload_quota > media.largest_upload == 1024**2
+
+
+# --- retention: sweep interval and system user ---------------------------------
+
+LOCALPART_EXPECTED = "expected a user ID localpart such as 'policy' (lower-case letters, digits, ._=-/+)"
+
+
+def test_retention_sweep_defaults() -> None:
+    retention = parse_config({}).retention
+    assert retention.sweep_interval == 300  # 5m
+    assert retention.system_user == "policy"
+
+
+def test_retention_keys_absent_mean_defaults() -> None:
+    retention = parse_config({"retention": {"device_lifetime": "1d"}}).retention
+    assert (retention.sweep_interval, retention.system_user) == (300, "policy")
+
+
+def test_retention_section_values() -> None:
+    retention = parse_config(
+        {
+            "retention": {
+                "device_lifetime": "1d",
+                "audit_lifetime": "30d",
+                "sweep_interval": "30s",
+                "system_user": "retention-bot",
+            }
+        }
+    ).retention
+    assert (retention.device_lifetime, retention.audit_lifetime) == (86400, 30 * 86400)
+    assert retention.sweep_interval == 30
+    assert retention.system_user == "retention-bot"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1), ("90s", 90), ("5m", 300), ("2h", 7200), ("1d", 86400), ("1w", 604800), (" 10m ", 600)],
+)
+def test_retention_sweep_interval_durations(text: str, seconds: int) -> None:
+    assert parse_config({"retention": {"sweep_interval": text}}).retention.sweep_interval == seconds
+
+
+@pytest.mark.parametrize("value", ["often", 300, "0s", "-5m", "5", "5x", "1.5m", "05m", "", None, True])
+def test_bad_retention_sweep_interval(value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"retention": {"sweep_interval": value}})
+    assert info.value.msg == f"retention.sweep_interval: {DURATION_EXPECTED}, got {value!r}"
+    assert tuple(info.value.path) == ("retention", "sweep_interval")
+
+
+@pytest.mark.parametrize(
+    "localpart",
+    ["policy", "p", "0", "retention.bot", "retention_bot", "a=b", "a-b", "a/b", "a+b", "x.y_z=0-9/+"],
+)
+def test_retention_system_user_localparts(localpart: str) -> None:
+    assert parse_config({"retention": {"system_user": localpart}}).retention.system_user == localpart
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Policy",
+        "POLICY",
+        "@policy:x",
+        "@policy",
+        "policy:x",
+        "",
+        5,
+        None,
+        True,
+        ["policy"],
+        "policy\n",
+        " policy",
+        "pol icy",
+        "pölicy",
+        "policy!",
+    ],
+)
+def test_bad_retention_system_user(value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"retention": {"system_user": value}})
+    assert info.value.msg == f"retention.system_user: {LOCALPART_EXPECTED}, got {value!r}"
+    assert tuple(info.value.path) == ("retention", "system_user")
+
+
+def test_retention_unknown_key_lists_the_new_keys() -> None:
+    msg = config_error({"retention": {"sweep": "5m"}})
+    assert msg == (
+        "retention.sweep: unknown key; expected one of: "
+        "audit_lifetime, device_lifetime, sweep_interval, system_user"
+    )
