@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import attrs
 
-from . import device_import, federation_inbound, large_room, login_rate, module_overhead
+from . import device_import, federation_inbound, large_room, login_rate, media_upload, module_overhead
 
 
 @attrs.frozen
@@ -41,6 +41,11 @@ ENTRIES: list[Entry] = [
         "login_rate",
         login_rate.main,
         f"password logins per second with {login_rate.REGISTRY:,} enrolled devices in the registry",
+    ),
+    Entry(
+        "media_upload",
+        media_upload.main,
+        "upload throughput of 5 MiB and 100 MiB files and the server's peak memory",
     ),
     Entry(
         "device_import",

@@ -357,13 +357,17 @@ def print_table(lines: Sequence[tuple[str, ...]]) -> None:
 
 @contextmanager
 def homeservers(
-    labels: Sequence[str], extra: Mapping[str, Any] | None = None
+    labels: Sequence[str],
+    extra: Mapping[str, Any] | None = None,
+    module_config: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, Homeserver]]:
     """Start a homeserver per label, all at once: the one labelled
     ``without-module`` without the module, the others with it; always stop
     them, and keep their directories when the block failed.
 
     ``extra``: homeserver settings for all, on top of the policy's.
+    ``module_config``: the module's config (default: empty, all defaults); the
+    homeserver settings of the policy follow from it on every server.
     """
     directories = {label: Path(tempfile.mkdtemp(prefix=f"bench-{label}-")) for label in labels}
     servers: dict[str, Homeserver] = {}
@@ -374,10 +378,10 @@ def homeservers(
                 directory=directory,
                 server_name="bench.localhost",
                 http_port=free_port(),
-                module_config=None if label == "without-module" else {},
+                module_config=None if label == "without-module" else dict(module_config or {}),
                 # Every server gets the homeserver settings of the policy, so the
                 # only difference measured is the module itself.
-                extra={**policy_aligned_settings("bench.localhost", {}), **(extra or {})},
+                extra={**policy_aligned_settings("bench.localhost", module_config or {}), **(extra or {})},
                 for_tests=True,
             )
             servers[label] = Homeserver(spec)
@@ -399,9 +403,11 @@ def homeservers(
 
 
 @contextmanager
-def homeserver_pair(extra: Mapping[str, Any] | None = None) -> Iterator[tuple[Homeserver, Homeserver]]:
+def homeserver_pair(
+    extra: Mapping[str, Any] | None = None, module_config: Mapping[str, Any] | None = None
+) -> Iterator[tuple[Homeserver, Homeserver]]:
     """The homeserver without the module and the one with it (see ``homeservers``)."""
-    with homeservers(("without-module", "with-module"), extra) as servers:
+    with homeservers(("without-module", "with-module"), extra, module_config) as servers:
         yield servers["without-module"], servers["with-module"]
 
 
