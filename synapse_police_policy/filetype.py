@@ -15,7 +15,7 @@ import attrs
 import magic
 from PIL import Image
 
-from .media import OPAQUE, RANDOMNESS_SAMPLE, looks_random
+from .media import OPAQUE, RANDOMNESS_SAMPLE, has_structured_signature, looks_random
 
 #: libmagic looks at most this far into a file for the formats we care about
 #: (zip-based office files list their parts near the start).
@@ -26,6 +26,8 @@ HEAD_BYTES = 256 * 1024
 class Sniffed:
     mime: str
     size: int
+    #: the head looks like ciphertext; only examined where the detected type
+    #: leaves doubt (a weak or a short signature), False elsewhere
     random_looking: bool
 
 
@@ -61,7 +63,10 @@ def sniff(path: str) -> Sniffed:
         size = os.fstat(file.fileno()).st_size
         head = file.read(HEAD_BYTES)
     mime = magic.from_buffer(head, mime=True) if head else "application/x-empty"
-    random_looking = looks_random(head[:RANDOMNESS_SAMPLE])
+    # The byte statistics matter only for a weak or short signature; skipping
+    # them otherwise keeps the common cases (ciphertext, photos) cheap.
+    weak = mime != OPAQUE and not has_structured_signature(mime)
+    random_looking = (weak or mime in _SHORT_SIGNATURES) and looks_random(head[:RANDOMNESS_SAMPLE])
     if random_looking and mime in _SHORT_SIGNATURES and not _decodes(mime, head):
         mime = OPAQUE
     return Sniffed(mime=mime, size=size, random_looking=random_looking)

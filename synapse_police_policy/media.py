@@ -82,8 +82,8 @@ STRUCTURED_TYPES = frozenset(
 )
 _STRUCTURED_PREFIXES = ("text/", "application/vnd.openxmlformats", "application/vnd.oasis")
 _STRUCTURED_WORDS = ("xml", "script", "executable", "html")
-#: Bytes of the head used for the randomness test.
-RANDOMNESS_SAMPLE = 64 * 1024
+#: Bytes of the head used for the randomness test (64 per byte value on average).
+RANDOMNESS_SAMPLE = 16 * 1024
 #: chi-square of byte counts (255 degrees of freedom: mean 255, sd 22.6) above
 #: which bytes are not random; ciphertext stays below with overwhelming odds
 _CHI_SQUARE_LIMIT = 255 + 8 * 22.6

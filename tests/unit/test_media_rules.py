@@ -327,7 +327,7 @@ def test_random_bytes_look_random(size: int) -> None:
 
 
 def test_randomness_sample_is_what_sniff_passes() -> None:
-    assert RANDOMNESS_SAMPLE == 64 * 1024
+    assert RANDOMNESS_SAMPLE == 16 * 1024
     assert looks_random(os.urandom(RANDOMNESS_SAMPLE))
 
 
