@@ -14,8 +14,8 @@ Private APIs change between releases; a test pins each use:
   ``Requester`` as a dict); the auth handler deletes a token as logout does
   (``test_enrollment_devices.py::test_tokens_without_a_device_are_cut_by_the_sweep``).
 - Synapse deletes old media by last access only; the retention sweep picks
-  media by upload time and has the media repository remove those files,
-  thumbnails and rows (``test_retention_sweep.py``).
+  media by upload (or fetch) time and removes files, thumbnails and rows with
+  the media repository's own paths and store (``test_retention_sweep.py``).
 - Whether a room version lists creators in the power levels, and the
   server's default room version (``test_retention_rooms.py``).
 - The media spam check is not told who uploaded the file; the request's
@@ -24,6 +24,9 @@ Private APIs change between releases; a test pins each use:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -89,7 +92,7 @@ async def delete_local_media(api: ModuleApi, media_ids: list[str]) -> int:
     hs = api._hs
     if not hs.config.media.can_load_media_repo:
         return 0
-    _, count = await hs.get_media_repository()._remove_local_media_from_disk(media_ids)
+    _, count = await hs.get_media_repository().delete_local_media_ids(media_ids)
     return count
 
 
@@ -99,3 +102,18 @@ def creators_have_unlimited_power(api: ModuleApi, room_version: str | None) -> b
     hs = api._hs
     version = KNOWN_ROOM_VERSIONS.get(room_version or "") or hs.config.server.default_room_version
     return bool(version.msc4289_creator_power_enabled)
+
+
+async def delete_remote_media(api: ModuleApi, cached: list[tuple[str, str, str]]) -> int:
+    """Remove cached copies of other servers' media, given as (origin, media ID,
+    file ID): files, thumbnails and rows; returns how many."""
+    hs = api._hs
+    if not hs.config.media.can_load_media_repo:
+        return 0
+    repository = hs.get_media_repository()
+    for origin, media_id, file_id in cached:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(repository.filepaths.remote_media_filepath(origin, file_id))
+        shutil.rmtree(repository.filepaths.remote_media_thumbnail_dir(origin, file_id), ignore_errors=True)
+        await hs.get_datastores().main.delete_remote_media(origin, media_id)
+    return len(cached)

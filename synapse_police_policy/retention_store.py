@@ -3,7 +3,8 @@
 The sweep walks Synapse's ``events`` table in stream order from a durable
 watermark (table ``police_policy_retention_progress``, ``schema.py``), and
 reads ``redactions`` and ``local_current_membership`` to skip what is done
-or out of reach; ``local_media_repository`` gives uploads by upload time.
+or out of reach; ``local_media_repository`` gives uploads by upload time,
+``remote_media_cache`` other servers' media by the time it was fetched.
 ``tests/integration/test_retention_sweep.py`` pins these queries against a
 real Synapse.
 """
@@ -87,6 +88,14 @@ def _media_uploaded_before_txn(txn: Any, server_name: str, before_ms: int, limit
     return [row[0] for row in txn.fetchall()]
 
 
+def _remote_media_fetched_before_txn(txn: Any, before_ms: int, limit: int) -> list[tuple[str, str, str]]:
+    txn.execute(
+        "SELECT media_origin, media_id, filesystem_id FROM remote_media_cache WHERE created_ts < ? LIMIT ?",
+        (before_ms, limit),
+    )
+    return [(row[0], row[1], row[2]) for row in txn.fetchall()]
+
+
 class RetentionStore:
     def __init__(self, api: ModuleApi, tables: Tables) -> None:
         self._api = api
@@ -114,4 +123,9 @@ class RetentionStore:
     async def media_uploaded_before(self, before_ms: int, limit: int) -> list[str]:
         return await self._run(
             "retention_media_before", _media_uploaded_before_txn, self._api.server_name, before_ms, limit
+        )
+
+    async def remote_media_fetched_before(self, before_ms: int, limit: int) -> list[tuple[str, str, str]]:
+        return await self._run(
+            "retention_remote_media_before", _remote_media_fetched_before_txn, before_ms, limit
         )

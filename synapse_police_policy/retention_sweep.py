@@ -19,7 +19,7 @@ from synapse.api.errors import SynapseError
 from synapse.module_api import ModuleApi
 
 from .config import RetentionConfig
-from .internals import delete_local_media
+from .internals import delete_local_media, delete_remote_media
 from .retention_store import RetentionStore, StoredEvent
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ SKIPPED = Counter(
 )
 MEDIA_DELETED = Counter(
     "police_policy_retention_media_deleted",
-    "Local media files deleted after the device lifetime (by upload time)",
+    "Media files deleted: local uploads after the device lifetime (by upload time), "
+    "copies of other servers' media after the audit lifetime",
     labelnames=["server_name"],
 )
 LAG = Gauge(
@@ -69,9 +70,11 @@ class RetentionSweep:
             logger.info("Created the retention system user %s", self.system_user)
 
     async def run(self) -> None:
-        cutoff = now_ms() - self._config.device_lifetime * 1000
+        now = now_ms()
+        cutoff = now - self._config.device_lifetime * 1000
         redacted, skipped, behind = await self._redact_expired(cutoff)
         media = await self._delete_expired_media(cutoff)
+        media += await self._delete_remote_media(now - self._config.audit_lifetime * 1000)
         LAG.labels(server_name=self._server).set(behind)
         if redacted or skipped or media or behind:
             logger.info(
@@ -127,6 +130,21 @@ class RetentionSweep:
             logger.warning("Retention sweep could not redact %s: %s", event.event_id, error.msg)
             return False
         return True
+
+    async def _delete_remote_media(self, cutoff: int) -> int:
+        """The audit tier for copies of other servers' media: Synapse's own
+        clean-up of them goes by last access, which a popular file never reaches."""
+        deleted = 0
+        for _ in range(MAX_BATCHES):
+            cached = await self._store.remote_media_fetched_before(cutoff, BATCH)
+            if not cached:
+                break
+            count = await delete_remote_media(self._api, cached)
+            deleted += count
+            MEDIA_DELETED.labels(server_name=self._server).inc(count)
+            if count == 0 or len(cached) < BATCH:
+                break
+        return deleted
 
     async def _delete_expired_media(self, cutoff: int) -> int:
         deleted = 0

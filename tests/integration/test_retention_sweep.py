@@ -16,7 +16,8 @@ from nio import RedactionEvent
 
 from devtools.homeserver import Homeserver
 from tests import e2ee, media_corpus
-from tests.integration.test_media_types import media_rows, stored_files
+from tests.integration.test_media_remote import download
+from tests.integration.test_media_types import media_rows, stored_files, upload
 from tests.integration.test_retention_rooms import create, wait_for_system_user
 
 DEVICE_S = 4
@@ -189,3 +190,30 @@ def test_audit_tier_purges_the_events_from_the_database(start_homeserver, make_u
     wait_for(lambda: remaining() == 0, 60, "the audit tier did not purge the events")
     marks = ", ".join("?" for _ in sent)
     assert hs.query(f"SELECT COUNT(*) FROM events WHERE event_id IN ({marks})", tuple(sent))[0][0] == 0
+
+
+def test_copies_of_other_servers_media_go_at_the_audit_tier(start_homeserver, make_user):
+    peer = start_homeserver("retention_peer", with_module=False, federation_address="127.0.0.8")
+    ours = start_homeserver(
+        "retention_ours",
+        module_config={
+            "federation": {"allowed_servers": [peer.server_name]},
+            "retention": {"device_lifetime": "2s", "audit_lifetime": "6s", "sweep_interval": "1s"},
+        },
+        federation_address="127.0.0.9",
+    )
+    reader, sender = make_user("officer", homeserver=ours), make_user("officer", homeserver=peer)
+    photo = media_corpus.jpeg()
+    status, body = upload(peer, sender.token, photo, "image/jpeg", "photo.jpg")
+    assert status == 200, body
+    media_id = body["content_uri"].rsplit("/", 1)[1]
+    assert download(ours, reader.token, body["content_uri"]) == (200, photo)
+
+    def cached() -> int:
+        return ours.query("SELECT COUNT(*) FROM remote_media_cache WHERE media_id = ?", (media_id,))[0][0]
+
+    assert cached() == 1
+    remote_files = ours.spec.directory / "media_store" / "remote_content"
+    assert any(path.is_file() for path in remote_files.rglob("*"))
+    wait_for(lambda: cached() == 0, 30, "the cached copy outlived the audit tier")
+    assert not any(path.is_file() for path in remote_files.rglob("*"))
