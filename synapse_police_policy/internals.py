@@ -16,6 +16,9 @@ Private APIs change between releases; a test pins each use:
 - Synapse deletes old media by last access only; the retention sweep picks
   media by upload (or fetch) time and removes files, thumbnails and rows with
   the media repository's own paths and store (``test_retention_sweep.py``).
+- Synapse's retention purge jobs tell nobody which rooms they purged; the
+  pagination handler's ``purge_history`` is wrapped to count them
+  (``test_retention_sweep.py::test_audit_tier_purges_the_events_from_the_database``).
 - Whether a room version lists creators in the power levels, and the
   server's default room version (``test_retention_rooms.py``).
 - The media spam check is not told who uploaded the file; the request's
@@ -117,3 +120,18 @@ async def delete_remote_media(api: ModuleApi, cached: list[tuple[str, str, str]]
         shutil.rmtree(repository.filepaths.remote_media_thumbnail_dir(origin, file_id), ignore_errors=True)
         await hs.get_datastores().main.delete_remote_media(origin, media_id)
     return len(cached)
+
+
+def count_history_purges(api: ModuleApi, purged: Callable[[str], None]) -> None:
+    """Call ``purged(room_id)`` after each successful history purge (retention
+    purge jobs and the admin API both go through the pagination handler)."""
+    handler = api._hs.get_pagination_handler()
+    purge_history = handler.purge_history
+
+    async def counted_purge_history(room_id: str, *args: Any, **kwargs: Any) -> str | None:
+        error = await purge_history(room_id, *args, **kwargs)
+        if error is None:
+            purged(room_id)
+        return error
+
+    handler.purge_history = counted_purge_history

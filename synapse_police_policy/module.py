@@ -23,7 +23,12 @@ from .decisions import DecisionLog, Denial
 from .devices import DeviceEnrollment
 from .enrollment_store import EnrollmentStore
 from .filetype import sniff
-from .internals import creators_have_unlimited_power, current_requester, guard_remote_media
+from .internals import (
+    count_history_purges,
+    creators_have_unlimited_power,
+    current_requester,
+    guard_remote_media,
+)
 from .media_store import MediaUsage
 from .retention_store import RetentionStore
 from .retention_sweep import RetentionSweep
@@ -82,6 +87,7 @@ class PolicePolicy:
         api.register_account_validity_callbacks(on_user_login=self.on_user_login)
         api.register_web_resource(PREFIX, PoliceAdminResource(api, self._devices))
         guard_remote_media(api, self.refuse_remote_media)
+        count_history_purges(api, self._sweep.count_purge)
         api.run_as_background_process("police_policy_migrate", tables.ensure)
         if api.should_run_background_tasks():
             api.run_as_background_process("police_policy_system_user", self._sweep.ensure_system_user)

@@ -40,6 +40,11 @@ MEDIA_DELETED = Counter(
     "copies of other servers' media after the audit lifetime",
     labelnames=["server_name"],
 )
+ROOMS_PURGED = Counter(
+    "police_policy_retention_rooms_purged",
+    "Room history purges done at the audit lifetime (by Synapse's retention purge jobs)",
+    labelnames=["server_name"],
+)
 LAG = Gauge(
     "police_policy_retention_lag_seconds",
     "Age beyond the device lifetime of the oldest expired event not yet redacted (0: none)",
@@ -63,6 +68,10 @@ class RetentionSweep:
         self._store = store
         self.system_user = api.get_qualified_user_id(config.system_user)
         self._server = api.server_name
+
+    def count_purge(self, room_id: str) -> None:
+        ROOMS_PURGED.labels(server_name=self._server).inc()
+        logger.info("Audit tier: history of %s purged", room_id)
 
     async def ensure_system_user(self) -> None:
         if await self._api.check_user_exists(self.system_user) is None:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from urllib.parse import quote
 
@@ -60,6 +61,14 @@ def system_redactions(hs: Homeserver) -> dict[str, int]:
         (hs.user_id("policy"),),
     )
     return {row[0]: int(row[1]) for row in rows}
+
+
+def metric(hs: Homeserver, name: str) -> float:
+    url = f"http://127.0.0.1:{hs.spec.metrics_port}/_synapse/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{re.escape(name)}{{[^}}]*}} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -190,6 +199,7 @@ def test_audit_tier_purges_the_events_from_the_database(start_homeserver, make_u
     wait_for(lambda: remaining() == 0, 60, "the audit tier did not purge the events")
     marks = ", ".join("?" for _ in sent)
     assert hs.query(f"SELECT COUNT(*) FROM events WHERE event_id IN ({marks})", tuple(sent))[0][0] == 0
+    assert metric(hs, "police_policy_retention_rooms_purged_total") >= 1
 
 
 def test_copies_of_other_servers_media_go_at_the_audit_tier(start_homeserver, make_user):
