@@ -27,6 +27,7 @@ KNOWN_JOIN_RULES = frozenset({"invite", "knock", "restricted", "knock_restricted
 #: History visibility values that keep history to members (never world_readable).
 KNOWN_HISTORY_VISIBILITY = frozenset({"shared", "invited", "joined"})
 
+_USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+\Z")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/+]+\Z")
 _DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h|d|w)$")
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -148,7 +149,10 @@ class MediaConfig:
 
 @attrs.frozen
 class AuditorConfig:
-    """Section ``auditor``: filled by the auditor-bot issue."""
+    """Section ``auditor``: the auditor bot, a member of every room."""
+
+    #: the bot's user ID (a user of this server); None: no auditor bot
+    user_id: str | None = None
 
 
 @attrs.frozen
@@ -376,14 +380,22 @@ def _parse_retention(raw: Any) -> RetentionConfig:
     )
 
 
+def _parse_auditor(raw: Any) -> AuditorConfig:
+    section = _mapping(raw, ("auditor",), {"user_id"})
+    user_id = section.get("user_id")
+    if user_id is not None and (not isinstance(user_id, str) or not _USER_ID.match(user_id)):
+        raise _fail(("auditor", "user_id"), "a user ID such as '@auditor:police.example'", user_id)
+    return AuditorConfig(user_id=user_id)
+
+
 def parse_config(raw: Any) -> PolicyConfig:
     """Turn the module's YAML config into a ``PolicyConfig`` or raise ``ConfigError``."""
     top = _mapping(raw, (), {"rooms", "federation", "retention", "devices", "media", "auditor"})
-    _mapping(top.get("auditor"), ("auditor",), set())
     return PolicyConfig(
         rooms=_parse_rooms(top.get("rooms")),
         federation=_parse_federation(top.get("federation")),
         retention=_parse_retention(top.get("retention")),
         devices=_parse_devices(top.get("devices")),
         media=_parse_media(top.get("media")),
+        auditor=_parse_auditor(top.get("auditor")),
     )

@@ -10,6 +10,7 @@ from collections.abc import Collection
 from typing import Any, Literal
 
 from synapse.api.errors import Codes, SynapseError
+from synapse.config._base import ConfigError
 from synapse.events import EventBase
 from synapse.media._base import FileInfo
 from synapse.media.media_storage import ReadableFileWrapper
@@ -65,6 +66,16 @@ class PolicePolicy:
         self._devices = DeviceEnrollment(config.devices, api, EnrollmentStore(api, tables), self._decisions)
         self._media_usage = MediaUsage(api)
         self._sweep = RetentionSweep(config.retention, api, RetentionStore(api, tables))
+        #: users the policy seats in every room, at power 100, that nobody removes
+        self._seated = [self._sweep.system_user]
+        if config.auditor.user_id is not None:
+            if not api.is_mine(config.auditor.user_id):
+                raise ConfigError(
+                    f"auditor.user_id: expected a user of this server ({api.server_name}), "
+                    f"got {config.auditor.user_id!r}",
+                    path=("auditor", "user_id"),
+                )
+            self._seated.append(config.auditor.user_id)
         self._recently_denied: OrderedDict[str, None] = OrderedDict()
 
         api.register_third_party_rules_callbacks(
@@ -137,7 +148,7 @@ class PolicePolicy:
         request["power_level_content_override"] = retention.power_override(
             request,
             requester.user.to_string(),
-            self._sweep.system_user,
+            self._seated,
             creator_listed=not creators_have_unlimited_power(self._api, request.get("room_version")),
         )
 
@@ -174,12 +185,12 @@ class PolicePolicy:
         if event.type == retention.POWER_LEVELS:
             current = await self._api.get_room_state(event.room_id, [(retention.POWER_LEVELS, "")])
             levels = current.get((retention.POWER_LEVELS, ""))
-            # Only rooms under the policy: the system user holds its power there.
-            if (
-                levels is not None
-                and retention.check_power_levels(levels.content, self._sweep.system_user) is None
-            ):
-                return retention.check_power_levels(event.content, self._sweep.system_user)
+            for user in self._seated:
+                # Only where the policy seated the user: it holds its power there.
+                if levels is not None and retention.check_power_levels(levels.content, user) is None:
+                    denial = retention.check_power_levels(event.content, user)
+                    if denial is not None:
+                        return denial
         return None
 
     async def should_drop_federated_event(self, event: EventBase) -> bool:
@@ -246,14 +257,14 @@ class PolicePolicy:
             denial = await self._devices.check_event(event)
             if denial is not None:
                 raise denial.as_error()
-            if event.type == CREATE and event.sender != self._sweep.system_user:
+            if event.type == CREATE and event.sender not in self._seated:
                 self._api.run_as_background_process(
-                    "police_policy_enlist_system_user", self._enlist_system_user, event.room_id, event.sender
+                    "police_policy_seat_service_users", self._seat_service_users, event.room_id, event.sender
                 )
         if event.type != MEMBER:
             return True, None
-        if event.state_key == self._sweep.system_user and event.sender != event.state_key:
-            denial = retention.check_system_user_removal(event.membership, self._sweep.system_user)
+        if event.state_key in self._seated and event.sender != event.state_key:
+            denial = retention.check_system_user_removal(event.membership, event.state_key)
             if denial is not None:
                 self._decisions.deny(denial, user=event.sender, room=event.room_id)
                 raise denial.as_error()
@@ -272,10 +283,11 @@ class PolicePolicy:
         self._decisions.deny(denial, user=event.sender, room=event.room_id)
         raise denial.as_error()
 
-    async def _enlist_system_user(self, room_id: str, creator: str) -> None:
-        """Bring the system user into a new room (it redacts expired content
-        there). It is invited once the room exists, not in the creation request:
-        invitees of a trusted private chat become its creators."""
+    async def _seat_service_users(self, room_id: str, creator: str) -> None:
+        """Bring the system user (it redacts expired content) and the auditor bot
+        (it archives) into a new room. They are invited once the room exists,
+        not in the creation request: invitees of a trusted private chat become
+        its creators."""
         for _ in range(ENLIST_CHECKS):
             await self._api.sleep(ENLIST_CHECK_INTERVAL_S)
             members = await self._api.get_room_state(room_id, [(MEMBER, creator)])
@@ -283,11 +295,14 @@ class PolicePolicy:
             if member is not None and member.membership == "join":
                 break
         else:
-            logger.warning("Room %s was not created; the system user stays out", room_id)
+            logger.warning("Room %s was not created; its service users stay out", room_id)
             return
-        system_user = self._sweep.system_user
-        await self._api.update_room_membership(creator, system_user, room_id, "invite")
-        await self._api.update_room_membership(system_user, system_user, room_id, "join")
+        for user in self._seated:
+            try:
+                await self._api.update_room_membership(creator, user, room_id, "invite")
+                await self._api.update_room_membership(user, user, room_id, "join")
+            except SynapseError as error:
+                logger.warning("Could not seat %s in %s: %s", user, room_id, error.msg)
 
     async def user_may_invite(self, inviter: str, invitee: str, room_id: str) -> SpamAnswer:
         denial = federation.check_invite_target(self._allowed_servers, invitee)

@@ -9,7 +9,7 @@ system user holds the power to redact there, which the sweep
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import RetentionConfig
@@ -31,17 +31,19 @@ def retention_state(config: RetentionConfig) -> dict[str, Any]:
 
 
 def power_override(
-    request: Mapping[str, Any], creator: str, system_user: str, creator_listed: bool
+    request: Mapping[str, Any], creator: str, seated: Sequence[str], creator_listed: bool
 ) -> dict[str, Any]:
-    """``power_level_content_override`` for a creation request: the system user
-    at SYSTEM_POWER. Synapse replaces the default ``users`` map with the
+    """``power_level_content_override`` for a creation request: the users the
+    policy seats in every room (the system user, the auditor bot) at
+    SYSTEM_POWER. Synapse replaces the default ``users`` map with the
     override's, so the creator is kept in it where the room version lists
     creators there (``creator_listed``, before version 12)."""
     override = dict(request.get("power_level_content_override") or {})
     users = dict(override.get("users") or {})
     if creator_listed:
         users.setdefault(creator, 100)
-    users[system_user] = SYSTEM_POWER
+    for user in seated:
+        users[user] = SYSTEM_POWER
     override["users"] = users
     return override
 
@@ -86,7 +88,7 @@ def check_power_levels(content: Mapping[str, Any], system_user: str) -> Denial |
     return Denial(
         rule="retention.system_user_power",
         reason=f"{system_user} must keep power level {SYSTEM_POWER}, and redacting must not need more: "
-        "it removes expired content from every room, as the retention policy requires",
+        "the policy seats it in every room (it removes expired content, or archives for the auditors)",
     )
 
 
@@ -96,6 +98,6 @@ def check_system_user_removal(membership: str, system_user: str) -> Denial | Non
         return None
     return Denial(
         rule="retention.system_user_power",
-        reason=f"{system_user} cannot be removed from a room: it removes expired content, "
-        "as the retention policy requires",
+        reason=f"{system_user} cannot be removed from a room: the policy seats it in every room "
+        "(it removes expired content, or archives for the auditors)",
     )

@@ -4,12 +4,14 @@ nobody can take away."""
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from devtools.homeserver import Homeserver
+from devtools.homeserver import Homeserver, SynapseError
 
 DEVICE_MS = 7 * 86400 * 1000
 
@@ -108,3 +110,48 @@ def test_system_user_keeps_its_power_and_its_seat(hs, make_user):
             token=alice.token,
         )
         assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), (action, body)
+
+
+@pytest.fixture(scope="module")
+def audited(start_homeserver) -> Homeserver:
+    """The auditor bot configured: it is seated in every room like the system user."""
+    hs = start_homeserver("audited", module_config={"auditor": {"user_id": "@auditor:audited.test"}})
+    assert hs.server_name == "audited.test"
+    hs.register_user("auditor", "auditor-pw", login=False)
+    return hs
+
+
+def test_the_auditor_bot_is_seated_in_every_room_and_stays(audited, make_user):
+    hs = audited
+    alice = make_user("alice", homeserver=hs)
+    room_id = create(hs, alice.token, {"preset": "trusted_private_chat"})
+    auditor = hs.user_id("auditor")
+    deadline = time.monotonic() + 15
+    while True:
+        status, member = hs.request(
+            "GET",
+            f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.member/{quote(auditor)}",
+            token=alice.token,
+        )
+        if status == 200 and member.get("membership") == "join":
+            break
+        assert time.monotonic() < deadline, "the auditor bot was not seated"
+        time.sleep(0.2)
+    levels = state(hs, alice.token, room_id, "m.room.power_levels")
+    assert levels["users"][auditor] == 100
+    demoted = {**levels, "users": {**levels["users"], auditor: 0}}
+    status, body = put_state(hs, alice.token, room_id, "m.room.power_levels", demoted)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+    status, body = hs.request(
+        "POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/kick", {"user_id": auditor}, token=alice.token
+    )
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+
+
+def test_an_auditor_of_another_server_stops_synapse(start_homeserver):
+    with pytest.raises(SynapseError, match="exited") as caught:
+        start_homeserver(
+            "foreign_auditor", module_config={"auditor": {"user_id": "@auditor:elsewhere.example"}}
+        )
+    stdout_log = re.search(r"see (\S+stdout\.log)", str(caught.value)).group(1)
+    assert "auditor.user_id: expected a user of this server" in Path(stdout_log).read_text()

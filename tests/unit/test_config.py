@@ -138,7 +138,7 @@ def test_unknown_top_level_key() -> None:
         ("retention", ["audit_lifetime", "device_lifetime", "sweep_interval", "system_user"]),
         ("devices", ["approval_window", "enrollment_required", "login_networks", "sweep_interval"]),
         ("media", ["allowed", "daily_upload_quota", "encrypted_max_size"]),
-        ("auditor", []),
+        ("auditor", ["user_id"]),
     ],
 )
 def test_unknown_key_in_each_section(section: str, known: list[str]) -> None:

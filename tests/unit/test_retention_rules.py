@@ -63,13 +63,13 @@ def test_retention_state_returns_fresh_objects() -> None:
 
 
 def test_power_override_without_client_override_lists_creator_and_system_user() -> None:
-    override = power_override({}, CREATOR, SYSTEM, creator_listed=True)
+    override = power_override({}, CREATOR, [SYSTEM], creator_listed=True)
     assert override == {"users": {CREATOR: 100, SYSTEM: SYSTEM_POWER}}
 
 
 def test_power_override_leaves_the_creator_out_when_creators_are_not_listed() -> None:
     """Room version 12: creators have unlimited power and must not be in ``users``."""
-    override = power_override({}, CREATOR, SYSTEM, creator_listed=False)
+    override = power_override({}, CREATOR, [SYSTEM], creator_listed=False)
     assert override == {"users": {SYSTEM: SYSTEM_POWER}}
     assert CREATOR not in override["users"]
 
@@ -77,14 +77,14 @@ def test_power_override_leaves_the_creator_out_when_creators_are_not_listed() ->
 @pytest.mark.parametrize("value", [None, {}], ids=["null", "empty"])
 def test_power_override_tolerates_a_null_or_empty_client_override(value: Any) -> None:
     request = {"power_level_content_override": value}
-    assert power_override(request, CREATOR, SYSTEM, creator_listed=True) == {
+    assert power_override(request, CREATOR, [SYSTEM], creator_listed=True) == {
         "users": {CREATOR: 100, SYSTEM: SYSTEM_POWER}
     }
 
 
 def test_power_override_tolerates_null_users() -> None:
     request = {"power_level_content_override": {"users": None, "ban": 75}}
-    assert power_override(request, CREATOR, SYSTEM, creator_listed=False) == {
+    assert power_override(request, CREATOR, [SYSTEM], creator_listed=False) == {
         "users": {SYSTEM: SYSTEM_POWER},
         "ban": 75,
     }
@@ -100,7 +100,7 @@ def test_power_override_keeps_the_clients_users_and_other_keys(creator_listed: b
             "users_default": 0,
         }
     }
-    override = power_override(request, CREATOR, SYSTEM, creator_listed=creator_listed)
+    override = power_override(request, CREATOR, [SYSTEM], creator_listed=creator_listed)
 
     assert override["users"][OTHER] == 50
     assert override["users"][SYSTEM] == SYSTEM_POWER
@@ -112,7 +112,7 @@ def test_power_override_keeps_the_clients_users_and_other_keys(creator_listed: b
 
 def test_power_override_keeps_a_creator_level_the_client_chose() -> None:
     request = {"power_level_content_override": {"users": {CREATOR: 90}}}
-    override = power_override(request, CREATOR, SYSTEM, creator_listed=True)
+    override = power_override(request, CREATOR, [SYSTEM], creator_listed=True)
     assert override["users"] == {CREATOR: 90, SYSTEM: SYSTEM_POWER}
 
 
@@ -120,7 +120,7 @@ def test_power_override_keeps_a_creator_level_the_client_chose() -> None:
 @pytest.mark.parametrize("creator_listed", [True, False])
 def test_power_override_forces_the_system_user_to_full_power(level: int, creator_listed: bool) -> None:
     request = {"power_level_content_override": {"users": {SYSTEM: level, OTHER: 10}}}
-    override = power_override(request, CREATOR, SYSTEM, creator_listed=creator_listed)
+    override = power_override(request, CREATOR, [SYSTEM], creator_listed=creator_listed)
     assert override["users"][SYSTEM] == SYSTEM_POWER
     assert override["users"][OTHER] == 10
 
@@ -129,7 +129,7 @@ def test_power_override_does_not_change_the_request() -> None:
     users = {OTHER: 50, SYSTEM: 0}
     request = {"power_level_content_override": {"users": users, "ban": 50}}
 
-    power_override(request, CREATOR, SYSTEM, creator_listed=True)
+    power_override(request, CREATOR, [SYSTEM], creator_listed=True)
 
     assert request == {"power_level_content_override": {"users": {OTHER: 50, SYSTEM: 0}, "ban": 50}}
     assert users == {OTHER: 50, SYSTEM: 0}
