@@ -1,0 +1,759 @@
+"""The auditor's archive: every decrypted message and attachment, encrypted at rest, searchable.
+
+The auditor bot is a member of every room; what it decrypts goes here, so an
+auditor can search it for the audit lifetime (90 days) after the phones
+deleted it (7 days). The archive never deletes on redaction: it records who
+redacted when and keeps the original. ``purge_older_than`` is the only way
+content leaves it.
+
+**Storage.** One SQLite file (WAL mode), its schema created and migrated
+here (``archive_schema_version``). Attachment bytes live in files next to it,
+under ``<archive>-attachments/xx/<32 random hex digits>`` (``xx``: the first
+two digits), one file per attachment, so the database stays small while
+videos come and go; names are random and say nothing about the message. A
+file is written (and fsync'ed) before the row that names it is committed,
+and unlinked after the row's deletion is committed: a crash in between can
+leave a file without a row, never a row without its file, and
+``purge_older_than`` removes such orphans (when older than an hour).
+
+**Encryption at rest** (``crypto.py``). The main key never touches the
+archive; the archive keeps a random HKDF salt and a key check value, and
+opening it with another key raises ``WrongKeyError``. Bodies, attachment
+names and attachment bytes are AES-256-GCM ciphertexts bound to their event
+ID and role. In clear on disk: event and room IDs, senders, device IDs,
+timestamps, event types and msgtypes, attachment mimetypes and sizes, and
+redaction marks: what the search filters and the purge need. Clear text
+never enters SQLite, so no journal, WAL or temporary file can hold it. A
+purge zeroes the pages it frees (``secure_delete``), merges the index and
+truncates the WAL, so neither ciphertexts nor tokens of purged messages stay
+in the files (the file system may still hold their old blocks).
+
+**Search** (``blind_index.py``). An FTS5 table holds each message's word
+tokens (keyed hashes, not words) plus a room and a sender token; a query is
+the AND of its words' tokens and the filters' tokens. Equal words have equal
+tokens and only whole words match (no prefixes): see ``blind_index``.
+
+**Order.** A message's row ID is ``origin_server_ts << 16 | n`` (``n``
+numbers messages of the same millisecond), in the FTS5 table as well: row ID
+order is time order, so FTS5 returns matches newest first and stops at the
+page's end, time filters are row ID ranges, and the purge deletes a range.
+``origin_server_ts`` must lie in [0, 2⁴⁷) (until the year 6429).
+
+**Use.** One process writes (the bot); others may read at the same time
+(WAL). An ``Archive`` object may be shared between threads: a lock lets one
+call run at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import attrs
+from cryptography.exceptions import InvalidTag
+
+from .blind_index import BlindIndex, snippet, words
+from .crypto import (
+    KEY_BYTES,
+    ArchiveKeys,
+    Cipher,
+    KeyLoadError,
+    derive_keys,
+    load_key,
+    new_key,
+    new_salt,
+)
+
+__all__ = [
+    "Archive",
+    "ArchiveError",
+    "ArchiveStats",
+    "ArchivedMessage",
+    "Attachment",
+    "CorruptRecordError",
+    "KeyLoadError",
+    "Message",
+    "SearchHit",
+    "StoredAttachment",
+    "WrongKeyError",
+    "load_key",
+    "new_key",
+]
+
+#: origin_server_ts must be below this (the row ID is origin_server_ts << SEQ_BITS | n)
+TS_LIMIT = 1 << 47
+SEQ_BITS = 16
+#: messages deleted per transaction by ``purge_older_than``
+PURGE_BATCH = 5_000
+#: files without a row are removed by the purge once they are this old (seconds)
+ORPHAN_AGE = 3_600.0
+
+#: Step N brings the schema from version N-1 to N. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE archive_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+        # id: origin_server_ts << 16 | n (see "Order"); body: nonce || AES-GCM(UTF-8 body)
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            room_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            device_id TEXT,
+            origin_server_ts INTEGER NOT NULL,
+            event_type TEXT NOT NULL,
+            msgtype TEXT,
+            body BLOB NOT NULL,
+            attachments INTEGER NOT NULL,
+            archived_at INTEGER NOT NULL,
+            redacted_at INTEGER,
+            redacted_by TEXT
+        )
+        """,
+        "CREATE INDEX messages_room ON messages (room_id, id)",
+        # name: nonce || AES-GCM(UTF-8 name); file: the random name of the file holding the bytes
+        """
+        CREATE TABLE attachments (
+            message_id INTEGER NOT NULL,
+            idx INTEGER NOT NULL,
+            name BLOB NOT NULL,
+            mimetype TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            file TEXT NOT NULL,
+            PRIMARY KEY (message_id, idx)
+        ) WITHOUT ROWID
+        """,
+        # The blind index: rowid = messages.id; hex tokens only, no positions, no sizes.
+        "CREATE VIRTUAL TABLE message_tokens USING fts5(tokens, detail=none, columnsize=0, tokenize='ascii')",
+        # Redactions seen before their event was archived (its keys came late); applied on add.
+        """
+        CREATE TABLE pending_redactions (
+            event_id TEXT PRIMARY KEY,
+            redacted_at INTEGER NOT NULL,
+            redacted_by TEXT NOT NULL
+        )
+        """,
+    ),
+)
+
+_COLUMNS = (
+    "id, event_id, room_id, sender, device_id, origin_server_ts, event_type, msgtype, body, "
+    "attachments, archived_at, redacted_at, redacted_by"
+)
+
+
+class ArchiveError(Exception):
+    """The archive cannot be used as asked; the message says why."""
+
+
+class WrongKeyError(ArchiveError):
+    """The key given is not the key the archive was created with."""
+
+
+class CorruptRecordError(ArchiveError):
+    """A stored ciphertext failed authentication: altered, or moved from another record."""
+
+
+def _timestamp(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or not 0 <= value < TS_LIMIT:
+        raise ValueError(f"{attribute.name} must be an integer in [0, 2**47) (milliseconds), got {value!r}")
+
+
+def _nonempty(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{attribute.name} must be a non-empty string, got {value!r}")
+
+
+_str = attrs.validators.instance_of(str)
+_optional_str = attrs.validators.optional(_str)
+
+
+@attrs.frozen
+class Attachment:
+    """A decrypted attachment to archive."""
+
+    name: str = attrs.field(validator=_str)
+    mimetype: str = attrs.field(validator=_str)
+    data: bytes = attrs.field(validator=attrs.validators.instance_of(bytes), repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@attrs.frozen
+class Message:
+    """A decrypted event to archive (the bot builds it from what it received)."""
+
+    event_id: str = attrs.field(validator=_nonempty)
+    room_id: str = attrs.field(validator=_nonempty)
+    sender: str = attrs.field(validator=_nonempty)
+    device_id: str | None = attrs.field(validator=_optional_str)
+    origin_server_ts: int = attrs.field(validator=_timestamp)
+    body: str = attrs.field(validator=_str)
+    event_type: str = attrs.field(default="m.room.message", validator=_nonempty)
+    msgtype: str | None = attrs.field(default=None, validator=_optional_str)
+    attachments: tuple[Attachment, ...] = attrs.field(default=(), converter=tuple)
+
+
+@attrs.frozen
+class StoredAttachment:
+    """An archived attachment's description; ``Archive.read_attachment`` gives its bytes."""
+
+    index: int
+    name: str
+    mimetype: str
+    size: int
+
+
+@attrs.frozen
+class ArchivedMessage:
+    """A message as the archive returns it, decrypted."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    device_id: str | None
+    origin_server_ts: int
+    event_type: str
+    msgtype: str | None
+    body: str
+    attachments: tuple[StoredAttachment, ...]
+    #: when the bot stored it (ms)
+    archived_at: int
+    redacted_at: int | None
+    redacted_by: str | None
+
+    @property
+    def redacted(self) -> bool:
+        return self.redacted_at is not None
+
+
+@attrs.frozen
+class SearchHit:
+    message: ArchivedMessage
+    #: about 120 characters of the body around the first matching word
+    snippet: str
+
+
+@attrs.frozen
+class ArchiveStats:
+    messages: int
+    redacted: int
+    attachments: int
+    attachment_bytes: int
+    rooms: int
+    senders: int
+    oldest_ts: int | None
+    newest_ts: int | None
+    pending_redactions: int
+    #: the database file with its WAL, without the attachment files
+    database_bytes: int
+
+
+def _utf8(text: str) -> bytes:
+    # JSON may carry lone surrogates ("\ud800"); keep them rather than refuse the message
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogatepass")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Archive:
+    """An open archive; ``with Archive(path, key) as archive: ...`` closes it.
+
+    ``create``: make a new archive when ``path`` does not exist (else raise
+    ``ArchiveError``). ``clock``: milliseconds since the epoch, for
+    ``archived_at``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        key: bytes,
+        *,
+        create: bool = True,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+            raise ValueError(f"the archive key must be {KEY_BYTES} bytes (see load_key)")
+        self.path = Path(path)
+        self.files = Path(f"{self.path}-attachments")
+        self._clock = clock
+        self._lock = threading.RLock()
+        if not self.path.exists():
+            if not create:
+                raise ArchiveError(f"no archive at {self.path}")
+            # owner-only; SQLite gives its -wal and -shm files the same mode
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            self._configure()
+            self._migrate()
+            keys = self._keys(key)
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise ArchiveError(f"{self.path}: not an auditor archive ({error})") from error
+        except BaseException:
+            self._db.close()
+            raise
+        self._cipher = Cipher(keys.content)
+        self._index = BlindIndex(keys.index)
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def _configure(self) -> None:
+        for pragma in (
+            "journal_mode = WAL",
+            "synchronous = NORMAL",
+            "secure_delete = ON",
+            "temp_store = MEMORY",
+            "cache_size = -32768",
+        ):
+            self._db.execute(f"PRAGMA {pragma}")
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "archive_schema_version" not in tables:
+                raise ArchiveError(f"{self.path}: not an auditor archive (it holds other tables)")
+            db.execute("CREATE TABLE IF NOT EXISTS archive_schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM archive_schema_version").fetchone()
+            version = row[0] if row else 0
+            if version > len(MIGRATIONS):
+                raise ArchiveError(
+                    f"{self.path}: archive schema version {version} is newer than this code "
+                    f"(knows up to {len(MIGRATIONS)}); update the auditor bot"
+                )
+            for step in MIGRATIONS[version:]:
+                for statement in step:
+                    db.execute(statement)
+            if row is None:
+                db.execute("INSERT INTO archive_schema_version VALUES (?)", (len(MIGRATIONS),))
+            else:
+                db.execute("UPDATE archive_schema_version SET version = ?", (len(MIGRATIONS),))
+
+    def _keys(self, key: bytes) -> ArchiveKeys:
+        with self._write() as db:
+            meta = dict(db.execute("SELECT name, value FROM archive_meta").fetchall())
+            if "key_check" not in meta:
+                salt = new_salt()
+                keys = derive_keys(key, salt)
+                db.executemany(
+                    "INSERT INTO archive_meta VALUES (?, ?)",
+                    [("key_salt", salt), ("key_check", keys.check_value()), ("created_at", self._clock())],
+                )
+                return keys
+        keys = derive_keys(key, meta["key_salt"])
+        if not secrets.compare_digest(keys.check_value(), meta["key_check"]):
+            raise WrongKeyError(
+                f"the archive key does not match this archive ({self.path}); give the key it was "
+                "created with (check the key file or environment variable in the bot's config)"
+            )
+        return keys
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taking the write lock at once)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: the statements in it see one snapshot."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def add(self, message: Message) -> bool:
+        """Archive ``message``; False when its event ID is archived already (nothing changes)."""
+        return self.add_many([message]) == 1
+
+    def add_many(self, messages: Iterable[Message]) -> int:
+        """Archive ``messages`` in one transaction; the number that were new."""
+        written: list[Path] = []
+        new = 0
+        try:
+            with self._write() as db:
+                for message in messages:
+                    new += self._insert(db, message, written)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return new
+
+    def _insert(self, db: sqlite3.Connection, message: Message, written: list[Path]) -> bool:
+        if db.execute("SELECT 1 FROM messages WHERE event_id = ?", (message.event_id,)).fetchone():
+            return False
+        row_id = self._next_id(db, message.origin_server_ts)
+        redaction = db.execute(
+            "SELECT redacted_at, redacted_by FROM pending_redactions WHERE event_id = ?", (message.event_id,)
+        ).fetchone()
+        if redaction:
+            db.execute("DELETE FROM pending_redactions WHERE event_id = ?", (message.event_id,))
+        db.execute(
+            f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row_id,
+                message.event_id,
+                message.room_id,
+                message.sender,
+                message.device_id,
+                message.origin_server_ts,
+                message.event_type,
+                message.msgtype,
+                self._cipher.seal(_utf8(message.body), message.event_id, "body"),
+                len(message.attachments),
+                self._clock(),
+                *(redaction or (None, None)),
+            ),
+        )
+        db.execute(
+            "INSERT INTO message_tokens (rowid, tokens) VALUES (?, ?)",
+            (row_id, self._index.document(message.body, message.room_id, message.sender)),
+        )
+        for index, attachment in enumerate(message.attachments):
+            file = self._write_file(
+                self._cipher.seal(attachment.data, message.event_id, f"attachment-data/{index}"), written
+            )
+            db.execute(
+                "INSERT INTO attachments VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    row_id,
+                    index,
+                    self._cipher.seal(_utf8(attachment.name), message.event_id, f"attachment-name/{index}"),
+                    attachment.mimetype,
+                    attachment.size,
+                    file,
+                ),
+            )
+        return True
+
+    @staticmethod
+    def _next_id(db: sqlite3.Connection, ts: int) -> int:
+        first = ts << SEQ_BITS
+        last = first | ((1 << SEQ_BITS) - 1)
+        (top,) = db.execute("SELECT max(id) FROM messages WHERE id BETWEEN ? AND ?", (first, last)).fetchone()
+        if top is None:
+            return first
+        if top == last:
+            raise ArchiveError(f"more than {1 << SEQ_BITS} messages with origin_server_ts {ts}")
+        return top + 1
+
+    def _file_path(self, file: str) -> Path:
+        return self.files / file[:2] / file
+
+    def _write_file(self, data: bytes, written: list[Path]) -> str:
+        file = secrets.token_hex(16)
+        path = self._file_path(file)
+        self.files.mkdir(mode=0o700, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        written.append(path)
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        return file
+
+    def mark_redacted(self, event_id: str, redacted_at: int, redacted_by: str) -> bool:
+        """Record that ``redacted_by`` redacted ``event_id`` at ``redacted_at`` (ms); the
+        content stays. The first redaction recorded wins. False when the event is
+        not archived (yet): the redaction is kept and applied when it arrives."""
+        with self._write() as db:
+            updated = db.execute(
+                "UPDATE messages SET redacted_at = ?, redacted_by = ? "
+                "WHERE event_id = ? AND redacted_at IS NULL",
+                (redacted_at, redacted_by, event_id),
+            ).rowcount
+            if updated:
+                return True
+            if db.execute("SELECT 1 FROM messages WHERE event_id = ?", (event_id,)).fetchone():
+                return True
+            db.execute(
+                "INSERT OR IGNORE INTO pending_redactions VALUES (?, ?, ?)",
+                (event_id, redacted_at, redacted_by),
+            )
+            return False
+
+    def purge_older_than(self, cutoff_ms: int) -> int:
+        """Delete every message with origin_server_ts < ``cutoff_ms``, its index tokens and
+        attachments (and redactions still waiting from before the cutoff); the number
+        of messages deleted."""
+        limit = max(0, min(cutoff_ms, TS_LIMIT)) << SEQ_BITS
+        deleted = 0
+        while True:
+            with self._write() as db:
+                row = db.execute(
+                    "SELECT id FROM messages WHERE id < ? ORDER BY id LIMIT 1 OFFSET ?",
+                    (limit, PURGE_BATCH - 1),
+                ).fetchone()
+                end = row[0] + 1 if row else limit
+                files = [
+                    file
+                    for (file,) in db.execute("SELECT file FROM attachments WHERE message_id < ?", (end,))
+                ]
+                db.execute("DELETE FROM attachments WHERE message_id < ?", (end,))
+                db.execute("DELETE FROM message_tokens WHERE rowid < ?", (end,))
+                count = db.execute("DELETE FROM messages WHERE id < ?", (end,)).rowcount
+                if row is None:
+                    db.execute("DELETE FROM pending_redactions WHERE redacted_at < ?", (cutoff_ms,))
+            for file in files:
+                self._file_path(file).unlink(missing_ok=True)
+            deleted += count
+            if row is None:
+                break
+        if deleted:
+            self._erase_leftovers()
+        self._remove_orphan_files()
+        return deleted
+
+    def _erase_leftovers(self) -> None:
+        """Make the purge final in the files, not only in the answers.
+
+        An FTS5 delete only marks the row's tokens as deleted; the old segments
+        keep them until merged, so ``optimize`` merges the whole index now (the
+        whole index is rewritten: seconds for a million messages). Freed pages
+        are zeroed (``secure_delete``), but their earlier versions stay in the WAL
+        file until it is truncated.
+        """
+        with self._write() as db:
+            db.execute("INSERT INTO message_tokens (message_tokens) VALUES ('optimize')")
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _remove_orphan_files(self) -> None:
+        if not self.files.is_dir():
+            return
+        with self._read() as db:
+            known = {file for (file,) in db.execute("SELECT file FROM attachments")}
+        too_young = time.time() - ORPHAN_AGE
+        for directory in self.files.iterdir():
+            for path in directory.iterdir() if directory.is_dir() else ():
+                if path.name not in known and path.stat().st_mtime < too_young:
+                    path.unlink(missing_ok=True)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, event_id: str) -> ArchivedMessage | None:
+        with self._read() as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM messages WHERE event_id = ?", (event_id,)).fetchall()
+            return self._messages(db, rows)[0] if rows else None
+
+    def context(self, event_id: str, before: int = 3, after: int = 3) -> list[ArchivedMessage]:
+        """Up to ``before`` messages of the same room before ``event_id``, the message,
+        and up to ``after`` after it, oldest first; empty when it is not archived."""
+        with self._read() as db:
+            target = db.execute("SELECT id, room_id FROM messages WHERE event_id = ?", (event_id,)).fetchone()
+            if target is None:
+                return []
+            row_id, room_id = target
+            earlier = db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                (room_id, row_id, before),
+            ).fetchall()
+            rest = db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room_id = ? AND id >= ? ORDER BY id LIMIT ?",
+                (room_id, row_id, after + 1),
+            ).fetchall()
+            return self._messages(db, [*reversed(earlier), *rest])
+
+    def search(
+        self,
+        query: str = "",
+        *,
+        room_id: str | None = None,
+        sender: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> list[SearchHit]:
+        """Messages containing every word of ``query`` (whole words, any case), newest first.
+
+        Filters: ``room_id``, ``sender``, and origin_server_ts in [``since``,
+        ``until``) (ms). An empty query lists the messages the filters let
+        through. ``limit``/``offset`` page through the results. Redacted
+        messages are found like any other. The words are looked up in the
+        blind index: whole words only, no prefixes or phrases (``blind_index``).
+        """
+        if limit < 1 or offset < 0:
+            raise ValueError(f"limit must be >= 1 and offset >= 0, got {limit} and {offset}")
+        query_words = list(dict.fromkeys(words(query)))
+        if query.strip() and not query_words:
+            raise ValueError(f"the query {query!r} has no words to search for")
+        low = min(TS_LIMIT, max(0, since or 0)) << SEQ_BITS
+        high = (min(TS_LIMIT, until if until is not None else TS_LIMIT) << SEQ_BITS) - 1
+        with self._read() as db:
+            if query_words or room_id is not None or sender is not None:
+                # CROSS JOIN: the FTS5 table drives, in its row ID order (newest first)
+                rows = db.execute(
+                    f"SELECT {', '.join(f'm.{c}' for c in _COLUMNS.split(', '))} "
+                    "FROM message_tokens AS t CROSS JOIN messages AS m ON m.id = t.rowid "
+                    "WHERE t.message_tokens MATCH ? AND t.rowid BETWEEN ? AND ? "
+                    "AND (? IS NULL OR m.room_id = ?) AND (? IS NULL OR m.sender = ?) "
+                    "ORDER BY t.rowid DESC LIMIT ? OFFSET ?",
+                    (
+                        self._index.query(query_words, room_id, sender),
+                        low,
+                        high,
+                        room_id,
+                        room_id,
+                        sender,
+                        sender,
+                        limit,
+                        offset,
+                    ),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE id BETWEEN ? AND ? "
+                    "ORDER BY id DESC LIMIT ? OFFSET ?",
+                    (low, high, limit, offset),
+                ).fetchall()
+            found = set(query_words)
+            return [SearchHit(message, snippet(message.body, found)) for message in self._messages(db, rows)]
+
+    def read_attachment(self, event_id: str, index: int) -> bytes:
+        """The decrypted bytes of attachment ``index`` of ``event_id``; KeyError when there is none."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT a.file FROM attachments AS a JOIN messages AS m ON m.id = a.message_id "
+                "WHERE m.event_id = ? AND a.idx = ?",
+                (event_id, index),
+            ).fetchone()
+        if row is None:
+            raise KeyError(f"no attachment {index} of {event_id} in the archive")
+        path = self._file_path(row[0])
+        try:
+            sealed = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptRecordError(
+                f"attachment {index} of {event_id}: its file {path} is missing"
+            ) from None
+        return self._open(sealed, event_id, f"attachment-data/{index}")
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    def stats(self) -> ArchiveStats:
+        with self._read() as db:
+            messages, redacted, oldest, newest = db.execute(
+                "SELECT count(*), count(redacted_at), min(id), max(id) FROM messages"
+            ).fetchone()
+            attachments, attachment_bytes = db.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM attachments"
+            ).fetchone()
+            (rooms,) = db.execute("SELECT count(DISTINCT room_id) FROM messages").fetchone()
+            (senders,) = db.execute("SELECT count(DISTINCT sender) FROM messages").fetchone()
+            (pending,) = db.execute("SELECT count(*) FROM pending_redactions").fetchone()
+        files = (self.path, Path(f"{self.path}-wal"))
+        return ArchiveStats(
+            messages=messages,
+            redacted=redacted,
+            attachments=attachments,
+            attachment_bytes=attachment_bytes,
+            rooms=rooms,
+            senders=senders,
+            oldest_ts=None if oldest is None else oldest >> SEQ_BITS,
+            newest_ts=None if newest is None else newest >> SEQ_BITS,
+            pending_redactions=pending,
+            database_bytes=sum(path.stat().st_size for path in files if path.exists()),
+        )
+
+    # -- decrypting ------------------------------------------------------------------------------
+
+    def _open(self, sealed: bytes, event_id: str, role: str) -> bytes:
+        try:
+            return self._cipher.open(sealed, event_id, role)
+        except InvalidTag:
+            raise CorruptRecordError(
+                f"{event_id}: the archived {role} does not decrypt: it was altered or belongs to "
+                "another record"
+            ) from None
+
+    def _messages(self, db: sqlite3.Connection, rows: Sequence[tuple]) -> list[ArchivedMessage]:
+        with_files = [row[0] for row in rows if row[9]]
+        attachments: dict[int, list[tuple]] = {}
+        if with_files:
+            marks = ", ".join("?" * len(with_files))
+            for attachment in db.execute(
+                "SELECT message_id, idx, name, mimetype, size FROM attachments "
+                f"WHERE message_id IN ({marks}) ORDER BY message_id, idx",
+                with_files,
+            ):
+                attachments.setdefault(attachment[0], []).append(attachment)
+        return [self._message(row, attachments.get(row[0], ())) for row in rows]
+
+    def _message(self, row: tuple, attachments: Iterable[tuple]) -> ArchivedMessage:
+        (
+            _row_id,
+            event_id,
+            room_id,
+            sender,
+            device_id,
+            ts,
+            event_type,
+            msgtype,
+            body,
+            _count,
+            archived_at,
+            redacted_at,
+            redacted_by,
+        ) = row
+        return ArchivedMessage(
+            event_id=event_id,
+            room_id=room_id,
+            sender=sender,
+            device_id=device_id,
+            origin_server_ts=ts,
+            event_type=event_type,
+            msgtype=msgtype,
+            body=_text(self._open(body, event_id, "body")),
+            attachments=tuple(
+                StoredAttachment(
+                    index=idx,
+                    name=_text(self._open(name, event_id, f"attachment-name/{idx}")),
+                    mimetype=mimetype,
+                    size=size,
+                )
+                for _id, idx, name, mimetype, size in attachments
+            ),
+            archived_at=archived_at,
+            redacted_at=redacted_at,
+            redacted_by=redacted_by,
+        )
