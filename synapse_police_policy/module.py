@@ -4,7 +4,6 @@ Synapse's return values. Rules live in their own files (``rooms.py``, ...)."""
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Collection
 from typing import Any, Literal
@@ -47,8 +46,6 @@ REMOTE_JOIN_CHECKS = 240
 REMOTE_JOIN_CHECK_INTERVAL_S = 0.5
 #: foreign event IDs remembered to log each denial once
 RECENTLY_DENIED_MAX = 10_000
-
-DAY_MS = 24 * 3600 * 1000
 
 SpamAnswer = Literal["NOT_SPAM"] | tuple[Codes, dict[str, str]]
 
@@ -366,10 +363,10 @@ class PolicePolicy:
     async def is_user_allowed_to_upload_media_of_size(self, user_id: str, size: int) -> bool:
         """Before the body is stored: the declared length and the daily quota.
         Raising (rather than returning False) lets the answer say which limit."""
-        since = int(time.time() * 1000) - DAY_MS
-        uploaded = await self._media_usage.uploaded_since(user_id, since)
+        uploaded = await self._media_usage.uploaded_today(user_id)
         denial = media.check_declared_size(self._config.media, size, uploaded)
         if denial is None:
+            self._media_usage.admitted(user_id, size)
             return True
         self._decisions.deny(denial, user=user_id)
         raise denial.as_error()
