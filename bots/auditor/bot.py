@@ -1,0 +1,397 @@
+"""The auditor bot's Matrix side: log in, sync, archive what it decrypts, answer commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    Event,
+    InviteMemberEvent,
+    JoinError,
+    LocalProtocolError,
+    LoginResponse,
+    MatrixRoom,
+    MegolmEvent,
+    RedactionEvent,
+    RoomEncryptedMedia,
+    RoomMessageEmote,
+    RoomMessageMedia,
+    RoomMessageNotice,
+    RoomMessagesError,
+    RoomMessageText,
+    SyncError,
+    SyncResponse,
+    WhoamiResponse,
+)
+from nio.crypto.attachments import decrypt_attachment
+
+from .archive import Archive, Attachment, Message, now_ms
+from .commands import CommandRunner, HealthStats, parse_command
+from .config import Config
+from .consultation_log import ConsultationLog
+
+log = logging.getLogger("bots.auditor")
+
+#: the long-poll timeout of /sync (ms)
+SYNC_TIMEOUT_MS = 30_000
+#: timeline events per room in one sync (fewer come with a gap, which the bot back-fills)
+TIMELINE_LIMIT = 100
+#: pages of /messages fetched to fill one gap
+BACKFILL_PAGES = 50
+PURGE_INTERVAL_S = 86_400
+MAX_BACKOFF_S = 60.0
+ARCHIVED_TYPES = (RoomMessageText, RoomMessageNotice, RoomMessageEmote, RoomEncryptedMedia, RoomMessageMedia)
+CREDENTIALS = "credentials.json"
+
+
+class AuditorBot:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.client = AsyncClient(
+            config.homeserver_url,
+            config.user_id,
+            device_id=config.device_id,
+            store_path=str(config.store_dir),
+            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
+        )
+        self.archive = Archive(config.archive_path, config.archive_key)
+        self.consultations = ConsultationLog(config.log_path)
+        self.started_at = now_ms()
+        self.undecryptable_seen = 0
+        #: undecryptable events by event ID, retried after every sync
+        self.pending: dict[str, tuple[str, MegolmEvent]] = {}
+        self.commands = CommandRunner(
+            self.archive,
+            self.consultations,
+            config.auditors,
+            config.audit_lifetime_ms,
+            self.health,
+        )
+        self._stopping = asyncio.Event()
+
+    def health(self) -> HealthStats:
+        return HealthStats(self.undecryptable_seen, len(self.pending), self.started_at)
+
+    # -- logging in -------------------------------------------------------------------------------
+
+    @property
+    def _credentials(self) -> Path:
+        return self.config.store_dir / CREDENTIALS
+
+    async def login(self) -> None:
+        """Restore the saved access token, or log in with the password on the enrolled device."""
+        saved = self._load_credentials()
+        if saved is not None:
+            self.client.restore_login(self.config.user_id, self.config.device_id, saved)
+            whoami = await self.client.whoami()
+            if isinstance(whoami, WhoamiResponse) and whoami.device_id == self.config.device_id:
+                log.info("restored the login of device %s", self.config.device_id)
+                await self._upload_keys()
+                return
+            log.info("the saved access token no longer works (%s); logging in again", whoami)
+            self.client.access_token = ""
+        self.client.device_id = self.config.device_id
+        response = await self.client.login(self.config.password, device_name="auditor bot")
+        if not isinstance(response, LoginResponse):
+            raise RuntimeError(
+                f"login as {self.config.user_id} on {self.config.device_id} failed: {response}"
+            )
+        if response.device_id != self.config.device_id:
+            raise RuntimeError(f"the server gave device {response.device_id}, not {self.config.device_id}")
+        self._save_credentials(response.access_token)
+        log.info("logged in as %s on device %s", response.user_id, response.device_id)
+        await self._upload_keys()
+
+    def _load_credentials(self) -> str | None:
+        try:
+            data = json.loads(self._credentials.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("user_id") != self.config.user_id or data.get("device_id") != self.config.device_id:
+            return None
+        token = data.get("access_token")
+        return token if isinstance(token, str) and token else None
+
+    def _save_credentials(self, token: str) -> None:
+        data = {"user_id": self.config.user_id, "device_id": self.config.device_id, "access_token": token}
+        temporary = self._credentials.with_suffix(".tmp")
+        descriptor = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(data, out)
+        temporary.replace(self._credentials)
+
+    async def _upload_keys(self) -> None:
+        if self.client.should_upload_keys:
+            response = await self.client.keys_upload()
+            log.info("uploaded device keys: %s", type(response).__name__)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self.login()
+        self.client.add_event_callback(self._on_invite, InviteMemberEvent)
+        self.client.add_event_callback(self._on_message, ARCHIVED_TYPES)  # type: ignore[arg-type]
+        self.client.add_event_callback(self._on_redaction, RedactionEvent)
+        self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
+        purge = asyncio.create_task(self._purge_daily())
+        try:
+            await self._sync_loop()
+        finally:
+            purge.cancel()
+            await asyncio.gather(purge, return_exceptions=True)
+            await self.client.close()
+            self.archive.close()
+            self.consultations.close()
+            log.info("stopped")
+
+    async def _sync_loop(self) -> None:
+        backoff = 1.0
+        ready = False
+        sync_filter = {"room": {"timeline": {"limit": TIMELINE_LIMIT}}}
+        while not self._stopping.is_set():
+            sync = asyncio.create_task(
+                self.client.sync(
+                    timeout=0 if not ready else SYNC_TIMEOUT_MS,
+                    sync_filter=sync_filter,
+                    full_state=not ready,
+                )
+            )
+            stopping = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait({sync, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if sync not in done:
+                sync.cancel()
+                await asyncio.gather(sync, return_exceptions=True)
+                break
+            stopping.cancel()
+            try:
+                response = sync.result()
+            except Exception as error:  # network trouble: retry
+                log.warning("sync failed: %r; retrying in %.0fs", error, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            if isinstance(response, SyncError):
+                log.warning("sync failed: %s; retrying in %.0fs", response, backoff)
+                if response.status_code == "M_UNKNOWN_TOKEN":
+                    self._credentials.unlink(missing_ok=True)
+                    await self.login()
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = 1.0
+            try:
+                await self._after_sync(response)
+            except Exception:
+                log.exception("handling a sync response failed")
+            if not ready:
+                ready = True
+                log.info(
+                    "auditor bot ready: %d rooms, %d archived", len(self.client.rooms), self.archive.count()
+                )
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _after_sync(self, response: SyncResponse) -> None:
+        if self.client.should_upload_keys:
+            await self.client.keys_upload()
+        if self.client.should_query_keys:
+            await self.client.keys_query()
+        if self.client.should_claim_keys:
+            await self.client.keys_claim(self.client.get_users_for_key_claiming())
+        await self.client.send_to_device_messages()
+        for room_id, room in response.rooms.join.items():
+            if room.timeline.limited and room.timeline.prev_batch:
+                await self._backfill(room_id, room.timeline.prev_batch, room.timeline.events)
+        await self._retry_pending()
+
+    async def _backfill(self, room_id: str, prev_batch: str, seen: list[Event]) -> None:
+        """Fetch the events a limited timeline left out, back to the first one archived already."""
+        cutoff = now_ms() - self.config.audit_lifetime_ms
+        token = prev_batch
+        room = self.client.rooms.get(room_id)
+        for _ in range(BACKFILL_PAGES):
+            response = await self.client.room_messages(room_id, start=token, limit=100)
+            if isinstance(response, RoomMessagesError):
+                log.warning("back-filling %s failed: %s", room_id, response)
+                return
+            reached_known = False
+            for event in response.chunk:
+                if event.server_timestamp < cutoff:
+                    reached_known = True
+                    break
+                if isinstance(event, ARCHIVED_TYPES) and self.archive.get(event.event_id) is not None:
+                    reached_known = True
+                    continue
+                if room is not None:
+                    await self._dispatch(room, event)
+            if reached_known or not response.chunk or not response.end:
+                return
+            token = response.end
+
+    async def _dispatch(self, room: MatrixRoom, event: Event) -> None:
+        if isinstance(event, ARCHIVED_TYPES):
+            await self._archive(room, event)
+        elif isinstance(event, RedactionEvent):
+            await self._on_redaction(room, event)
+        elif isinstance(event, MegolmEvent):
+            await self._on_undecryptable(room, event)
+
+    async def _purge_daily(self) -> None:
+        while True:
+            try:
+                cutoff = now_ms() - self.config.audit_lifetime_ms
+                deleted = await asyncio.to_thread(self.archive.purge_older_than, cutoff)
+                log.info("purged %d archived messages older than the audit lifetime", deleted)
+            except Exception:
+                log.exception("the archive purge failed")
+            await asyncio.sleep(PURGE_INTERVAL_S)
+
+    # -- callbacks --------------------------------------------------------------------------------
+
+    async def _on_invite(self, room: MatrixRoom, event: InviteMemberEvent) -> None:
+        if event.state_key != self.config.user_id or event.membership != "invite":
+            return
+        response = await self.client.join(room.room_id)
+        if isinstance(response, JoinError):
+            log.warning("joining %s failed: %s", room.room_id, response)
+        else:
+            log.info("joined %s (invited by %s)", room.room_id, event.sender)
+
+    async def _on_message(self, room: MatrixRoom, event: Event) -> None:
+        if event.sender == self.config.user_id:
+            return
+        is_command = isinstance(event, RoomMessageText) and parse_command(event.body) is not None
+        if is_command and await self._is_command_room(room, event.sender):
+            await self._answer(room, event)
+            if event.sender in self.config.auditors:
+                return  # auditors' commands are in the consultation log, not the archive
+        await self._archive(room, event)
+
+    async def _is_command_room(self, room: MatrixRoom, sender: str) -> bool:
+        """Replies may go where only the sender's and the bot's devices can read them."""
+        if self.client.should_query_keys:
+            await self.client.keys_query()
+        if not room.encrypted:
+            return False
+        for user_id in room.users:
+            if user_id in (sender, self.config.user_id):
+                continue
+            if any(True for _ in self.client.device_store.active_user_devices(user_id)):
+                return False
+        return True
+
+    async def _answer(self, room: MatrixRoom, event: RoomMessageText) -> None:
+        if self.archive.get(event.event_id) is not None or event.server_timestamp < self.started_at - 300_000:
+            return  # answered before (a back-filled or replayed command)
+        try:
+            reply = self.commands.handle(event.sender, event.body)  # the log is bound to this thread
+        except Exception:
+            log.exception("a command from %s failed", event.sender)
+            reply = None
+        if reply is None:
+            return
+        await self.send(room.room_id, reply.content())
+
+    async def send(self, room_id: str, content: dict[str, Any]) -> None:
+        if self.client.should_query_keys:
+            await self.client.keys_query()
+        response = await self.client.room_send(
+            room_id, "m.room.message", content, ignore_unverified_devices=True
+        )
+        log.info("answered in %s: %s", room_id, type(response).__name__)
+
+    async def _archive(self, room: MatrixRoom, event: Event) -> None:
+        if event.sender == self.config.user_id:
+            return
+        source = event.source
+        content = source.get("content", {})
+        attachments: tuple[Attachment, ...] = ()
+        if isinstance(event, RoomEncryptedMedia | RoomMessageMedia):
+            attachment = await self._attachment(event)
+            attachments = (attachment,) if attachment else ()
+        message = Message(
+            event_id=event.event_id,
+            room_id=room.room_id,
+            sender=event.sender,
+            device_id=getattr(event, "device_id", None) or content.get("device_id"),
+            origin_server_ts=event.server_timestamp,
+            body=str(content.get("body", "")),
+            event_type=source.get("type", "m.room.message"),
+            msgtype=content.get("msgtype"),
+            attachments=attachments,
+        )
+        try:
+            if self.archive.add(message):
+                log.info("archived %s from %s in %s", event.event_id, event.sender, room.room_id)
+        except Exception:
+            log.exception("archiving %s failed", event.event_id)
+
+    async def _attachment(self, event: RoomEncryptedMedia | RoomMessageMedia) -> Attachment | None:
+        name = event.body or "attachment"
+        try:
+            data = await asyncio.to_thread(self._download, event.url)
+            if isinstance(event, RoomEncryptedMedia):
+                data = decrypt_attachment(data, event.key["k"], event.hashes["sha256"], event.iv)
+        except Exception as error:
+            log.warning("could not fetch the attachment of %s: %r", event.event_id, error)
+            return None
+        mimetype = getattr(event, "mimetype", None) or (
+            event.source.get("content", {}).get("info", {}).get("mimetype") or "application/octet-stream"
+        )
+        return Attachment(name=name, mimetype=mimetype, data=data)
+
+    def _download(self, mxc: str) -> bytes:
+        server_name, media_id = mxc.removeprefix("mxc://").split("/", 1)
+        request = urllib.request.Request(
+            f"{self.config.homeserver_url}/_matrix/client/v1/media/download/{server_name}/{media_id}",
+            headers={"Authorization": f"Bearer {self.client.access_token}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read()
+
+    async def _on_redaction(self, room: MatrixRoom, event: RedactionEvent) -> None:
+        self.archive.mark_redacted(event.redacts, event.server_timestamp, event.sender)
+        log.info("%s redacted %s", event.sender, event.redacts)
+
+    async def _on_undecryptable(self, room: MatrixRoom, event: MegolmEvent) -> None:
+        if event.event_id in self.pending or self.archive.get(event.event_id) is not None:
+            return
+        self.undecryptable_seen += 1
+        self.pending[event.event_id] = (room.room_id, event)
+        log.warning("cannot decrypt %s in %s (session %s)", event.event_id, room.room_id, event.session_id)
+        with contextlib.suppress(LocalProtocolError):  # requested already for this session
+            await self.client.request_room_key(event)
+
+    async def _retry_pending(self) -> None:
+        for event_id, (room_id, event) in list(self.pending.items()):
+            try:
+                decrypted = self.client.decrypt_event(event)
+            except Exception:
+                continue
+            room = self.client.rooms.get(room_id)
+            if room is None:
+                continue
+            del self.pending[event_id]
+            if isinstance(decrypted, ARCHIVED_TYPES):
+                await self._archive(room, decrypted)
+            elif isinstance(decrypted, RedactionEvent):
+                await self._on_redaction(room, decrypted)
+
+
+__all__ = ["AuditorBot"]

@@ -1,0 +1,188 @@
+"""The auditor bot's configuration: YAML in, a frozen ``Config`` out.
+
+Every problem raises ``ConfigError`` whose message starts with the full key
+path and says what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from .crypto import KeyLoadError, load_key
+
+_USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+\Z")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,255}\Z")
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])\Z")
+_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+KEYS = frozenset(
+    {
+        "homeserver_url",
+        "user_id",
+        "password",
+        "password_file",
+        "device_id",
+        "store_dir",
+        "archive_path",
+        "archive_key_file",
+        "archive_key_env",
+        "log_path",
+        "auditors",
+        "audit_lifetime",
+    }
+)
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message names the key and what was expected."""
+
+
+@attrs.frozen
+class Config:
+    homeserver_url: str
+    user_id: str
+    password: str = attrs.field(repr=False)
+    device_id: str
+    store_dir: Path
+    archive_path: Path
+    #: the archive's main key (32 bytes)
+    archive_key: bytes = attrs.field(repr=False)
+    log_path: Path
+    auditors: frozenset[str]
+    #: seconds
+    audit_lifetime: int
+
+    @property
+    def audit_lifetime_ms(self) -> int:
+        return self.audit_lifetime * 1000
+
+
+def _fail(key: str, expected: str, found: Any) -> ConfigError:
+    return ConfigError(f"{key}: expected {expected}, got {found!r}")
+
+
+def parse_duration(value: Any, key: str) -> int:
+    """A positive duration such as '90d', '12h' or '2w', in seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match and int(match.group(1)) > 0:
+            return int(match.group(1)) * _UNITS_S[match.group(2)]
+    raise _fail(key, "a positive duration such as '90d' (units s, m, h, d, w)", value)
+
+
+def _string(raw: Mapping[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{key}: required, expected a non-empty string")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(key, "a non-empty string", value)
+    return value
+
+
+def _path(raw: Mapping[str, Any], key: str, base: Path) -> Path:
+    value = _string(raw, key)
+    assert value is not None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def parse_config(raw: Any, base: Path | None = None) -> Config:
+    """Check a parsed YAML document; relative paths are relative to ``base``."""
+    base = base or Path.cwd()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"(top level): expected a mapping of settings, got {raw!r}")
+    unknown = sorted(str(key) for key in raw if key not in KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; expected one of: {', '.join(sorted(KEYS))}")
+
+    url = _string(raw, "homeserver_url")
+    assert url is not None
+    if not url.startswith(("http://", "https://")):
+        raise _fail("homeserver_url", "an http:// or https:// URL", url)
+
+    user_id = _string(raw, "user_id")
+    if not _USER_ID.match(user_id or ""):
+        raise _fail("user_id", "a Matrix user ID such as '@auditor:example.org'", user_id)
+    assert user_id is not None
+
+    password = _string(raw, "password", required=False)
+    password_file = _string(raw, "password_file", required=False)
+    if (password is None) == (password_file is None):
+        raise ConfigError(
+            "password, password_file: expected exactly one of the two, got "
+            + ("both" if password else "neither")
+        )
+    if password_file is not None:
+        file = Path(password_file).expanduser()
+        file = file if file.is_absolute() else base / file
+        try:
+            password = file.read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"password_file: cannot read {file}: {error.strerror}") from None
+        if not password:
+            raise ConfigError(f"password_file: expected a file holding the password, {file} is empty")
+    assert password is not None
+
+    device_id = _string(raw, "device_id")
+    if not _DEVICE_ID.match(device_id or ""):
+        raise _fail("device_id", "the enrolled device ID (letters, digits, '.', '_', '-')", device_id)
+    assert device_id is not None
+
+    key_file = _string(raw, "archive_key_file", required=False)
+    key_env = _string(raw, "archive_key_env", required=False)
+    if (key_file is None) == (key_env is None):
+        raise ConfigError(
+            "archive_key_file, archive_key_env: expected exactly one of the two, got "
+            + ("both" if key_file else "neither")
+        )
+    if key_file is not None:
+        file = Path(key_file).expanduser()
+        key_file = str(file if file.is_absolute() else base / file)
+    try:
+        key = load_key(file=key_file, env=key_env)
+    except KeyLoadError as error:
+        which = "archive_key_file" if key_file is not None else "archive_key_env"
+        raise ConfigError(f"{which}: {error}") from None
+
+    auditors_raw = raw.get("auditors")
+    if not isinstance(auditors_raw, list) or not auditors_raw:
+        raise _fail("auditors", "a non-empty list of Matrix user IDs", auditors_raw)
+    for index, auditor in enumerate(auditors_raw):
+        if not isinstance(auditor, str) or not _USER_ID.match(auditor):
+            raise _fail(f"auditors[{index}]", "a Matrix user ID such as '@revisor:example.org'", auditor)
+
+    return Config(
+        homeserver_url=url.rstrip("/"),
+        user_id=user_id,
+        password=password,
+        device_id=device_id,
+        store_dir=_path(raw, "store_dir", base),
+        archive_path=_path(raw, "archive_path", base),
+        archive_key=key,
+        log_path=_path(raw, "log_path", base),
+        auditors=frozenset(auditors_raw),
+        audit_lifetime=parse_duration(raw.get("audit_lifetime", "90d"), "audit_lifetime"),
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and check the YAML file at ``path``; relative paths in it are relative to its directory."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the configuration: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file}: not valid YAML: {error}") from None
+    return parse_config(raw, file.resolve().parent)

@@ -1,0 +1,231 @@
+"""The auditor bot against a real Synapse: it is seated in every room, archives what
+officers say (encrypted at rest), answers an auditor's search in their direct chat,
+refuses everyone else, and loses nothing across a restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from nio import AsyncClient, RoomMessageNotice, RoomMessageText, SyncResponse
+
+from bots.auditor.archive import Archive
+from bots.auditor.consultation_log import ConsultationLog
+from bots.auditor.crypto import load_key
+from devtools.homeserver import Homeserver
+from tests.e2ee import create_room, invite_and_join, login, send, sync_until, upload_encrypted
+
+REPO = Path(__file__).resolve().parents[2]
+BOT_LOCALPART = "auditor"
+BOT_DEVICE = "AUDITOR-BOT"
+
+
+@pytest.fixture(scope="module")
+def hs(start_homeserver) -> Homeserver:
+    return start_homeserver("auditing", module_config={"auditor": {"user_id": "@auditor:auditing.test"}})
+
+
+class BotProcess:
+    def __init__(self, config_file: Path, log_file: Path) -> None:
+        self.config_file = config_file
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        ready_before = self.log().count("auditor bot ready")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bots.auditor", "-c", str(self.config_file)],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while self.log().count("auditor bot ready") <= ready_before:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the bot exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the bot was not ready within {timeout}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"the bot did not stop on SIGTERM:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+@pytest.fixture
+def bot_setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str, str], Path]]:
+    password = f"pw-{uuid.uuid4().hex}"
+    hs.register_user(BOT_LOCALPART, password, login=False)
+    hs.enroll(BOT_LOCALPART, BOT_DEVICE, label="auditor bot")
+    auditor = f"revisor-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "archive.key").write_text(os.urandom(32).hex())
+    (tmp_path / "bot-password").write_text(password)
+    config = {
+        "homeserver_url": hs.url,
+        "user_id": hs.user_id(BOT_LOCALPART),
+        "password_file": "bot-password",
+        "device_id": BOT_DEVICE,
+        "store_dir": "store",
+        "archive_path": "archive.sqlite",
+        "archive_key_file": "archive.key",
+        "log_path": "consultations.sqlite",
+        "auditors": [hs.user_id(auditor)],
+        "audit_lifetime": "90d",
+    }
+    config_file = tmp_path / "auditor.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    bot = BotProcess(config_file, tmp_path / "bot.log")
+    try:
+        yield bot, {"auditor": auditor}, tmp_path
+    finally:
+        if bot.process is not None and bot.process.poll() is None:
+            bot.stop()
+
+
+async def new_client(
+    hs: Homeserver, prefix: str, tmp_path: Path, localpart: str | None = None
+) -> AsyncClient:
+    localpart = localpart or f"{prefix}-{uuid.uuid4().hex[:6]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    hs.register_user(localpart, password, login=False)
+    return await login(hs, localpart, password, tmp_path / f"store-{localpart}")
+
+
+async def wait_member(client: AsyncClient, room_id: str, user_id: str, timeout: float = 20.0) -> None:
+    await sync_until(client, lambda: user_id in client.rooms[room_id].users, timeout)
+
+
+async def open_direct_chat(client: AsyncClient, bot_id: str) -> str:
+    room_id = await create_room(client, is_direct=True)
+    try:
+        await wait_member(client, room_id, bot_id, timeout=10)
+    except AssertionError:
+        await client.room_invite(room_id, bot_id)
+        await wait_member(client, room_id, bot_id)
+    return room_id
+
+
+async def ask(
+    client: AsyncClient,
+    room_id: str,
+    bot_id: str,
+    text: str,
+    done: Callable[[str], bool],
+    timeout: float = 30,
+) -> str:
+    """Send ``text`` and sync until the bot answers with a body for which ``done`` holds."""
+    await send(client, room_id, {"msgtype": "m.text", "body": text})
+    answers: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = await client.sync(timeout=1000)
+        assert isinstance(response, SyncResponse), response
+        if client.should_query_keys:
+            await client.keys_query()
+        room = response.rooms.join.get(room_id)
+        for event in room.timeline.events if room else []:
+            if isinstance(event, RoomMessageNotice | RoomMessageText) and event.sender == bot_id:
+                assert event.decrypted, "the bot answers encrypted"
+                answers.append(event.body)
+                if done(event.body):
+                    return event.body
+    raise AssertionError(f"no matching answer to {text!r} within {timeout}s; got {answers}")
+
+
+async def test_auditor_bot_archives_searches_and_survives_restart(hs, bot_setup, tmp_path):
+    bot, names, directory = bot_setup
+    bot_id = hs.user_id(BOT_LOCALPART)
+    bot.start()
+    alice = await new_client(hs, "alice", tmp_path)
+    bob = await new_client(hs, "bob", tmp_path)
+    revisor = await new_client(hs, "revisor", tmp_path, names["auditor"])
+    mallory = await new_client(hs, "mallory", tmp_path)
+    try:
+        room_id = await create_room(alice)
+        await invite_and_join(alice, bob, room_id)
+        # the module seats the bot; it must be in the room (with its device known) before the
+        # first message, so the megolm session is shared with it
+        await wait_member(alice, room_id, bot_id)
+        await sync_until(alice, lambda: True)
+        first = await send(
+            alice, room_id, {"msgtype": "m.text", "body": "the kestrelcanary sits on the roof"}
+        )
+        attachment = await upload_encrypted(alice, b"falcon report: all clear", "falconfile.txt")
+        file_event = await send(alice, room_id, attachment)
+
+        dm = await open_direct_chat(revisor, bot_id)
+        answer = await ask(
+            revisor,
+            dm,
+            bot_id,
+            '!search kestrelcanary ref:AZ-1 reason:"test"',
+            lambda body: first in body or "No messages" in body,
+        )
+        if first not in answer:  # archived a moment after the search: ask again
+            answer = await ask(
+                revisor, dm, bot_id, '!search kestrelcanary ref:AZ-1 reason:"test"', lambda b: first in b
+            )
+        assert "kestrelcanary" in answer
+
+        mallory_dm = await open_direct_chat(mallory, bot_id)
+        refusal = await ask(mallory, mallory_dm, bot_id, "!help", lambda body: "Refused" in body)
+        assert "only auditors" in refusal
+
+        # down for a while: what is said meanwhile is archived after the restart
+        assert bot.stop() == 0
+        await sync_until(bob, lambda: True)
+        second = await send(bob, room_id, {"msgtype": "m.text", "body": "meanwhile the osprey2canary left"})
+        bot.start()
+        answer = await ask(
+            revisor,
+            dm,
+            bot_id,
+            '!search osprey2canary ref:AZ-1 reason:"test"',
+            lambda body: second in body,
+        )
+        health = await ask(revisor, dm, bot_id, "!health", lambda body: "archived messages" in body)
+        assert "undecryptable messages: 0 waiting" in health
+    finally:
+        for client in (alice, bob, revisor, mallory):
+            await client.close()
+
+    assert bot.stop() == 0
+    assert "Traceback" not in bot.log(), bot.log()
+    with Archive(directory / "archive.sqlite", load_key(directory / "archive.key"), create=False) as archive:
+        assert archive.read_attachment(file_event, 0) == b"falcon report: all clear"
+        assert archive.get(file_event).attachments[0].name == "falconfile.txt"
+        assert archive.get(first).sender == alice.user_id
+    with ConsultationLog(directory / "consultations.sqlite", read_only=True) as log:
+        assert log.verify().ok
+        entries = log.entries()
+        searches = [e for e in entries if e.action == "search"]
+        assert [e.case_ref for e in searches] == ["AZ-1"] * len(searches)
+        assert all(e.auditor == revisor.user_id and e.recipient == revisor.user_id for e in searches)
+        assert any(e.action == "refusal" and e.auditor == mallory.user_id for e in entries)
+    for path in directory.iterdir():
+        if path.name.startswith("archive.sqlite") and path.is_file():
+            data = path.read_bytes()
+            assert b"kestrelcanary" not in data, path
+            assert b"osprey2canary" not in data, path
+            assert b"falcon report" not in data, path
