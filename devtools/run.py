@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -36,11 +38,15 @@ DEMO_ACCOUNTS: dict[str, tuple[str, bool]] = {
     "dispatcher": ("control-centre dispatcher (Element Web)", False),
     "auditor": ("unit auditor", False),
     "admin": ("server administrator (admin API)", True),
+    "auditor-bot": ("the auditor bot (archives every room; talk to it as 'auditor')", False),
 }
+BOT = "auditor-bot"
+BOT_DIR = VAR / "auditor-bot"
 
 
 def dev_spec() -> HomeserverSpec:
     module_config: dict[str, Any] = yaml.safe_load(POLICY_FILE.read_text()) or {}
+    module_config["auditor"] = {"user_id": f"@{BOT}:{SERVER_NAME}"}
     return HomeserverSpec(
         directory=VAR / "homeserver",
         server_name=SERVER_NAME,
@@ -84,6 +90,55 @@ def _write_admin_token(homeserver: Homeserver, password: str) -> None:
     path.chmod(0o600)
 
 
+def _write_bot_config(homeserver: Homeserver, password: str, audit_lifetime: str) -> Path:
+    """The auditor bot's config, password and archive key under var/ (kept across runs)."""
+    BOT_DIR.mkdir(parents=True, exist_ok=True)
+    secret_files = {"password": password, "archive.key": None}
+    for name, value in secret_files.items():
+        path = BOT_DIR / name
+        if value is not None:
+            path.write_text(value)
+        elif not path.exists():
+            path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    config = {
+        "homeserver_url": homeserver.url,
+        "user_id": homeserver.user_id(BOT),
+        "password_file": "password",
+        "device_id": demo_device(BOT),
+        "store_dir": "store",
+        "archive_path": "archive.sqlite",
+        "archive_key_file": "archive.key",
+        "log_path": "consultations.sqlite",
+        "auditors": [homeserver.user_id("auditor")],
+        "audit_lifetime": audit_lifetime,
+    }
+    path = BOT_DIR / "auditor.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _start_bot(config_path: Path) -> subprocess.Popen[bytes]:
+    log = (BOT_DIR / "bot.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "bots.auditor", "-c", str(config_path)],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches Synapse; the bot is stopped below
+    )
+
+
+def _stop_bot(bot: subprocess.Popen[bytes] | None) -> None:
+    if bot is None or bot.poll() is not None:
+        return
+    bot.terminate()
+    try:
+        bot.wait(15)
+    except subprocess.TimeoutExpired:
+        bot.kill()
+
+
 def main() -> int:
     for port in (HTTP_PORT, METRICS_PORT):
         if _port_in_use(port):
@@ -98,6 +153,7 @@ def main() -> int:
     for finding in findings:
         print(f"check-config: {finding}", file=sys.stderr)
     passwords = _demo_passwords()
+    bot: subprocess.Popen[bytes] | None = None
     print(f"Starting Synapse with the police policy module (config {homeserver.config_path}) ...")
     try:
         homeserver.start(foreground_output=True)
@@ -110,18 +166,24 @@ def main() -> int:
                 created.append(localpart)
         _enroll_demo_devices(homeserver)
         _write_admin_token(homeserver, passwords["admin"])
+        audit_lifetime = (dev_spec().module_config or {}).get("retention", {}).get("audit_lifetime", "90d")
+        bot = _start_bot(_write_bot_config(homeserver, passwords[BOT], audit_lifetime))
         _print_welcome(homeserver, passwords, created)
         assert homeserver.process is not None
         return homeserver.process.wait()
     except KeyboardInterrupt:
-        print("\nStopping Synapse ...")
+        print("\nStopping the auditor bot and Synapse ...")
+        _stop_bot(bot)
         homeserver.stop(already_signalled=True)
         print(f"Stopped. State is kept in {VAR}; `make run` starts it again.")
         return 0
     except SynapseError as error:
         print(f"error: {error}", file=sys.stderr)
+        _stop_bot(bot)
         homeserver.stop()
         return 1
+    finally:
+        _stop_bot(bot)
 
 
 def _print_welcome(homeserver: Homeserver, passwords: dict[str, str], created: list[str]) -> None:
@@ -153,6 +215,8 @@ def _print_welcome(homeserver: Homeserver, passwords: dict[str, str], created: l
         "  .venv/bin/police-policy devices approve REQUEST-ID",
         "",
         f"Passwords are kept in {VAR / 'demo-accounts.json'}; Synapse's log is {homeserver.log_path}.",
+        f"The auditor bot runs beside Synapse (log {BOT_DIR / 'bot.log'}): as 'auditor', open a direct",
+        "chat with @auditor-bot:localhost and send !help.",
         "Policy decisions appear below. Press Ctrl-C to stop.",
         "",
     ]
