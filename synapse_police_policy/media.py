@@ -92,6 +92,10 @@ _SMALL_SAMPLE = 1024
 _DISTINCT_RATIO_LIMIT = 0.7
 
 
+#: how a size refusal goes on the wire
+TOO_LARGE: Mapping[str, object] = {"errcode": Codes.TOO_LARGE, "http_status": 413}
+
+
 def canonical(mime: str) -> str:
     return ALIASES.get(mime, mime)
 
@@ -137,8 +141,7 @@ def check_file(config: MediaConfig, detected: str, size: int, random_looking: bo
                 rule="media.too_large",
                 reason=f"Encrypted or unrecognised content of {_megabytes(size)} is larger than "
                 f"media.encrypted_max_size ({_megabytes(config.encrypted_max_size)})",
-                errcode=Codes.TOO_LARGE,
-                http_status=413,
+                **TOO_LARGE,
             )
         return None
     mime = canonical(detected)
@@ -154,8 +157,7 @@ def check_file(config: MediaConfig, detected: str, size: int, random_looking: bo
             rule="media.too_large",
             reason=f"This {mime} file of {_megabytes(size)} is larger than the {_megabytes(limit)} "
             f"allowed for {mime}",
-            errcode=Codes.TOO_LARGE,
-            http_status=413,
+            **TOO_LARGE,
         )
     return None
 
@@ -168,8 +170,7 @@ def check_declared_size(config: MediaConfig, size: int, uploaded_today: int) -> 
             rule="media.too_large",
             reason=f"An upload of {_megabytes(size)} is larger than any allowed file "
             f"(the largest allowed is {_megabytes(config.largest_upload)})",
-            errcode=Codes.TOO_LARGE,
-            http_status=413,
+            **TOO_LARGE,
         )
     if uploaded_today + size > config.daily_upload_quota:
         return Denial(
@@ -177,7 +178,6 @@ def check_declared_size(config: MediaConfig, size: int, uploaded_today: int) -> 
             reason=f"Daily upload quota reached: {_megabytes(uploaded_today)} uploaded in the last 24 hours, "
             f"this upload of {_megabytes(size)} would pass media.daily_upload_quota "
             f"({_megabytes(config.daily_upload_quota)})",
-            errcode=Codes.TOO_LARGE,
-            http_status=413,
+            **TOO_LARGE,
         )
     return None

@@ -19,6 +19,7 @@ from synapse_police_policy import cli, schema
 from synapse_police_policy.bootstrap import BootstrapError
 from synapse_police_policy.retention_status import RetentionStatus, retention_status
 from synapse_police_policy.retention_store import WATERMARK
+from tests.synapse_tables import SYNAPSE_TABLES
 
 status_module = importlib.import_module("synapse_police_policy.retention_status")
 
@@ -30,25 +31,6 @@ NOW = 1_700_000_000_000
 SECOND = 1000
 DAY = 86_400 * SECOND
 RETENTION = {"device_lifetime": "1d", "audit_lifetime": "10d", "system_user": "sweeper"}
-
-SYNAPSE_TABLES = (
-    """CREATE TABLE events (
-        stream_ordering INTEGER PRIMARY KEY,
-        event_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        room_id TEXT NOT NULL,
-        state_key TEXT,
-        outlier BOOL NOT NULL,
-        rejection_reason TEXT,
-        received_ts BIGINT,
-        sender TEXT
-    )""",
-    "CREATE TABLE redactions (event_id TEXT NOT NULL, redacts TEXT NOT NULL)",
-    "CREATE TABLE local_current_membership (room_id TEXT, user_id TEXT, membership TEXT)",
-    "CREATE TABLE local_media_repository (media_id TEXT, created_ts BIGINT)",
-    "CREATE TABLE profiles (user_id TEXT, avatar_url TEXT)",
-    "CREATE TABLE room_stats_state (room_id TEXT, avatar TEXT)",
-)
 
 
 @pytest.fixture(autouse=True)

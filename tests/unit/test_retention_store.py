@@ -24,6 +24,7 @@ from synapse_police_policy.retention_store import (
     _set_watermark_txn,
     _watermark_txn,
 )
+from tests.synapse_tables import SYNAPSE_TABLES
 
 SERVER = "police.example"
 SYSTEM = "@policy:police.example"
@@ -31,26 +32,6 @@ ALICE = "@alice:police.example"
 ROOM_A = "!a:police.example"
 ROOM_B = "!b:police.example"
 NOW = 1_700_000_000_000
-
-#: Synapse's tables as the retention queries read them
-SYNAPSE_TABLES = (
-    """CREATE TABLE events (
-        stream_ordering INTEGER PRIMARY KEY,
-        event_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        room_id TEXT NOT NULL,
-        state_key TEXT,
-        outlier BOOL NOT NULL,
-        rejection_reason TEXT,
-        received_ts BIGINT,
-        sender TEXT
-    )""",
-    "CREATE TABLE redactions (event_id TEXT NOT NULL, redacts TEXT NOT NULL)",
-    "CREATE TABLE local_current_membership (room_id TEXT, user_id TEXT, membership TEXT)",
-    "CREATE TABLE local_media_repository (media_id TEXT, created_ts BIGINT)",
-    "CREATE TABLE profiles (user_id TEXT, avatar_url TEXT)",
-    "CREATE TABLE room_stats_state (room_id TEXT, avatar TEXT)",
-)
 
 
 def create_synapse_tables(txn: sqlite3.Cursor) -> None:
