@@ -7,6 +7,7 @@ Only the head is read, so memory does not grow with the file; callers run
 from __future__ import annotations
 
 import bz2
+import codecs
 import io
 import os
 import zlib
@@ -58,6 +59,28 @@ def _decodes(mime: str, head: bytes) -> bool:
     return True
 
 
+#: share of bytes >= 0x80 from which "text" in a legacy 8-bit charset is
+#: taken for ciphertext (random bytes: one half; German Latin-1 text: a few %)
+_HIGH_BYTES_SHARE = 0.3
+
+
+def _binary_posing_as_text(sample: bytes) -> bool:
+    """libmagic calls about one small ciphertext in eight "text" (every byte
+    outside the control range reads as some 8-bit charset). Real text is ASCII
+    or valid UTF-8, or has few high bytes; such a file stays text."""
+    high = len(sample) - len(sample.translate(None, _HIGH_BYTES))
+    if high < _HIGH_BYTES_SHARE * len(sample):
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+
+
 def sniff(path: str) -> Sniffed:
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
@@ -67,6 +90,8 @@ def sniff(path: str) -> Sniffed:
     # them otherwise keeps the common cases (ciphertext, photos) cheap.
     weak = mime != OPAQUE and not has_structured_signature(mime)
     random_looking = (weak or mime in _SHORT_SIGNATURES) and looks_random(head[:RANDOMNESS_SAMPLE])
-    if random_looking and mime in _SHORT_SIGNATURES and not _decodes(mime, head):
+    if (random_looking and mime in _SHORT_SIGNATURES and not _decodes(mime, head)) or (
+        mime == "text/plain" and _binary_posing_as_text(head[:RANDOMNESS_SAMPLE])
+    ):
         mime = OPAQUE
     return Sniffed(mime=mime, size=size, random_looking=random_looking)

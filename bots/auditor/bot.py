@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -29,16 +31,19 @@ from nio import (
     RoomMessageNotice,
     RoomMessagesError,
     RoomMessageText,
+    RoomSendResponse,
     SyncError,
     SyncResponse,
+    UploadResponse,
     WhoamiResponse,
 )
 from nio.crypto.attachments import decrypt_attachment
 
 from .archive import Archive, Attachment, Message, now_ms
-from .commands import CommandRunner, HealthStats, parse_command
+from .commands import CommandRunner, Delivery, ExportStore, HealthStats, parse_command
 from .config import Config
 from .consultation_log import ConsultationLog
+from .export import generate_signing_key, key_fingerprint, load_signing_key
 
 log = logging.getLogger("bots.auditor")
 
@@ -67,6 +72,8 @@ class AuditorBot:
         )
         self.archive = Archive(config.archive_path, config.archive_key)
         self.consultations = ConsultationLog(config.log_path)
+        self.exports = ExportStore(config.exports_path)
+        self.signing_key = _signing_key(config.signing_key_file)
         self.started_at = now_ms()
         self.undecryptable_seen = 0
         #: undecryptable events by event ID, retried after every sync
@@ -77,6 +84,8 @@ class AuditorBot:
             config.auditors,
             config.audit_lifetime_ms,
             self.health,
+            exports=self.exports,
+            signing_key=self.signing_key,
         )
         self._stopping = asyncio.Event()
 
@@ -156,6 +165,7 @@ class AuditorBot:
             await self.client.close()
             self.archive.close()
             self.consultations.close()
+            self.exports.close()
             log.info("stopped")
 
     async def _sync_loop(self) -> None:
@@ -300,21 +310,64 @@ class AuditorBot:
         if self.archive.get(event.event_id) is not None or event.server_timestamp < self.started_at - 300_000:
             return  # answered before (a back-filled or replayed command)
         try:
-            reply = self.commands.handle(event.sender, event.body)  # the log is bound to this thread
+            # the log is bound to this thread
+            reply = self.commands.handle(event.sender, event.body, room.room_id)
         except Exception:
             log.exception("a command from %s failed", event.sender)
             reply = None
         if reply is None:
             return
         await self.send(room.room_id, reply.content())
+        if reply.notify is not None:
+            notify_room, notice = reply.notify
+            await self.send(notify_room, notice.content())
+        if reply.delivery is not None:
+            await self._deliver(room.room_id, reply.delivery)
 
-    async def send(self, room_id: str, content: dict[str, Any]) -> None:
+    async def _deliver(self, approver_room: str, delivery: Delivery) -> None:
+        """Upload the bundle encrypted and post it, with a notice, in the requester's command room."""
+        try:
+            response, keys = await self.client.upload(
+                io.BytesIO(delivery.data),
+                content_type="application/zip",
+                filename=delivery.filename,
+                encrypt=True,
+                filesize=len(delivery.data),
+            )
+            if not isinstance(response, UploadResponse) or keys is None:
+                raise RuntimeError(f"the upload failed: {response}")
+            content = {
+                "msgtype": "m.file",
+                "body": delivery.filename,
+                "filename": delivery.filename,
+                "info": {"size": len(delivery.data), "mimetype": "application/zip"},
+                "file": {**keys, "url": response.content_uri, "mimetype": "application/zip"},
+            }
+            await self.send(delivery.room_id, delivery.notice.content(), check=True)
+            await self.send(delivery.room_id, content, check=True)
+        except Exception:
+            log.exception("delivering export %s to %s failed", delivery.request_id, delivery.room_id)
+            self.commands.delivery_failed(delivery)
+            await self.send(
+                approver_room,
+                {
+                    "msgtype": "m.notice",
+                    "body": f"Delivering export {delivery.request_id} to {delivery.recipient} failed; "
+                    f"the request is open again: !approve {delivery.request_id} to retry.",
+                },
+            )
+            return
+        log.info("delivered export %s to %s", delivery.request_id, delivery.recipient)
+
+    async def send(self, room_id: str, content: dict[str, Any], *, check: bool = False) -> None:
         if self.client.should_query_keys:
             await self.client.keys_query()
         response = await self.client.room_send(
             room_id, "m.room.message", content, ignore_unverified_devices=True
         )
         log.info("answered in %s: %s", room_id, type(response).__name__)
+        if check and not isinstance(response, RoomSendResponse):
+            raise RuntimeError(f"sending to {room_id} failed: {response}")
 
     async def _archive(self, room: MatrixRoom, event: Event) -> None:
         if event.sender == self.config.user_id:
@@ -392,6 +445,18 @@ class AuditorBot:
                 await self._archive(room, decrypted)
             elif isinstance(decrypted, RedactionEvent):
                 await self._on_redaction(room, decrypted)
+
+
+def _signing_key(path: Path) -> Ed25519PrivateKey:
+    """The export signing key; created (0600) at the first start."""
+    if path.exists():
+        key = load_signing_key(path)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = generate_signing_key(path)
+        log.info("generated the export signing key %s", path)
+    log.info("export signing key fingerprint: %s", key_fingerprint(key.public_key()))
+    return key
 
 
 __all__ = ["AuditorBot"]

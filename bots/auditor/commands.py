@@ -8,6 +8,12 @@ Commands come as text messages in the auditor's direct chat with the bot::
     !show <event id> ref:<case> reason:"<text>"
     !log
     !health
+    !export <room id> <from YYYY-MM-DD> <to YYYY-MM-DD> ref:<case> reason:"<text>"
+    !approve <request id>
+    !deny <request id> [reason:"<text>"]
+
+An export is four-eyes: one auditor requests it, another approves it; the
+signed bundle then goes (encrypted) into the requester's command room.
 
 Only the configured auditors may use them; everyone else gets a refusal, and
 the refusal is written to the consultation log. Every search, page and show
@@ -16,15 +22,22 @@ is written to the consultation log before the answer is sent.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
+import secrets
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import attrs
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .archive import Archive, ArchivedMessage, SearchHit, now_ms
 from .consultation_log import Action, ConsultationLog
+from .export import ExportRequest, build_export
 
 #: hits per page of !search and !more
 PAGE_SIZE = 10
@@ -38,7 +51,13 @@ _TOKEN = re.compile(
 )
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 
-COMMANDS = ("help", "search", "more", "show", "log", "health")
+_REQUEST_ID = re.compile(r"^EX-[A-Z0-9]{4}\Z")
+#: request IDs: no 0/O or 1/I to confuse when read out
+_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+#: archived messages fetched per query while collecting an export
+_EXPORT_BATCH = 500
+
+COMMANDS = ("help", "search", "more", "show", "log", "health", "export", "approve", "deny")
 
 HELP = """Commands (only for auditors; every search and show is logged):
 !search <words> [room:<room id>] [sender:<user id>] [from:YYYY-MM-DD] [to:YYYY-MM-DD]
@@ -48,6 +67,11 @@ HELP = """Commands (only for auditors; every search and show is logged):
 !show <event id> ref:<case> reason:"<text>"    one message in full, with its neighbours
 !log     your own consultation-log entries
 !health  what the archive holds and how many messages could not be decrypted
+!export <room id> <from YYYY-MM-DD> <to YYYY-MM-DD> ref:<case> reason:"<text>"
+    request a signed export of a room's messages (both days included); another
+    auditor must approve it, then the bundle comes into this chat
+!approve <request id>    approve another auditor's export request (four eyes)
+!deny <request id> [reason:"<text>"]    deny an export request (or withdraw your own)
 !help    this text"""
 
 
@@ -94,6 +118,27 @@ class Health:
 
 
 @attrs.frozen
+class Export:
+    room_id: str
+    since: date
+    #: inclusive: the whole day counts
+    until: date
+    ref: str
+    reason: str
+
+
+@attrs.frozen
+class Approve:
+    request_id: str
+
+
+@attrs.frozen
+class Deny:
+    request_id: str
+    reason: str | None = None
+
+
+@attrs.frozen
 class Invalid:
     """A command that could not be parsed; ``message`` says what is wrong or missing."""
 
@@ -101,7 +146,7 @@ class Invalid:
     message: str
 
 
-Command = Help | Search | More | Show | LogView | Health | Invalid
+Command = Help | Search | More | Show | LogView | Health | Export | Approve | Deny | Invalid
 
 
 def _tokens(text: str) -> tuple[list[str], dict[str, str], list[str]]:
@@ -156,6 +201,19 @@ def parse_command(text: str) -> Command | None:
             return Invalid(name, f"!{name} takes no arguments")
         return {"help": Help(), "more": More(), "log": LogView(), "health": Health()}[name]
 
+    if name == "export":
+        return _parse_export(words, options)
+    if name in ("approve", "deny"):
+        allowed = {"reason"} if name == "deny" else set()
+        extra = sorted(set(options) - allowed)
+        if extra:
+            return Invalid(name, f"!{name}: {', '.join(extra)} do not apply here; send !{name} <request id>")
+        if len(words) != 1 or not _REQUEST_ID.match(words[0].upper()):
+            return Invalid(name, f"!{name}: expected one request ID such as EX-AB12")
+        if name == "approve":
+            return Approve(words[0].upper())
+        return Deny(words[0].upper(), options.get("reason") or None)
+
     if name == "show":
         extra = sorted(set(options) - {"ref", "reason"})
         if extra:
@@ -201,17 +259,170 @@ def parse_command(text: str) -> Command | None:
     )
 
 
+def _parse_export(words: list[str], options: dict[str, str]) -> Command:
+    usage = '!export <room id> <from YYYY-MM-DD> <to YYYY-MM-DD> ref:<case> reason:"<text>"'
+    extra = sorted(set(options) - {"ref", "reason"})
+    if extra:
+        return Invalid("export", f"!export: {', '.join(extra)} do not apply here; usage: {usage}")
+    problems = []
+    if len(words) != 3:
+        problems.append("the room ID, the first and the last day")
+    problems += _justification(options)
+    if problems:
+        return Invalid("export", "!export: missing " + ", ".join(problems) + f"; usage: {usage}")
+    room, since_text, until_text = words
+    if not room.startswith("!") or len(room) < 2:
+        # room version 12 IDs have no ":server" part
+        return Invalid("export", f"!export: expected a room ID (!...), got {room!r}")
+    since, until = _date(since_text), _date(until_text)
+    if since is None:
+        return Invalid("export", f"!export: from: expected a date as YYYY-MM-DD, got {since_text!r}")
+    if until is None:
+        return Invalid("export", f"!export: to: expected a date as YYYY-MM-DD, got {until_text!r}")
+    if since > until:
+        return Invalid("export", f"!export: from {since} lies after to {until}")
+    return Export(room, since, until, options["ref"], options["reason"])
+
+
+# -- export requests ------------------------------------------------------------------------------
+
+_EXPORT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS export_requests (
+    request_id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    from_ms INTEGER NOT NULL,
+    to_ms INTEGER NOT NULL,
+    case_ref TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    command_room TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    decided_by TEXT,
+    decided_at_ms INTEGER
+);
+"""
+
+
+@attrs.frozen
+class PendingExport:
+    """An export request as stored; ``to_ms`` is exclusive (the day after the last day)."""
+
+    request_id: str
+    room_id: str
+    from_ms: int
+    to_ms: int
+    case_ref: str
+    reason: str
+    requested_by: str
+    #: where the request was made: the bundle goes there
+    command_room: str
+    created_at_ms: int
+    status: str
+    decided_by: str | None
+    decided_at_ms: int | None
+
+
+class ExportStore:
+    """Export requests in a small SQLite file, so they survive a restart."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=5)
+        self._db.executescript(_EXPORT_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def create(
+        self,
+        *,
+        room_id: str,
+        from_ms: int,
+        to_ms: int,
+        case_ref: str,
+        reason: str,
+        requested_by: str,
+        command_room: str,
+        created_at_ms: int,
+    ) -> str:
+        while True:
+            request_id = "EX-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
+            try:
+                self._db.execute(
+                    "INSERT INTO export_requests (request_id, room_id, from_ms, to_ms, case_ref, reason, "
+                    "requested_by, command_room, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        request_id,
+                        room_id,
+                        from_ms,
+                        to_ms,
+                        case_ref,
+                        reason,
+                        requested_by,
+                        command_room,
+                        created_at_ms,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                continue  # the ID is taken: draw another
+            return request_id
+
+    def get(self, request_id: str) -> PendingExport | None:
+        row = self._db.execute(
+            "SELECT request_id, room_id, from_ms, to_ms, case_ref, reason, requested_by, command_room, "
+            "created_at_ms, status, decided_by, decided_at_ms FROM export_requests WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        return PendingExport(*row) if row else None
+
+    def decide(self, request_id: str, status: str, by: str, at_ms: int) -> bool:
+        """Close a pending request; False when it was not pending (any more)."""
+        cursor = self._db.execute(
+            "UPDATE export_requests SET status = ?, decided_by = ?, decided_at_ms = ? "
+            "WHERE request_id = ? AND status = 'pending'",
+            (status, by, at_ms, request_id),
+        )
+        return cursor.rowcount == 1
+
+    def reopen(self, request_id: str) -> None:
+        """Back to pending (the approved bundle could not be delivered)."""
+        self._db.execute(
+            "UPDATE export_requests SET status = 'pending', decided_by = NULL, decided_at_ms = NULL "
+            "WHERE request_id = ?",
+            (request_id,),
+        )
+
+
 # -- running them ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Delivery:
+    """An approved export bundle for the bot to upload (encrypted) into ``room_id``."""
+
+    request_id: str
+    room_id: str
+    recipient: str
+    filename: str
+    data: bytes = attrs.field(repr=False)
+    #: the notice for the recipient that goes with the file
+    notice: Reply
 
 
 @attrs.frozen
 class Reply:
     body: str
     formatted_body: str
+    delivery: Delivery | None = None
+    #: another room to tell (room ID, notice): the requester of a denied export
+    notify: tuple[str, Reply] | None = None
 
     @classmethod
     def text(cls, body: str) -> Reply:
         return cls(body, "<pre>" + html.escape(body) + "</pre>" if "\n" in body else html.escape(body))
+
+    def with_delivery(self, delivery: Delivery) -> Reply:
+        return attrs.evolve(self, delivery=delivery)
 
     def content(self) -> dict[str, str]:
         return {
@@ -256,6 +467,9 @@ class CommandRunner:
         audit_lifetime_ms: int,
         health: Callable[[], HealthStats],
         clock: Callable[[], int] = now_ms,
+        *,
+        exports: ExportStore | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.archive = archive
         self.log = log
@@ -263,10 +477,13 @@ class CommandRunner:
         self.audit_lifetime_ms = audit_lifetime_ms
         self.health = health
         self.clock = clock
+        self.exports = exports
+        self.signing_key = signing_key
         self._last: dict[str, _LastSearch] = {}
 
-    def handle(self, sender: str, text: str) -> Reply | None:
-        """The answer to ``text`` from ``sender``; None when it is no command."""
+    def handle(self, sender: str, text: str, room_id: str = "") -> Reply | None:
+        """The answer to ``text`` from ``sender`` in ``room_id`` (the command room); None when
+        it is no command. An approved export's reply carries the bundle in ``delivery``."""
         command = parse_command(text)
         if command is None:
             return None
@@ -281,7 +498,7 @@ class CommandRunner:
             return Reply.text("Refused: only auditors may use this bot. This attempt was logged.")
         match command:
             case Invalid():
-                if command.command in ("search", "show"):
+                if command.command in ("search", "show", "export", "approve", "deny"):
                     self.log.append(
                         auditor=sender,
                         action=Action.REFUSAL,
@@ -302,6 +519,12 @@ class CommandRunner:
                 return self._log_view(sender)
             case Health():
                 return self._health()
+            case Export():
+                return self._export(sender, command, room_id)
+            case Approve():
+                return self._approve(sender, command)
+            case Deny():
+                return self._deny(sender, command)
         raise AssertionError(command)
 
     # -- search -----------------------------------------------------------------------------------
@@ -416,6 +639,216 @@ class CommandRunner:
             parts.append(f"<li><b>{text}</b></li>" if item.event_id == show.event_id else f"<li>{text}</li>")
         body = "\n".join(lines)
         return Reply(body, f"<p>{html.escape(lines[0])}</p><ul>{''.join(parts)}</ul>")
+
+    # -- exports ----------------------------------------------------------------------------------
+
+    def _refuse(self, auditor: str, reason: str, **query: Any) -> None:
+        self.log.append(auditor=auditor, action=Action.REFUSAL, reason=reason, recipient=auditor, query=query)
+
+    def _export(self, auditor: str, export: Export, room_id: str) -> Reply:
+        parameters = {
+            "room": export.room_id,
+            "from": export.since.isoformat(),
+            "to": export.until.isoformat(),
+        }
+        if self.exports is None or self.signing_key is None or not room_id:
+            self._refuse(auditor, "exports are not set up", **parameters)
+            return Reply.text("Exports are not set up on this bot.")
+        cutoff = self._retained_since()
+        from_ms, to_ms = _day_ms(export.since), _day_ms(export.until + timedelta(days=1))
+        if to_ms <= cutoff:
+            self.log.append(
+                auditor=auditor,
+                action=Action.REFUSAL,
+                case_ref=export.ref,
+                reason=export.reason,
+                recipient=auditor,
+                query={**parameters, "refused": "not retained"},
+            )
+            return Reply.text(
+                f"Not retained: messages up to {export.until} are past the audit lifetime "
+                f"(the archive keeps messages since {_when(cutoff)})."
+            )
+        note = ""
+        if from_ms < cutoff:
+            cutoff_day = datetime.fromtimestamp(cutoff / 1000, tz=UTC).date()
+            note = f" Messages before {cutoff_day} are not retained and will not be in it."
+        request_id = self.exports.create(
+            room_id=export.room_id,
+            from_ms=from_ms,
+            to_ms=to_ms,
+            case_ref=export.ref,
+            reason=export.reason,
+            requested_by=auditor,
+            command_room=room_id,
+            created_at_ms=self.clock(),
+        )
+        self.log.append(
+            auditor=auditor,
+            action=Action.EXPORT_REQUEST,
+            case_ref=export.ref,
+            reason=export.reason,
+            recipient=auditor,
+            query={"request_id": request_id, **parameters},
+        )
+        return Reply.text(
+            f"Export request {request_id}: {export.room_id} from {export.since} to {export.until} "
+            f"(ref {export.ref}).{note} Another auditor must approve it with !approve {request_id}; "
+            "the signed bundle then comes into this chat."
+        )
+
+    def _closed(
+        self, auditor: str, request_id: str, command: str
+    ) -> tuple[PendingExport | None, Reply | None]:
+        """The pending request, or the refusal (logged) when it is unknown or closed."""
+        request = self.exports.get(request_id) if self.exports is not None else None
+        if request is None:
+            self._refuse(auditor, "unknown export request", command=command, request_id=request_id)
+            return None, Reply.text(f"There is no export request {request_id}.")
+        if request.status != "pending":
+            self._refuse(auditor, f"export request {request.status}", command=command, request_id=request_id)
+            by = f" by {request.decided_by}" if request.decided_by else ""
+            return None, Reply.text(f"Export request {request_id} is closed: it was {request.status}{by}.")
+        return request, None
+
+    def _approve(self, approver: str, approve: Approve) -> Reply:
+        request, refusal = self._closed(approver, approve.request_id, "approve")
+        if request is None:
+            assert refusal is not None
+            return refusal
+        if request.requested_by == approver:
+            self.log.append(
+                auditor=approver,
+                action=Action.REFUSAL,
+                case_ref=request.case_ref,
+                reason="four eyes: the requester cannot approve their own export",
+                recipient=approver,
+                query={"command": "approve", "request_id": request.request_id},
+            )
+            return Reply.text(
+                f"Refused: you requested {request.request_id} yourself; another auditor must approve it. "
+                "This attempt was logged."
+            )
+        if self.signing_key is None:
+            self._refuse(approver, "exports are not set up", request_id=request.request_id)
+            return Reply.text("Exports are not set up on this bot.")
+        now = self.clock()
+        from_ms = max(request.from_ms, now - self.audit_lifetime_ms)
+        messages = self._collect(request.room_id, from_ms, request.to_ms)
+        bundle = build_export(
+            messages,
+            ExportRequest(
+                request_id=request.request_id,
+                room_id=request.room_id,
+                from_ms=request.from_ms,
+                to_ms=request.to_ms,
+                case_ref=request.case_ref,
+                reason=request.reason,
+                requested_by=request.requested_by,
+                approved_by=approver,
+                created_at_ms=now,
+            ),
+            self.signing_key,
+        )
+        if not self.exports or not self.exports.decide(request.request_id, "approved", approver, now):
+            return Reply.text(f"Export request {request.request_id} was closed meanwhile.")
+        self.log.append(
+            auditor=approver,
+            action=Action.EXPORT_APPROVE,
+            case_ref=request.case_ref,
+            reason=request.reason,
+            recipient=request.requested_by,
+            query={
+                "request_id": request.request_id,
+                "room": request.room_id,
+                "from_ms": from_ms,
+                "to_ms": request.to_ms,
+                "requested_by": request.requested_by,
+                "bundle_sha256": hashlib.sha256(bundle).hexdigest(),
+            },
+            result_count=len(messages),
+        )
+        count = f"{len(messages)} message{'s' if len(messages) != 1 else ''}"
+        notice = Reply.text(
+            f"Export {request.request_id} (ref {request.case_ref}) was approved by {approver}: "
+            f"{count} from {request.room_id}. The signed bundle is the file {request.request_id}.zip "
+            "(check it with: police-audit verify-export FILE)."
+        )
+        delivery = Delivery(
+            request_id=request.request_id,
+            room_id=request.command_room,
+            recipient=request.requested_by,
+            filename=f"{request.request_id}.zip",
+            data=bundle,
+            notice=notice,
+        )
+        return Reply.text(
+            f"Approved {request.request_id}: {count} from {request.room_id} go to {request.requested_by}."
+        ).with_delivery(delivery)
+
+    def delivery_failed(self, delivery: Delivery) -> None:
+        """The bundle could not be handed over: the request may be approved again."""
+        if self.exports is not None:
+            self.exports.reopen(delivery.request_id)
+
+    def _collect(self, room_id: str, since: int, until: int) -> list[dict[str, Any]]:
+        collected: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            hits = self.archive.search(
+                room_id=room_id, since=since, until=until, limit=_EXPORT_BATCH, offset=offset
+            )
+            for hit in hits:
+                message = hit.message
+                collected.append(
+                    {
+                        "event_id": message.event_id,
+                        "room_id": message.room_id,
+                        "sender": message.sender,
+                        "device_id": message.device_id,
+                        "origin_server_ts": message.origin_server_ts,
+                        "body": message.body,
+                        "redacted_at": message.redacted_at,
+                        "attachments": [
+                            {
+                                "name": attachment.name,
+                                "mimetype": attachment.mimetype,
+                                "data": self.archive.read_attachment(message.event_id, attachment.index),
+                            }
+                            for attachment in message.attachments
+                        ],
+                    }
+                )
+            if len(hits) < _EXPORT_BATCH:
+                return collected
+            offset += _EXPORT_BATCH
+
+    def _deny(self, auditor: str, deny: Deny) -> Reply:
+        request, refusal = self._closed(auditor, deny.request_id, "deny")
+        if request is None:
+            assert refusal is not None
+            return refusal
+        if self.exports is None or not self.exports.decide(
+            request.request_id, "denied", auditor, self.clock()
+        ):
+            return Reply.text(f"Export request {request.request_id} was closed meanwhile.")
+        self.log.append(
+            auditor=auditor,
+            action=Action.EXPORT_DENY,
+            case_ref=request.case_ref,
+            reason=deny.reason or request.reason,
+            recipient=request.requested_by,
+            query={"request_id": request.request_id, "room": request.room_id, "denial": deny.reason},
+        )
+        if auditor == request.requested_by:
+            return Reply.text(f"Export request {request.request_id} is withdrawn; nothing was exported.")
+        because = f": {deny.reason}" if deny.reason else ""
+        notice = Reply.text(
+            f"Your export request {request.request_id} (ref {request.case_ref}) "
+            f"was denied by {auditor}{because}."
+        )
+        reply = Reply.text(f"Export request {request.request_id} is denied; nothing was exported.")
+        return attrs.evolve(reply, notify=(request.command_room, notice))
 
     # -- log and health ---------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ KEYS = frozenset(
         "log_path",
         "auditors",
         "audit_lifetime",
+        "signing_key_file",
+        "exports_path",
     }
 )
 
@@ -58,6 +60,10 @@ class Config:
     auditors: frozenset[str]
     #: seconds
     audit_lifetime: int
+    #: the Ed25519 key that signs export bundles (PEM; generated at the first start, 0600)
+    signing_key_file: Path
+    #: the pending and closed export requests (SQLite)
+    exports_path: Path
 
     @property
     def audit_lifetime_ms(self) -> int:
@@ -160,17 +166,29 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         if not isinstance(auditor, str) or not _USER_ID.match(auditor):
             raise _fail(f"auditors[{index}]", "a Matrix user ID such as '@revisor:example.org'", auditor)
 
+    log_path = _path(raw, "log_path", base)
+    archive_path = _path(raw, "archive_path", base)
     return Config(
         homeserver_url=url.rstrip("/"),
         user_id=user_id,
         password=password,
         device_id=device_id,
         store_dir=_path(raw, "store_dir", base),
-        archive_path=_path(raw, "archive_path", base),
+        archive_path=archive_path,
         archive_key=key,
-        log_path=_path(raw, "log_path", base),
+        log_path=log_path,
         auditors=frozenset(auditors_raw),
         audit_lifetime=parse_duration(raw.get("audit_lifetime", "90d"), "audit_lifetime"),
+        signing_key_file=(
+            _path(raw, "signing_key_file", base)
+            if "signing_key_file" in raw
+            else archive_path.parent / "export-signing-key.pem"
+        ),
+        exports_path=(
+            _path(raw, "exports_path", base)
+            if "exports_path" in raw
+            else log_path.parent / "export-requests.sqlite"
+        ),
     )
 
 

@@ -4,24 +4,37 @@ refuses everyone else, and loses nothing across a restart."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from nio import AsyncClient, RoomMessageNotice, RoomMessageText, SyncResponse
+from nio import AsyncClient, RoomEncryptedFile, RoomMessageNotice, RoomMessageText, SyncResponse
 
 from bots.auditor.archive import Archive
 from bots.auditor.consultation_log import ConsultationLog
 from bots.auditor.crypto import load_key
 from devtools.homeserver import Homeserver
-from tests.e2ee import create_room, invite_and_join, login, send, sync_until, upload_encrypted
+from tests.e2ee import (
+    create_room,
+    download_decrypted,
+    invite_and_join,
+    login,
+    send,
+    sync_until,
+    upload_encrypted,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 BOT_LOCALPART = "auditor"
@@ -73,12 +86,24 @@ class BotProcess:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
-@pytest.fixture
-def bot_setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str, str], Path]]:
+@pytest.fixture(scope="module")
+def export_hs(start_homeserver) -> Homeserver:
+    """A homeserver of its own: the bot's account and device are set up once per server."""
+    return start_homeserver(
+        "auditexport", module_config={"auditor": {"user_id": "@auditor:auditexport.test"}}
+    )
+
+
+@contextlib.contextmanager
+def running_bot(
+    hs: Homeserver, tmp_path: Path, auditors: int = 1
+) -> Iterator[tuple[BotProcess, dict[str, str], Path]]:
     password = f"pw-{uuid.uuid4().hex}"
     hs.register_user(BOT_LOCALPART, password, login=False)
     hs.enroll(BOT_LOCALPART, BOT_DEVICE, label="auditor bot")
-    auditor = f"revisor-{uuid.uuid4().hex[:6]}"
+    names = {"auditor": f"revisor-{uuid.uuid4().hex[:6]}"}
+    if auditors > 1:
+        names["auditor2"] = f"revisor-{uuid.uuid4().hex[:6]}"
     (tmp_path / "archive.key").write_text(os.urandom(32).hex())
     (tmp_path / "bot-password").write_text(password)
     config = {
@@ -90,17 +115,29 @@ def bot_setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict
         "archive_path": "archive.sqlite",
         "archive_key_file": "archive.key",
         "log_path": "consultations.sqlite",
-        "auditors": [hs.user_id(auditor)],
+        "auditors": [hs.user_id(name) for name in names.values()],
         "audit_lifetime": "90d",
     }
     config_file = tmp_path / "auditor.yaml"
     config_file.write_text(yaml.safe_dump(config))
     bot = BotProcess(config_file, tmp_path / "bot.log")
     try:
-        yield bot, {"auditor": auditor}, tmp_path
+        yield bot, names, tmp_path
     finally:
         if bot.process is not None and bot.process.poll() is None:
             bot.stop()
+
+
+@pytest.fixture
+def bot_setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str, str], Path]]:
+    with running_bot(hs, tmp_path) as setup:
+        yield setup
+
+
+@pytest.fixture
+def export_setup(export_hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str, str], Path]]:
+    with running_bot(export_hs, tmp_path, auditors=2) as setup:
+        yield setup
 
 
 async def new_client(
@@ -229,3 +266,129 @@ async def test_auditor_bot_archives_searches_and_survives_restart(hs, bot_setup,
             assert b"kestrelcanary" not in data, path
             assert b"osprey2canary" not in data, path
             assert b"falcon report" not in data, path
+
+
+def verify_export_cli(path: Path) -> int:
+    return subprocess.run(
+        [sys.executable, "-m", "bots.auditor.cli", "verify-export", str(path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        timeout=60,
+    ).returncode
+
+
+async def receive_export(
+    client: AsyncClient, room_id: str, bot_id: str, timeout: float = 30
+) -> tuple[dict, str]:
+    """Sync until the bot posted the export file in ``room_id``; its ``file`` info and the notice."""
+    notices: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = await client.sync(timeout=1000)
+        assert isinstance(response, SyncResponse), response
+        room = response.rooms.join.get(room_id)
+        for event in room.timeline.events if room else []:
+            if event.sender != bot_id:
+                continue
+            if isinstance(event, RoomMessageNotice):
+                notices.append(event.body)
+            if isinstance(event, RoomEncryptedFile):
+                return event.source["content"]["file"], "\n".join(notices)
+    raise AssertionError(f"no export file within {timeout}s; notices {notices}")
+
+
+async def test_four_eyes_export_is_delivered_encrypted_and_verifies(export_hs, export_setup, tmp_path):
+    hs = export_hs
+    bot, names, directory = export_setup
+    bot_id = hs.user_id(BOT_LOCALPART)
+    bot.start()
+    alice = await new_client(hs, "alice", tmp_path)
+    bob = await new_client(hs, "bob", tmp_path)
+    requester = await new_client(hs, "revisor", tmp_path, names["auditor"])
+    approver = await new_client(hs, "revisor", tmp_path, names["auditor2"])
+    try:
+        room_id = await create_room(alice)
+        await invite_and_join(alice, bob, room_id)
+        await wait_member(alice, room_id, bot_id)
+        await sync_until(alice, lambda: True)
+        first = await send(alice, room_id, {"msgtype": "m.text", "body": "the heron9canary landed"})
+        # a few KiB: tiny ciphertexts are sometimes sniffed as text/plain and refused by the media policy
+        report = b"heron report: wet feet\n" * 200
+        attachment = await upload_encrypted(alice, report, "heronfile.txt")
+        file_event = await send(alice, room_id, attachment)
+        await sync_until(bob, lambda: True)
+        last = await send(bob, room_id, {"msgtype": "m.text", "body": "the heron9canary flew off"})
+
+        dm_a = await open_direct_chat(requester, bot_id)
+        dm_b = await open_direct_chat(approver, bot_id)
+        # everything archived before the export is requested
+        found = await ask(
+            requester, dm_a, bot_id, '!search heron9canary ref:AZ-9 reason:"check"', lambda b: "Results" in b
+        )
+        if last not in found:
+            await ask(
+                requester, dm_a, bot_id, '!search heron9canary ref:AZ-9 reason:"check"', lambda b: last in b
+            )
+
+        # yesterday to today (UTC): safe when the test runs across midnight
+        since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86_400))
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        answer = await ask(
+            requester,
+            dm_a,
+            bot_id,
+            f'!export {room_id} {since} {day} ref:AZ-9 reason:"internal review"',
+            lambda b: "Export request" in b or "!export" in b,
+        )
+        match = re.search(r"EX-[A-Z0-9]{4}", answer)
+        assert match, answer
+        request_id = match.group()
+
+        own = await ask(requester, dm_a, bot_id, f"!approve {request_id}", lambda b: "Refused" in b)
+        assert "another auditor" in own
+
+        approved = await ask(approver, dm_b, bot_id, f"!approve {request_id}", lambda b: request_id in b)
+        assert "Approved" in approved, approved
+        assert "3 messages" in approved, approved
+
+        file_info, notices = await receive_export(requester, dm_a, bot_id)
+        bundle = download_decrypted(requester, file_info)
+    finally:
+        for client in (alice, bob, requester, approver):
+            await client.close()
+
+    assert bot.stop() == 0
+    assert "Traceback" not in bot.log(), bot.log()
+    assert approver.user_id in notices
+    assert (directory / "export-signing-key.pem").stat().st_mode & 0o777 == 0o600
+    exported = tmp_path / "export.zip"
+    exported.write_bytes(bundle)
+    with zipfile.ZipFile(exported) as archive:
+        messages = json.loads(archive.read("messages.json"))
+        assert [m["event_id"] for m in messages] == [first, file_event, last]
+        (stored,) = messages[1]["attachments"]
+        assert archive.read(stored["path"]) == report
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    assert verify_export_cli(exported) == 0
+
+    data = bytearray(members["messages.json"])
+    data[len(data) // 2] ^= 0x01
+    members["messages.json"] = bytes(data)
+    tampered = tmp_path / "tampered.zip"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        for name, content in members.items():
+            out.writestr(name, content)
+    tampered.write_bytes(buffer.getvalue())
+    assert verify_export_cli(tampered) == 1
+
+    with ConsultationLog(directory / "consultations.sqlite", read_only=True) as log:
+        assert log.verify().ok
+        entries = log.entries()
+    (request,) = [e for e in entries if e.action == "export_request"]
+    assert (request.auditor, request.case_ref) == (requester.user_id, "AZ-9")
+    (approval,) = [e for e in entries if e.action == "export_approve"]
+    assert (approval.auditor, approval.recipient) == (approver.user_id, requester.user_id)
+    assert approval.result_count == 3
+    assert any(e.action == "refusal" and e.auditor == requester.user_id for e in entries)

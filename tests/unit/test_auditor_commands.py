@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zipfile
 from datetime import UTC, date, datetime
 
 import pytest
 
-from bots.auditor.archive import Archive, Message
+from bots.auditor.archive import Archive, Attachment, Message
 from bots.auditor.commands import (
+    Approve,
     CommandRunner,
+    Deny,
+    Export,
+    ExportStore,
     Health,
     HealthStats,
     Help,
@@ -23,6 +29,7 @@ from bots.auditor.commands import (
 )
 from bots.auditor.config import ConfigError, parse_config, parse_duration
 from bots.auditor.consultation_log import ConsultationLog
+from bots.auditor.export import generate_signing_key, verify_export
 
 DAY_MS = 86_400_000
 NOW = int(datetime(2025, 6, 1, 12, tzinfo=UTC).timestamp() * 1000)
@@ -147,17 +154,43 @@ def runner(tmp_path):
             body="canary from long ago",
         )
     )
+    archive.add(
+        Message(
+            event_id="$file",
+            room_id="!room:x.test",
+            sender="@bob:x.test",
+            device_id="DEV2",
+            origin_server_ts=NOW - 2 * DAY_MS,
+            body="report.txt",
+            msgtype="m.file",
+            attachments=(Attachment("report.txt", "text/plain", b"the report"),),
+        )
+    )
+    archive.add(
+        Message(
+            event_id="$elsewhere",
+            room_id="!other:x.test",
+            sender="@alice:x.test",
+            device_id="DEV",
+            origin_server_ts=NOW - DAY_MS,
+            body="another room",
+        )
+    )
+    exports = ExportStore(tmp_path / "exports.sqlite")
     runner = CommandRunner(
         archive,
         log,
-        frozenset({"@rev:x.test"}),
+        frozenset({"@rev:x.test", "@rev2:x.test"}),
         90 * DAY_MS,
         lambda: HealthStats(2, 1, NOW),
         clock=lambda: NOW,
+        exports=exports,
+        signing_key=generate_signing_key(tmp_path / "signing.pem"),
     )
     yield runner
     archive.close()
     log.close()
+    exports.close()
 
 
 def test_non_auditors_are_refused_and_logged(runner):
@@ -210,9 +243,150 @@ def test_show_log_health_help(runner):
     assert "show" in reply.body
     assert runner.log.entries()[-1].action == "log_view"
     reply = runner.handle("@rev:x.test", "!health")
-    assert "archived messages: 16" in reply.body
+    assert "archived messages: 18" in reply.body
     assert "1 waiting for keys, 2 seen" in reply.body
     assert "!search" in runner.handle("@rev:x.test", "!help").body
+
+
+# -- exports --------------------------------------------------------------------------------------
+
+
+def test_export_parses():
+    command = parse_command('!export !room:x.test 2025-05-01 2025-05-31 ref:AZ-1 reason:"case review"')
+    assert command == Export("!room:x.test", date(2025, 5, 1), date(2025, 5, 31), "AZ-1", "case review")
+    assert parse_command("!approve EX-AB12") == Approve("EX-AB12")
+    assert parse_command("!approve ex-ab12") == Approve("EX-AB12")
+    assert parse_command("!deny EX-AB12") == Deny("EX-AB12")
+    assert parse_command('!deny EX-AB12 reason:"no case"') == Deny("EX-AB12", "no case")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ('!export !r:x.test 2025-05-01 2025-05-31 reason:"r"', ["missing", "ref:"]),
+        ("!export !r:x.test 2025-05-01 2025-05-31 ref:AZ-1", ["missing", "reason:"]),
+        ("!export !r:x.test 2025-05-01 2025-05-31", ["missing", "ref:", "reason:"]),
+        ('!export !r:x.test 2025-05-01 ref:1 reason:"r"', ["missing", "first and the last day"]),
+        ('!export general 2025-05-01 2025-05-31 ref:1 reason:"r"', ["room ID"]),
+        ('!export !r:x.test 2025-05-32 2025-05-31 ref:1 reason:"r"', ["from: expected a date"]),
+        ('!export !r:x.test 2025-05-01 soon ref:1 reason:"r"', ["to: expected a date"]),
+        ('!export !r:x.test 2025-05-02 2025-05-01 ref:1 reason:"r"', ["lies after"]),
+        ('!export !r:x.test 2025-05-01 2025-05-31 sender:@a:x ref:1 reason:"r"', ["sender"]),
+        ("!approve", ["request ID"]),
+        ("!approve 42", ["request ID"]),
+        ("!approve EX-AB12 EX-CD34", ["request ID"]),
+        ('!approve EX-AB12 reason:"r"', ["do not apply"]),
+    ],
+)
+def test_invalid_exports(text, fragments):
+    command = parse_command(text)
+    assert isinstance(command, Invalid)
+    for fragment in fragments:
+        assert fragment in command.message
+
+
+def _request(runner, auditor="@rev:x.test", text=None) -> str:
+    text = text or '!export !room:x.test 2025-05-30 2025-05-31 ref:AZ-7 reason:"case review"'
+    reply = runner.handle(auditor, text, "!dm-rev:x.test")
+    assert "Export request EX-" in reply.body, reply.body
+    return reply.body.split()[2].rstrip(":")
+
+
+def test_export_request_is_stored_and_logged(runner, tmp_path):
+    request_id = _request(runner)
+    (entry,) = runner.log.entries()
+    assert (entry.action, entry.case_ref, entry.reason) == ("export_request", "AZ-7", "case review")
+    assert json.loads(entry.query)["request_id"] == request_id
+    # a new store on the same file (a restart) still knows it
+    again = ExportStore(tmp_path / "exports.sqlite")
+    stored = again.get(request_id)
+    again.close()
+    assert stored.status == "pending"
+    assert (stored.requested_by, stored.command_room) == ("@rev:x.test", "!dm-rev:x.test")
+
+
+def test_export_missing_justification_and_not_retained(runner):
+    reply = runner.handle("@rev:x.test", "!export !room:x.test 2025-05-01 2025-05-31 ref:AZ-7", "!dm")
+    assert "missing" in reply.body and "reason" in reply.body
+    reply = runner.handle("@rev:x.test", '!export !room:x.test 2025-01-01 2025-01-31 ref:1 reason:"r"', "!dm")
+    assert "Not retained" in reply.body
+    assert [e.action for e in runner.log.entries()] == ["refusal", "refusal"]
+
+
+def test_the_requester_cannot_approve_their_own_export(runner):
+    request_id = _request(runner)
+    reply = runner.handle("@rev:x.test", f"!approve {request_id}", "!dm-rev:x.test")
+    assert "Refused" in reply.body
+    assert reply.delivery is None
+    refusal = runner.log.entries()[-1]
+    assert (refusal.action, refusal.auditor) == ("refusal", "@rev:x.test")
+    assert "four eyes" in refusal.reason
+    assert runner.exports.get(request_id).status == "pending"
+
+
+def test_a_second_auditor_approves_and_the_bundle_verifies(runner, tmp_path):
+    request_id = _request(runner)
+    reply = runner.handle("@rev2:x.test", f"!approve {request_id.lower()}", "!dm-rev2:x.test")
+    assert f"Approved {request_id}" in reply.body
+    delivery = reply.delivery
+    assert (delivery.room_id, delivery.recipient) == ("!dm-rev:x.test", "@rev:x.test")
+    assert "@rev2:x.test" in delivery.notice.body
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(delivery.data)
+    result = verify_export(path)
+    assert result.ok, result.problems
+    assert result.request["approved_by"] == "@rev2:x.test"
+    assert result.request["requested_by"] == "@rev:x.test"
+    with zipfile.ZipFile(io.BytesIO(delivery.data)) as bundle:
+        messages = json.loads(bundle.read("messages.json"))
+        attachment = messages[0]["attachments"][0]
+        assert bundle.read(attachment["path"]) == b"the report"
+    assert messages[0]["event_id"] == "$file"
+    assert len(messages) == 16  # 15 canaries and the file; not the other room, not the old one
+    entry = runner.log.entries()[-1]
+    assert (entry.action, entry.auditor, entry.recipient) == ("export_approve", "@rev2:x.test", "@rev:x.test")
+    assert entry.result_count == 16
+    again = runner.handle("@rev2:x.test", f"!approve {request_id}", "!dm-rev2:x.test")
+    assert "closed" in again.body and again.delivery is None
+    # a failed delivery opens it again
+    runner.delivery_failed(delivery)
+    assert runner.exports.get(request_id).status == "pending"
+
+
+def test_deny_ends_a_request(runner):
+    request_id = _request(runner)
+    reply = runner.handle("@rev2:x.test", f'!deny {request_id} reason:"no case"', "!dm-rev2:x.test")
+    assert "denied" in reply.body
+    room, notice = reply.notify
+    assert room == "!dm-rev:x.test" and "no case" in notice.body
+    entry = runner.log.entries()[-1]
+    assert (entry.action, entry.recipient, entry.reason) == ("export_deny", "@rev:x.test", "no case")
+    reply = runner.handle("@rev2:x.test", f"!approve {request_id}", "!dm-rev2:x.test")
+    assert "closed" in reply.body and "denied" in reply.body
+    assert reply.delivery is None
+    # the requester may withdraw their own
+    other = _request(runner)
+    assert "withdrawn" in runner.handle("@rev:x.test", f"!deny {other}", "!dm-rev:x.test").body
+
+
+def test_unknown_request_ids_are_answered(runner):
+    reply = runner.handle("@rev2:x.test", "!approve EX-ZZZZ", "!dm-rev2:x.test")
+    assert "no export request EX-ZZZZ" in reply.body
+    reply = runner.handle("@rev2:x.test", "!deny EX-ZZZZ", "!dm-rev2:x.test")
+    assert "no export request EX-ZZZZ" in reply.body
+    assert [e.action for e in runner.log.entries()] == ["refusal", "refusal"]
+
+
+def test_help_lists_the_export_commands(runner):
+    body = runner.handle("@rev:x.test", "!help").body
+    for command in ("!export", "!approve", "!deny"):
+        assert command in body
+
+
+def test_non_auditors_cannot_approve(runner):
+    request_id = _request(runner)
+    reply = runner.handle("@mallory:x.test", f"!approve {request_id}", "!dm-m:x.test")
+    assert "Refused" in reply.body and reply.delivery is None
 
 
 # -- the configuration ----------------------------------------------------------------------------
@@ -242,6 +416,13 @@ def test_config_loads(tmp_path):
     assert config.audit_lifetime == 90 * 86400
     assert len(config.archive_key) == 32
     assert "pw" not in repr(config)
+    assert config.signing_key_file == tmp_path / "export-signing-key.pem"
+    assert config.exports_path == tmp_path / "export-requests.sqlite"
+    config = parse_config(
+        _raw(tmp_path, signing_key_file="keys/sign.pem", exports_path="ex.sqlite"), tmp_path
+    )
+    assert config.signing_key_file == tmp_path / "keys/sign.pem"
+    assert config.exports_path == tmp_path / "ex.sqlite"
 
 
 @pytest.mark.parametrize(

@@ -144,3 +144,36 @@ def test_tracemalloc_would_see_a_full_read(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert len(data) == SPARSE_SIZE
     assert peak >= SPARSE_SIZE
+
+
+def test_small_ciphertext_is_not_taken_for_text(tmp_path: Path) -> None:
+    """libmagic reads about one small random buffer in eight as text/plain;
+    from 32 bytes on, none of these is refused."""
+    rng = random.Random(11)
+    path = tmp_path / "attachment"
+    refused = []
+    for size in range(32, 160):
+        for _ in range(10):
+            path.write_bytes(rng.randbytes(size))
+            sniffed = sniff(str(path))
+            if check_file(DEFAULT, sniffed.mime, sniffed.size, sniffed.random_looking) is not None:
+                refused.append((size, sniffed.mime))
+    assert refused == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Lagebericht: keine besonderen Vorkommnisse, Ärger in der Straße.\n".encode("latin-1"),
+        "Отчёт о ситуации: всё спокойно, происшествий нет.\n".encode(),  # noqa: RUF001
+        b"plain ascii report\n",
+    ],
+    ids=["latin-1", "utf-8-cyrillic", "ascii"],
+)
+def test_real_text_stays_text(tmp_path: Path, text: bytes) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(text * 3)
+    sniffed = sniff(str(path))
+    assert sniffed.mime.startswith("text/")
+    denial = check_file(DEFAULT, sniffed.mime, sniffed.size, sniffed.random_looking)
+    assert denial is not None and denial.rule == "media.type"
