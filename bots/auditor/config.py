@@ -101,6 +101,16 @@ def _path(raw: Mapping[str, Any], key: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _exactly_one(raw: Mapping[str, Any], first: str, second: str) -> tuple[str | None, str | None]:
+    """Two settings of which exactly one must be given (a secret inline or in a file)."""
+    values = _string(raw, first, required=False), _string(raw, second, required=False)
+    if (values[0] is None) == (values[1] is None):
+        raise ConfigError(
+            f"{first}, {second}: expected exactly one of the two, got " + ("both" if values[0] else "neither")
+        )
+    return values
+
+
 def parse_config(raw: Any, base: Path | None = None) -> Config:
     """Check a parsed YAML document; relative paths are relative to ``base``."""
     base = base or Path.cwd()
@@ -120,16 +130,9 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         raise _fail("user_id", "a Matrix user ID such as '@auditor:example.org'", user_id)
     assert user_id is not None
 
-    password = _string(raw, "password", required=False)
-    password_file = _string(raw, "password_file", required=False)
-    if (password is None) == (password_file is None):
-        raise ConfigError(
-            "password, password_file: expected exactly one of the two, got "
-            + ("both" if password else "neither")
-        )
+    password, password_file = _exactly_one(raw, "password", "password_file")
     if password_file is not None:
-        file = Path(password_file).expanduser()
-        file = file if file.is_absolute() else base / file
+        file = _path(raw, "password_file", base)
         try:
             password = file.read_text().strip()
         except OSError as error:
@@ -143,16 +146,9 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         raise _fail("device_id", "the enrolled device ID (letters, digits, '.', '_', '-')", device_id)
     assert device_id is not None
 
-    key_file = _string(raw, "archive_key_file", required=False)
-    key_env = _string(raw, "archive_key_env", required=False)
-    if (key_file is None) == (key_env is None):
-        raise ConfigError(
-            "archive_key_file, archive_key_env: expected exactly one of the two, got "
-            + ("both" if key_file else "neither")
-        )
+    key_file, key_env = _exactly_one(raw, "archive_key_file", "archive_key_env")
     if key_file is not None:
-        file = Path(key_file).expanduser()
-        key_file = str(file if file.is_absolute() else base / file)
+        key_file = str(_path(raw, "archive_key_file", base))
     try:
         key = load_key(file=key_file, env=key_env)
     except KeyLoadError as error:

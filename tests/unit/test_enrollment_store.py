@@ -9,7 +9,6 @@ reads them.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 
 import pytest
 
@@ -46,13 +45,6 @@ ADMIN = "@admin:police.example"
 IP = "10.20.1.2"
 NOW = 1_700_000_000_000
 WINDOW_MS = 10 * 60 * 1000
-
-
-@pytest.fixture
-def db() -> Iterator[sqlite3.Connection]:
-    connection = sqlite3.connect(":memory:")
-    yield connection
-    connection.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ real Synapse.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 
 import pytest
 
@@ -59,13 +58,6 @@ def add_event(
         (stream_ordering, event_id, type, room_id, state_key, outlier, rejection_reason, received_ts, sender),
     )
     return event_id
-
-
-@pytest.fixture
-def db() -> Iterator[sqlite3.Connection]:
-    connection = sqlite3.connect(":memory:")
-    yield connection
-    connection.close()
 
 
 @pytest.fixture
