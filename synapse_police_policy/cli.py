@@ -7,12 +7,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
 from synapse.config._base import ConfigError
 
 from . import devices_cli
 from .bootstrap import BootstrapError
 from .check_config import find_problems
+from .homeserver_file import HomeserverFileError, read_homeserver_config
 from .retention_status import retention_status
 
 EXIT_OK = 0
@@ -37,20 +37,10 @@ def check_config(path: Path) -> int:
 def _read_homeserver(path: Path) -> dict | None:
     """The homeserver config as a mapping, or None after saying why not."""
     try:
-        homeserver = yaml.safe_load(path.read_text(encoding="utf8"))
-    except OSError as error:
-        print(f"{path}: cannot read the file: {error.strerror}", file=sys.stderr)
+        return read_homeserver_config(path)
+    except HomeserverFileError as error:
+        print(error, file=sys.stderr)
         return None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        print(f"{path}: not valid YAML: {error}", file=sys.stderr)
-        return None
-    if not isinstance(homeserver, dict):
-        print(
-            f"{path}: expected a homeserver config (a YAML mapping), got {type(homeserver).__name__}",
-            file=sys.stderr,
-        )
-        return None
-    return homeserver
 
 
 def show_retention_status(path: Path) -> int:

@@ -22,10 +22,10 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 import requests
-import yaml
 from tqdm import tqdm
 
 from .bootstrap import BootstrapError, enroll_directly
+from .homeserver_file import HomeserverFileError, read_homeserver_config
 
 API_PREFIX = "/_synapse/client/police/v1"
 ENV_HOMESERVER = "POLICE_HOMESERVER_URL"
@@ -517,15 +517,9 @@ def cmd_import(client: AdminClient, args: argparse.Namespace) -> int:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     """Needs no admin token: it writes to the database, as the module would."""
     try:
-        homeserver = yaml.safe_load(args.config.read_text(encoding="utf8"))
-    except OSError as error:
-        warn(f"{args.config}: cannot read the file: {error.strerror}")
-        return EXIT_USAGE
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        warn(f"{args.config}: not valid YAML: {error}")
-        return EXIT_USAGE
-    if not isinstance(homeserver, dict):
-        warn(f"{args.config}: expected a homeserver config (a YAML mapping)")
+        homeserver = read_homeserver_config(args.config)
+    except HomeserverFileError as error:
+        warn(str(error))
         return EXIT_USAGE
     try:
         record = enroll_directly(homeserver, args.user_id, args.device_id, args.label)

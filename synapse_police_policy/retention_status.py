@@ -13,7 +13,7 @@ import attrs
 from .bootstrap import connect_database
 from .check_config import MODULE_NAME
 from .config import PolicyConfig, parse_config
-from .retention_store import MEDIA_UPLOADED_BEFORE, WATERMARK
+from .retention_store import CONTENT_EVENTS, MEDIA_UPLOADED_BEFORE, WATERMARK
 
 
 @attrs.frozen
@@ -66,7 +66,7 @@ def retention_status(homeserver: Mapping[str, Any]) -> RetentionStatus:
         row = cursor.fetchone()
         return row[0] if row else None
 
-    content = "state_key IS NULL AND type <> 'm.room.redaction' AND outlier = ? AND rejection_reason IS NULL"
+    content = CONTENT_EVENTS
     try:
         watermark = (
             one("SELECT position FROM police_policy_retention_progress WHERE name = ?", WATERMARK) or 0

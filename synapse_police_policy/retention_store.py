@@ -44,13 +44,18 @@ def _set_watermark_txn(txn: Any, position: int) -> None:
     )
 
 
+#: The events the sweep redacts: content only. State stays (rooms need it),
+#: redactions carry none, outliers are not part of a room's timeline here.
+#: One parameter: False (the outlier flag).
+CONTENT_EVENTS = (
+    "state_key IS NULL AND type <> 'm.room.redaction' AND outlier = ? AND rejection_reason IS NULL"
+)
+
+
 def _events_after_txn(txn: Any, position: int, limit: int) -> list[StoredEvent]:
-    # Content events only: state stays (rooms need it), redactions carry none,
-    # outliers are not part of a room's timeline here.
     txn.execute(
         "SELECT stream_ordering, event_id, room_id, received_ts FROM events"
-        " WHERE stream_ordering > ? AND state_key IS NULL AND type <> 'm.room.redaction'"
-        " AND outlier = ? AND rejection_reason IS NULL"
+        f" WHERE stream_ordering > ? AND {CONTENT_EVENTS}"
         " ORDER BY stream_ordering LIMIT ?",
         (position, False, limit),
     )
