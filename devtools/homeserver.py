@@ -64,14 +64,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _largest_upload(module_config: Mapping[str, Any]) -> int:
+def _max_upload_size(module_config: Mapping[str, Any]) -> str:
     """Synapse's own body limit must admit the largest file the policy allows.
     A broken module config (tests of start-up errors) gets the defaults here;
     Synapse reports the error itself."""
     try:
-        return parse_config(module_config).media.largest_upload
+        return parse_config(module_config).media.synapse_max_upload_size
     except ConfigError:
-        return MediaConfig().largest_upload
+        return MediaConfig().synapse_max_upload_size
 
 
 def policy_aligned_settings(server_name: str, module_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def policy_aligned_settings(server_name: str, module_config: Mapping[str, Any]) 
         "url_preview_enabled": False,
         "encryption_enabled_by_default_for_room_type": "all",
         "room_list_publication_rules": [{"action": "deny"}],
-        "max_upload_size": f"{-(-_largest_upload(module_config) // 1024**2)}M",
+        "max_upload_size": _max_upload_size(module_config),
         # Rooms announce the device tier in m.room.retention; the server keeps
         # history until the audit tier by clamping purges to it.
         "retention": {

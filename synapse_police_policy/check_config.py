@@ -292,7 +292,7 @@ def _check_upload_size(homeserver: Mapping[str, Any], policy: PolicyConfig, find
     """Synapse refuses bodies above its own max_upload_size (default 50M)
     before the module is asked, so it must admit the largest allowed file."""
     largest = policy.media.largest_upload
-    wanted = f"{-(-largest // 1024**2)}M"  # whole MiB, rounded up
+    wanted = policy.media.synapse_max_upload_size
     value = homeserver.get("max_upload_size", "50M")
     try:
         size = Config.parse_size(value)

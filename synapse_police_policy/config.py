@@ -146,6 +146,12 @@ class MediaConfig:
     def largest_upload(self) -> int:
         return max([self.encrypted_max_size, *self.allowed.values()])
 
+    @property
+    def synapse_max_upload_size(self) -> str:
+        """Synapse's ``max_upload_size`` that admits the largest allowed file
+        (whole MiB, rounded up)."""
+        return f"{-(-self.largest_upload // _KIB**2)}M"
+
 
 @attrs.frozen
 class AuditorConfig:
