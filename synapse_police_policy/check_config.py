@@ -117,24 +117,57 @@ def _check_federation(homeserver: Mapping[str, Any], policy: PolicyConfig, findi
         )
 
 
-def _check_simple_settings(homeserver: Mapping[str, Any], findings: list[Finding]) -> None:
+def _check_key_servers(homeserver: Mapping[str, Any], policy: PolicyConfig, findings: list[Finding]) -> None:
+    """Key notaries must be allowed peers, pinned to their keys. With peers
+    configured there must be some: behind the whitelist our server cannot ask
+    a foreign server for its keys, so without a peer vouching for them it
+    drops foreign members' joins unseen and the module cannot keep our users
+    out of a peer's room that a foreign user has joined."""
+    peers = policy.federation.allowed_servers
+    fix = (
+        f"list allowed peers ({', '.join(sorted(peers))}) with their verify_keys"
+        if peers
+        else "set trusted_key_servers: []"
+    )
     key_servers = homeserver.get("trusted_key_servers")
     if key_servers is None:
         findings.append(
-            Finding(
-                "trusted_key_servers",
-                "not set, so Synapse asks matrix.org for server keys",
-                "set trusted_key_servers: []",
-            )
+            Finding("trusted_key_servers", "not set, so Synapse asks matrix.org for server keys", fix)
         )
-    elif key_servers:
+        return
+    if not isinstance(key_servers, list):
+        findings.append(Finding("trusted_key_servers", f"{key_servers!r} is not a list", fix))
+        return
+    if not key_servers and peers:
         findings.append(
             Finding(
                 "trusted_key_servers",
-                "lists key servers outside the closed police network",
-                "set trusted_key_servers: []",
+                "empty although federation.allowed_servers lists peers, so our server cannot verify "
+                "(and the module cannot see) members of other servers in the peers' rooms",
+                fix,
             )
         )
+    for index, entry in enumerate(key_servers):
+        key = f"trusted_key_servers[{index}]"
+        name = entry.get("server_name") if isinstance(entry, Mapping) else None
+        try:
+            server = normalise_server_name(name, (key, "server_name"))
+        except ConfigError:
+            findings.append(Finding(key, f"{entry!r} names no valid server_name", fix))
+            continue
+        if server not in peers:
+            findings.append(Finding(key, f"{server} is a key server outside the closed police network", fix))
+        elif not entry.get("verify_keys") or entry.get("accept_keys_insecurely"):
+            findings.append(
+                Finding(
+                    key,
+                    f"{server}'s answers are accepted without checking its signing key",
+                    "add its verify_keys (from its /_matrix/key/v2/server) and drop accept_keys_insecurely",
+                )
+            )
+
+
+def _check_simple_settings(homeserver: Mapping[str, Any], findings: list[Finding]) -> None:
     if homeserver.get("enable_registration") and not homeserver.get("registration_requires_token"):
         findings.append(
             Finding(
@@ -282,6 +315,7 @@ def find_problems(homeserver: Mapping[str, Any]) -> list[Finding]:
     findings: list[Finding] = []
     policy = _module_config(homeserver, findings)
     _check_federation(homeserver, policy, findings)
+    _check_key_servers(homeserver, policy, findings)
     _check_simple_settings(homeserver, findings)
     _check_retention(homeserver, policy, findings)
     _check_upload_size(homeserver, policy, findings)

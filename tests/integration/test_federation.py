@@ -1,8 +1,9 @@
 """Closed federation with three real homeservers on this machine: ours (with
 the module), an allowed peer and a foreign server, each on its own loopback
 address with a TLS federation listener. Every scenario runs twice: with
-Synapse's federation_domain_whitelist set on our server, and without it, so the
-module has to hold on its own."""
+Synapse's federation_domain_whitelist set on our server (and the peer as its
+key notary, as check-config asks), and without the whitelist, so the module
+has to hold on its own."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import uuid
 
 import pytest
 from nio import RoomMessageText
+from signedjson.key import encode_verify_key_base64, get_verify_key, read_signing_keys
 
 from devtools.homeserver import Homeserver
 from tests import e2ee
@@ -30,11 +32,28 @@ def foreign(start_homeserver) -> Homeserver:
     return start_homeserver("foreign", with_module=False, federation_address="127.0.0.4")
 
 
+def notary(server: Homeserver) -> dict:
+    """A ``trusted_key_servers`` entry for ``server``, pinned to its signing key."""
+    with (server.spec.directory / "signing.key").open() as fh:
+        keys = read_signing_keys(fh)
+    return {
+        "server_name": server.server_name,
+        "verify_keys": {
+            f"{key.alg}:{key.version}": encode_verify_key_base64(get_verify_key(key)) for key in keys
+        },
+    }
+
+
 @pytest.fixture(scope="module", params=["with_whitelist", "module_alone"])
 def ours(request, start_homeserver, peer) -> Homeserver:
     module_config = {"federation": {"allowed_servers": [peer.server_name]}}
     if request.param == "with_whitelist":
-        return start_homeserver("ours_fed", module_config=module_config, federation_address="127.0.0.2")
+        return start_homeserver(
+            "ours_fed",
+            module_config=module_config,
+            federation_address="127.0.0.2",
+            extra={"trusted_key_servers": [notary(peer)]},
+        )
     return start_homeserver(
         "ours_alone",
         module_config=module_config,
@@ -165,16 +184,7 @@ def test_remote_join_refusal_names_the_server(make_user, ours, foreign):
         assert any(e["rule"] == "federation.join" for e in decisions_for(ours, carol.user_id))
 
 
-def test_our_users_cannot_join_a_peer_room_with_foreign_members(make_user, ours, peer, foreign, request):
-    if ours.spec.extra.get("federation_domain_whitelist", "unset") is not None:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="with federation_domain_whitelist set, our server cannot fetch the foreign "
-                "server's keys, drops the foreign member's join from the state it learns at join "
-                "time, and so the module never sees the foreign member (open in issue 3)",
-            )
-        )
+def test_our_users_cannot_join_a_peer_room_with_foreign_members(make_user, ours, peer, foreign):
     alice = make_user("alice", homeserver=ours)
     bob, carol = make_user("bob", homeserver=peer), make_user("carol", homeserver=foreign)
     room_id = create_room(peer, bob)
@@ -189,18 +199,10 @@ def test_our_users_cannot_join_a_peer_room_with_foreign_members(make_user, ours,
     assert any(e["rule"] == "federation.join" for e in decisions_for(ours, alice.user_id))
 
 
-def test_a_foreign_member_who_joined_later_keeps_our_other_users_out(make_user, ours, peer, foreign, request):
+def test_a_foreign_member_who_joined_later_keeps_our_other_users_out(make_user, ours, peer, foreign):
     """Our server is in the peer's room; a foreign user joins after that (the
     module drops that join at the boundary but remembers it); another of our
     users is then refused."""
-    if ours.spec.extra.get("federation_domain_whitelist", "unset") is not None:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="with federation_domain_whitelist set, Synapse cannot verify the foreign join's "
-                "signature and discards it before any module callback sees it (open in issue 3)",
-            )
-        )
     first, second = make_user("first", homeserver=ours), make_user("second", homeserver=ours)
     bob, carol = make_user("bob", homeserver=peer), make_user("carol", homeserver=foreign)
     room_id = create_room(peer, bob)
@@ -243,18 +245,13 @@ def test_foreign_messages_relayed_by_the_peer_never_reach_our_users(make_user, o
     wait_for(lambda: _peer_has(peer, bob, room_id, foreign_ids), what="the peer to receive carol's messages")
     marker = send_text(peer, bob, room_id, f"after {uuid.uuid4().hex}")
 
-    # Without the whitelist the room keeps working: bob's later message arrives,
-    # so the foreign events were seen and dropped. With it, Synapse cannot
-    # verify the foreign events that bob's message refers to and holds the
-    # message back; then we watch alice's sync for a while instead.
-    whitelist = ours.spec.extra.get("federation_domain_whitelist", "unset") is not None
+    # The room keeps working: bob's later message, which refers to carol's,
+    # arrives, so the foreign events were seen and dropped at the boundary.
     seen: set[str] = set()
     since = None
-    deadline = time.monotonic() + (15 if whitelist else 60)
+    deadline = time.monotonic() + 60
     while marker not in seen:
-        if time.monotonic() > deadline:
-            assert whitelist, "bob's message after carol's never reached alice"
-            break
+        assert time.monotonic() < deadline, "bob's message after carol's never reached alice"
         query = f"?timeout=1000&since={since}" if since else "?timeout=0"
         status, body = ours.request("GET", f"/_matrix/client/v3/sync{query}", token=alice.token)
         assert status == 200
@@ -263,10 +260,9 @@ def test_foreign_messages_relayed_by_the_peer_never_reach_our_users(make_user, o
         seen |= {event["event_id"] for event in room.get("timeline", {}).get("events", [])}
         assert foreign_text not in str(body)
     assert not foreign_ids & seen
-    if not whitelist:  # with it, Synapse turns the foreign server away before the module
-        dropped = [e["event"] for e in decisions_for(ours, carol.user_id) if e["rule"] == "federation.event"]
-        assert foreign_ids <= set(dropped), "every foreign event is a logged denial"
-        assert len(dropped) == len(set(dropped)), "each dropped event is logged once"
+    dropped = [e["event"] for e in decisions_for(ours, carol.user_id) if e["rule"] == "federation.event"]
+    assert foreign_ids <= set(dropped), "every foreign event is a logged denial"
+    assert len(dropped) == len(set(dropped)), "each dropped event is logged once"
     database, _ = server_bytes(ours, postgres)
     assert foreign_text.encode() not in database, "foreign content must be dropped, not stored"
 

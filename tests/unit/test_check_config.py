@@ -21,9 +21,19 @@ MODULE_CONFIG: dict[str, Any] = {
 Homeserver = dict[str, Any]
 
 
+def notaries(module_config: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """What an operator lists as key servers: the allowed peers, keys pinned (made up here)."""
+    peers = ((module_config or {}).get("federation") or {}).get("allowed_servers", [])
+    return [{"server_name": peer.lower(), "verify_keys": {"ed25519:a_1": "A" * 43}} for peer in peers]
+
+
 def written_config(directory: Path, module_config: dict[str, Any] | None) -> Homeserver:
     spec = HomeserverSpec(
-        directory=directory, server_name="hs.test", http_port=8008, module_config=module_config
+        directory=directory,
+        server_name="hs.test",
+        http_port=8008,
+        module_config=module_config,
+        extra={"trusted_key_servers": notaries(module_config)},
     )
     return yaml.safe_load(write_config(spec).read_text(encoding="utf8"))
 
@@ -183,14 +193,39 @@ def test_trusted_key_servers_missing(homeserver: Homeserver) -> None:
     del homeserver["trusted_key_servers"]
     finding = only_finding(homeserver, "trusted_key_servers")
     assert "matrix.org" in finding.problem
-    assert finding.fix == "set trusted_key_servers: []"
+    assert finding.fix == "list allowed peers (other.test, polizei-by.example:8448) with their verify_keys"
 
 
-def test_trusted_key_servers_not_empty(homeserver: Homeserver) -> None:
-    homeserver["trusted_key_servers"] = [{"server_name": "matrix.org"}]
+def test_trusted_key_servers_outside_the_network(homeserver: Homeserver) -> None:
+    homeserver["trusted_key_servers"].append({"server_name": "matrix.org", "verify_keys": {"ed25519:x": "C"}})
+    finding = only_finding(homeserver, "trusted_key_servers[2]")
+    assert "matrix.org is a key server outside the closed police network" in finding.problem
+
+
+def test_trusted_key_servers_empty_with_peers(homeserver: Homeserver) -> None:
+    """Behind the whitelist, nobody could vouch for a foreign member's join."""
+    homeserver["trusted_key_servers"] = []
     finding = only_finding(homeserver, "trusted_key_servers")
-    assert "outside the closed police network" in finding.problem
-    assert finding.fix == "set trusted_key_servers: []"
+    assert "cannot verify" in finding.problem
+    assert "with their verify_keys" in finding.fix
+
+
+def test_trusted_key_servers_empty_without_peers(default_policy_homeserver: Homeserver) -> None:
+    assert default_policy_homeserver["trusted_key_servers"] == []
+    assert find_problems(default_policy_homeserver) == []
+
+
+def test_a_peer_without_pinned_keys(homeserver: Homeserver) -> None:
+    del homeserver["trusted_key_servers"][1]["verify_keys"]
+    finding = only_finding(homeserver, "trusted_key_servers[1]")
+    assert "other.test's answers are accepted without checking its signing key" in finding.problem
+    assert "verify_keys" in finding.fix
+
+
+def test_a_key_server_entry_without_a_name(homeserver: Homeserver) -> None:
+    homeserver["trusted_key_servers"].append({"verify_keys": {}})
+    finding = only_finding(homeserver, "trusted_key_servers[2]")
+    assert "names no valid server_name" in finding.problem
 
 
 def test_open_registration_without_token(homeserver: Homeserver) -> None:

@@ -34,6 +34,9 @@ def homeserver_yaml(tmp_path: Path) -> Path:
         server_name="hs.test",
         http_port=8008,
         module_config={"federation": {"allowed_servers": ["other.test"]}},
+        extra={
+            "trusted_key_servers": [{"server_name": "other.test", "verify_keys": {"ed25519:a": "A" * 43}}]
+        },
     )
     return write_config(spec)
 
