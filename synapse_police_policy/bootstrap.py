@@ -92,7 +92,7 @@ def enroll_directly(homeserver: Mapping[str, Any], user_id: str, device_id: str,
         cursor.execute("SELECT name FROM users WHERE name = ?", (user_id,))
         if cursor.fetchone() is None:
             raise BootstrapError(f"user_id: there is no user {user_id} on this server; create it first")
-        migrate(cursor)
+        migrate(cursor, postgres=not qmark)
         record, _ = enroll_txn(
             cursor, user_id, device_id, label, None, BOOTSTRAP_ACTOR, int(time.time() * 1000)
         )

@@ -23,11 +23,15 @@ Private APIs change between releases; a test pins each use:
   server's default room version (``test_retention_rooms.py``).
 - The media spam check is not told who uploaded the file; the request's
   logging context knows (``test_media_types.py::test_hostile_files_are_refused_by_content``).
+- Whether a database transaction runs on PostgreSQL, where the schema
+  migration takes an advisory lock (``test_workers.py``: main and workers
+  start together).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -37,6 +41,9 @@ from synapse.api.errors import SynapseError
 from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
 from synapse.logging.context import LoggingContext, current_context
 from synapse.module_api import ModuleApi
+from synapse.storage.engines import PostgresEngine
+
+logger = logging.getLogger(__name__)
 
 #: returns the error to raise when media of the given server must not be fetched
 RemoteMediaGate = Callable[[str], SynapseError | None]
@@ -90,10 +97,26 @@ def current_requester() -> str | None:
     return None
 
 
+def runs_on_postgres(txn: Any) -> bool:
+    return isinstance(txn.database_engine, PostgresEngine)
+
+
+def _media_repository_here(api: ModuleApi) -> bool:
+    """Media are deleted by the process that runs the background tasks; it
+    needs the media repository (media stay on the main process or on that one)."""
+    if api._hs.config.media.can_load_media_repo:
+        return True
+    logger.warning(
+        "This process runs the background tasks but not the media repository, so expired media "
+        "are not deleted: run background tasks where the media repository runs"
+    )
+    return False
+
+
 async def delete_local_media(api: ModuleApi, media_ids: list[str]) -> int:
     """Remove local media files, their thumbnails and rows; returns how many."""
     hs = api._hs
-    if not hs.config.media.can_load_media_repo:
+    if not _media_repository_here(api):
         return 0
     _, count = await hs.get_media_repository().delete_local_media_ids(media_ids)
     return count
@@ -111,7 +134,7 @@ async def delete_remote_media(api: ModuleApi, cached: list[tuple[str, str, str]]
     """Remove cached copies of other servers' media, given as (origin, media ID,
     file ID): files, thumbnails and rows; returns how many."""
     hs = api._hs
-    if not hs.config.media.can_load_media_repo:
+    if not _media_repository_here(api):
         return 0
     repository = hs.get_media_repository()
     for origin, media_id, file_id in cached:

@@ -88,9 +88,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def migrate(txn: Any) -> int:
+#: pg_advisory_xact_lock key: Synapse's processes (main and workers) start
+#: together, and concurrent CREATE TABLE IF NOT EXISTS collide on PostgreSQL
+MIGRATION_LOCK = 0x706F6C6963
+
+
+def migrate(txn: Any, *, postgres: bool = False) -> int:
     """Bring the schema to ``SCHEMA_VERSION`` on a DB-API cursor; returns the
     version found. A database newer than this code is left alone."""
+    if postgres:
+        txn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
     txn.execute("CREATE TABLE IF NOT EXISTS police_policy_schema_version (version INTEGER NOT NULL)")
     txn.execute("SELECT version FROM police_policy_schema_version")
     row = txn.fetchone()

@@ -11,6 +11,7 @@ from typing import Any
 
 from synapse.module_api import ModuleApi
 
+from . import internals
 from .schema import migrate
 
 
@@ -42,7 +43,10 @@ class Tables:
 
     async def ensure(self) -> None:
         if not self._ready:
-            await self._api.run_db_interaction("police_policy_migrate", migrate)
+            await self._api.run_db_interaction(
+                "police_policy_migrate",
+                lambda txn: migrate(txn, postgres=internals.runs_on_postgres(txn)),
+            )
             self._ready = True
 
 
