@@ -318,8 +318,11 @@ class DeviceEnrollment:
         removed = 0
         for _ in range(SWEEP_MAX_BATCHES):
             found = await self._store.unenrolled_devices(SWEEP_BATCH)
-            # An approved login's device exists a moment before it is enrolled.
-            batch = [(user, device) for user, device in found if user not in self._awaiting]
+            # An approved login's device exists a moment before it is enrolled,
+            # on this process or on another worker.
+            binding = set(self._awaiting)
+            binding.update(await self._store.users_binding(now_ms() - int(APPROVAL_BINDING_SECONDS * 1000)))
+            batch = [(user, device) for user, device in found if user not in binding]
             by_user: dict[str, list[str]] = {}
             for user_id, device_id in batch:
                 by_user.setdefault(user_id, []).append(device_id)

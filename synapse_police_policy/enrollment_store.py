@@ -288,6 +288,17 @@ def _consume_approval_txn(txn: Any, user_id: str, ip: str, now: int, window_ms: 
     return PendingLogin(**{**_pending(row).to_json(), "state": CONSUMED, "consumed_at": now})
 
 
+def _users_binding_txn(txn: Any, since: int) -> list[str]:
+    """Users whose approved login was let through since ``since`` and whose
+    device is not enrolled yet (the login may be on another worker)."""
+    txn.execute(
+        "SELECT DISTINCT user_id FROM police_policy_pending_logins"
+        " WHERE state = ? AND bound_device_id IS NULL AND consumed_at > ?",
+        (CONSUMED, since),
+    )
+    return [row[0] for row in txn.fetchall()]
+
+
 def _bind_txn(txn: Any, pending: PendingLogin, device_id: str, now: int) -> Enrollment:
     txn.execute(
         "UPDATE police_policy_pending_logins SET bound_device_id = ? WHERE request_id = ?",
@@ -382,6 +393,9 @@ class EnrollmentStore:
 
     async def consume_approval(self, user_id: str, ip: str, now: int, window_ms: int) -> PendingLogin | None:
         return await self._run("consume_approval", _consume_approval_txn, user_id, ip, now, window_ms)
+
+    async def users_binding(self, since: int) -> list[str]:
+        return await self._run("users_binding", _users_binding_txn, since)
 
     async def bind(self, pending: PendingLogin, device_id: str, now: int) -> Enrollment:
         return await self._run("bind_approval", _bind_txn, pending, device_id, now)

@@ -27,6 +27,7 @@ from synapse_police_policy.enrollment_store import (
     MAX_OPEN_REQUESTS_PER_USER,
     PENDING_KEEP_MS,
     Conflict,
+    _bind_txn,
     _consume_approval_txn,
     _decide_txn,
     _devices_by_newest_token_txn,
@@ -35,6 +36,7 @@ from synapse_police_policy.enrollment_store import (
     _lapse_pending_txn,
     _record_pending_txn,
     _unenrolled_devices_txn,
+    _users_binding_txn,
     enroll_txn,
     get_enrollment_txn,
 )
@@ -257,6 +259,19 @@ def test_consume_approval_once(txn: sqlite3.Cursor) -> None:
     )
     assert _get_pending_txn(txn, pending.request_id) == consumed
     assert _consume_approval_txn(txn, ALICE, IP, NOW + 3, WINDOW_MS) is None
+
+
+def test_a_consumed_approval_is_binding_until_its_device_is_bound(txn: sqlite3.Cursor) -> None:
+    """The device sweep (maybe on another worker) spares the user meanwhile."""
+    pending = _record_pending_txn(txn, ALICE, None, IP, "x", NOW)
+    _decide_txn(txn, pending.request_id, True, ADMIN, NOW + 1)
+    assert _users_binding_txn(txn, NOW) == []
+    consumed = _consume_approval_txn(txn, ALICE, IP, NOW + 2, WINDOW_MS)
+    assert consumed is not None
+    assert _users_binding_txn(txn, NOW) == [ALICE]
+    assert _users_binding_txn(txn, NOW + 2) == [], "older than the binding time"
+    _bind_txn(txn, consumed, "NEWDEVICE", NOW + 3)
+    assert _users_binding_txn(txn, NOW) == []
 
 
 @pytest.mark.parametrize(
