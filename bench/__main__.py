@@ -18,6 +18,7 @@ import attrs
 from . import (
     auditor_archive,
     device_import,
+    dispatch_alert,
     federation_inbound,
     large_room,
     login_rate,
@@ -79,6 +80,12 @@ ENTRIES: list[Entry] = [
         retention_scaling.main,
         f"retention sweep: time to redact {retention_scaling.NEW:,} newly expired events with "
         f"{retention_scaling.SIZES[0]:,} against {retention_scaling.SIZES[1]:,} events stored",
+    ),
+    Entry(
+        "dispatch_alert",
+        dispatch_alert.main,
+        f"dispatch bot: an alert to a unit of {dispatch_alert.OFFICERS} officers (nio clients, E2EE) against "
+        "one plain room_send to the same members, then all acknowledging at once; the bot's peak RSS",
     ),
 ]
 

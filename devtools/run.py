@@ -39,9 +39,16 @@ DEMO_ACCOUNTS: dict[str, tuple[str, bool]] = {
     "auditor": ("unit auditor", False),
     "admin": ("server administrator (admin API)", True),
     "auditor-bot": ("the auditor bot (archives every room; talk to it as 'auditor')", False),
+    "dispatch-bot": (
+        "the dispatch bot (control room #leitstelle:localhost; talk to it as 'dispatcher')",
+        False,
+    ),
 }
 BOT = "auditor-bot"
 BOT_DIR = VAR / "auditor-bot"
+DISPATCH_BOT = "dispatch-bot"
+DISPATCH_DIR = VAR / "dispatch-bot"
+DISPATCH_TEMPLATE = REPO_ROOT / "config" / "dispatch.yaml"
 
 
 def dev_spec() -> HomeserverSpec:
@@ -118,10 +125,35 @@ def _write_bot_config(homeserver: Homeserver, password: str, audit_lifetime: str
     return path
 
 
-def _start_bot(config_path: Path) -> subprocess.Popen[bytes]:
-    log = (BOT_DIR / "bot.log").open("ab")
+def _write_dispatch_config(homeserver: Homeserver, password: str) -> Path:
+    """config/dispatch.yaml with this server, the demo password and state under var/dispatch-bot/."""
+    DISPATCH_DIR.mkdir(parents=True, exist_ok=True)
+    password_file = DISPATCH_DIR / "password"
+    password_file.write_text(password)
+    password_file.chmod(0o600)
+    config: dict[str, Any] = yaml.safe_load(DISPATCH_TEMPLATE.read_text())
+    config.pop("password", None)
+    config.update(
+        {
+            "homeserver_url": homeserver.url,
+            "user_id": homeserver.user_id(DISPATCH_BOT),
+            "password_file": "password",
+            "device_id": demo_device(DISPATCH_BOT),
+            "store_dir": "store",
+            "state_path": "state.sqlite",
+        }
+    )
+    path = DISPATCH_DIR / "dispatch.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def _start_bot(
+    config_path: Path, package: str = "bots.auditor", directory: Path = BOT_DIR
+) -> subprocess.Popen[bytes]:
+    log = (directory / "bot.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "bots.auditor", "-c", str(config_path)],
+        [sys.executable, "-m", package, "-c", str(config_path)],
         cwd=REPO_ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -154,6 +186,7 @@ def main() -> int:
         print(f"check-config: {finding}", file=sys.stderr)
     passwords = _demo_passwords()
     bot: subprocess.Popen[bytes] | None = None
+    dispatch_bot: subprocess.Popen[bytes] | None = None
     print(f"Starting Synapse with the police policy module (config {homeserver.config_path}) ...")
     try:
         homeserver.start(foreground_output=True)
@@ -168,21 +201,27 @@ def main() -> int:
         _write_admin_token(homeserver, passwords["admin"])
         audit_lifetime = (dev_spec().module_config or {}).get("retention", {}).get("audit_lifetime", "90d")
         bot = _start_bot(_write_bot_config(homeserver, passwords[BOT], audit_lifetime))
+        dispatch_bot = _start_bot(
+            _write_dispatch_config(homeserver, passwords[DISPATCH_BOT]), "bots.dispatch", DISPATCH_DIR
+        )
         _print_welcome(homeserver, passwords, created)
         assert homeserver.process is not None
         return homeserver.process.wait()
     except KeyboardInterrupt:
-        print("\nStopping the auditor bot and Synapse ...")
+        print("\nStopping the bots and Synapse ...")
+        _stop_bot(dispatch_bot)
         _stop_bot(bot)
         homeserver.stop(already_signalled=True)
         print(f"Stopped. State is kept in {VAR}; `make run` starts it again.")
         return 0
     except SynapseError as error:
         print(f"error: {error}", file=sys.stderr)
+        _stop_bot(dispatch_bot)
         _stop_bot(bot)
         homeserver.stop()
         return 1
     finally:
+        _stop_bot(dispatch_bot)
         _stop_bot(bot)
 
 
@@ -217,6 +256,9 @@ def _print_welcome(homeserver: Homeserver, passwords: dict[str, str], created: l
         f"Passwords are kept in {VAR / 'demo-accounts.json'}; Synapse's log is {homeserver.log_path}.",
         f"The auditor bot runs beside Synapse (log {BOT_DIR / 'bot.log'}): as 'auditor', open a direct",
         "chat with @auditor-bot:localhost and send !help.",
+        f"The dispatch bot runs beside it (log {DISPATCH_DIR / 'bot.log'}; units and roles in",
+        f"{DISPATCH_TEMPLATE}): as 'dispatcher', accept the invite to the control room",
+        "#leitstelle:localhost and send !help there; as 'officer', join the unit room and send !s 2.",
         "Policy decisions appear below. Press Ctrl-C to stop.",
         "",
     ]

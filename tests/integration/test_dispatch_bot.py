@@ -1,0 +1,421 @@
+"""The dispatch bot against a real Synapse, with a dispatcher and four officers as nio
+E2EE clients: an incident with two units, an alert acknowledged by reaction and by
+reply and escalated for the rest, the board edited in place, officer statuses with a
+status 0 alert, a refused officer command, a restart by SIGKILL during an open alert,
+and the incident closed with its diary (a message and an encrypted JSON file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from nio import AsyncClient, Event, RoomEncryptedFile, RoomMessageNotice, RoomMessageText, SyncResponse
+
+from devtools.homeserver import Homeserver
+from tests.e2ee import download_decrypted, login, send
+
+REPO = Path(__file__).resolve().parents[2]
+BOT_LOCALPART = "dispatch-bot"
+BOT_DEVICE = "DISPATCH-BOT"
+READY = "dispatch bot ready"
+
+
+@pytest.fixture(scope="module")
+def hs(start_homeserver) -> Homeserver:
+    return start_homeserver("dispatching")
+
+
+class BotProcess:
+    def __init__(self, config_file: Path, log_file: Path) -> None:
+        self.config_file = config_file
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        ready_before = self.log().count(READY)
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bots.dispatch", "-c", str(self.config_file)],
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while self.log().count(READY) <= ready_before:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the bot exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the bot was not ready within {timeout}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"the bot did not stop on SIGTERM:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+class Watcher:
+    """A test client that keeps every timeline event it synced, joins rooms it is invited to,
+    and waits for events matching a predicate (events seen earlier count too)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.events: list[tuple[str, Event]] = []
+        #: command text -> server timestamp of the command
+        self.sent_at: dict[str, int] = {}
+
+    @property
+    def user_id(self) -> str:
+        return self.client.user_id
+
+    async def sync(self) -> None:
+        response = await self.client.sync(timeout=500)
+        assert isinstance(response, SyncResponse), response
+        for room_id, room in response.rooms.join.items():
+            self.events.extend((room_id, event) for event in room.timeline.events)
+        for room_id in list(self.client.invited_rooms):
+            await self.client.join(room_id)
+        if self.client.should_query_keys:
+            await self.client.keys_query()
+
+    async def wait(
+        self, match: Callable[[str, Event], bool], timeout: float = 20.0, since: int = 0
+    ) -> tuple[str, Event]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for room_id, event in self.events[since:]:
+                if match(room_id, event):
+                    return room_id, event
+            if time.monotonic() > deadline:
+                seen = [body(e) for _, e in self.events[since:] if body(e)]
+                raise AssertionError(f"{self.user_id}: no matching event within {timeout}s; saw {seen}")
+            await self.sync()
+
+    async def wait_joined(self, count: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.client.rooms) - len(self.client.invited_rooms) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.user_id} is in {len(self.client.rooms)} rooms, not {count}")
+            await self.sync()
+
+
+def body(event: Event) -> str:
+    return getattr(event, "body", "") or ""
+
+
+def from_bot(bot_id: str, room: str | None = None, text: str = "") -> Callable[[str, Event], bool]:
+    def match(room_id: str, event: Event) -> bool:
+        return (
+            event.sender == bot_id
+            and (room is None or room_id == room)
+            and isinstance(event, RoomMessageText | RoomMessageNotice)
+            and text in event.body
+        )
+
+    return match
+
+
+async def command(watcher: Watcher, room_id: str, text: str, bot_id: str, expect: str, timeout: float = 20):
+    """Send a command and wait for the bot's answer containing ``expect``."""
+    mark = len(watcher.events)
+    event_id = await send(watcher.client, room_id, {"msgtype": "m.text", "body": text})
+    answer = (await watcher.wait(from_bot(bot_id, room_id, expect), timeout, since=mark))[1]
+    watcher.sent_at[text] = next(e.server_timestamp for _, e in watcher.events if e.event_id == event_id)
+    return answer
+
+
+@pytest.fixture
+def setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str, Any]]]:
+    password = f"pw-{uuid.uuid4().hex}"
+    hs.register_user(BOT_LOCALPART, password, login=False)
+    hs.enroll(BOT_LOCALPART, BOT_DEVICE, label="dispatch bot")
+    tag = uuid.uuid4().hex[:6]
+    names = {role: f"{role}-{tag}" for role in ("dispatcher", "sup", "o1", "o2", "o3", "o4")}
+    users = {role: hs.user_id(name) for role, name in names.items()}
+    (tmp_path / "bot-password").write_text(password)
+    config = {
+        "homeserver_url": hs.url,
+        "user_id": hs.user_id(BOT_LOCALPART),
+        "password_file": "bot-password",
+        "device_id": BOT_DEVICE,
+        "store_dir": "store",
+        "state_path": "state.sqlite",
+        "control_rooms": [f"#leitstelle-{tag}:{hs.server_name}"],
+        "roles": {"dispatcher": [users["dispatcher"]], "supervisor": [users["sup"]]},
+        "units": [
+            {
+                "name": "alpha",
+                "call_sign": "Adler 1",
+                "members": [users["o1"], users["o2"]],
+                "supervisor": users["sup"],
+            },
+            {
+                "name": "bravo",
+                "call_sign": "Bussard 2",
+                "members": [users["o3"], users["o4"]],
+                "supervisor": users["sup"],
+            },
+        ],
+        "ack_deadline": "30s",
+        "ack_unit": "s",
+        "max_alerts": 3,
+    }
+    config_file = tmp_path / "dispatch.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    bot = BotProcess(config_file, tmp_path / "bot.log")
+    try:
+        yield bot, {"names": names, "users": users}
+    finally:
+        if bot.process is not None and bot.process.poll() is None:
+            bot.stop()
+
+
+def relates_to(event: Event) -> dict[str, Any]:
+    return event.source.get("content", {}).get("m.relates_to") or {}
+
+
+def board_text(event: Event) -> str:
+    content = event.source.get("content", {})
+    return (content.get("m.new_content") or content).get("body", "")
+
+
+async def test_dispatch_bot_end_to_end(hs, setup, tmp_path):
+    bot, people = setup
+    users, names = people["users"], people["names"]
+    bot_id = hs.user_id(BOT_LOCALPART)
+    bot.start()
+    watchers: dict[str, Watcher] = {}
+    try:
+        for role in ("dispatcher", "o1", "o2", "o3", "o4"):
+            password = f"pw-{uuid.uuid4().hex}"
+            hs.register_user(names[role], password, login=False)
+            client = await login(hs, names[role], password, tmp_path / f"store-{role}")
+            watchers[role] = Watcher(client)
+        dispatcher = watchers["dispatcher"]
+        officers = [watchers[f"o{n}"] for n in range(1, 5)]
+        # the bot made the control room (alias) and the two unit rooms, and invited everyone
+        for watcher in watchers.values():
+            await watcher.wait_joined(1)
+        (control,) = [r for r in dispatcher.client.rooms]
+        assert dispatcher.client.rooms[control].encrypted
+
+        # the board, then an incident with two units
+        board_event = await command(dispatcher, control, "!status", bot_id, "Dispatch board")
+        board_id = board_event.event_id
+        typo = await command(dispatcher, control, "!incident new Einbruch units:alpah", bot_id, "no unit")
+        assert "alpha" in typo.body and "Did you mean" in typo.body
+        card = await command(
+            dispatcher,
+            control,
+            "!incident new Einbruch Juwelier prio:1 units:alpha,bravo loc:Hauptstraße 5",
+            bot_id,
+            "Incident #1",
+        )
+        assert "Adler 1" in card.body and "Bussard 2" in card.body and "Hauptstraße 5" in card.body
+        for officer in officers:
+            await officer.wait_joined(2)
+        incident_room = ""
+
+        # an alert to the incident: o1 acknowledges by reaction, o2 by reply, o3 and o4 not
+        mark = len(dispatcher.events)
+        answer = await command(
+            dispatcher, control, "!alert 1 Zugriff vorbereiten ack:5", bot_id, "Alert A1 sent"
+        )
+        sent_at = dispatcher.sent_at["!alert 1 Zugriff vorbereiten ack:5"]
+        assert "sent to 4" in answer.body
+        alerts: dict[str, Event] = {}
+        for officer in officers:
+            room_id, alert = await officer.wait(from_bot(bot_id, text="Alert A1"))
+            assert alert.decrypted and "Zugriff vorbereiten" in alert.body
+            assert officer.user_id in alert.source["content"]["m.mentions"]["user_ids"]
+            alerts[officer.user_id] = alert
+            incident_room = room_id
+        await send(
+            officers[0].client,
+            incident_room,
+            {
+                "m.relates_to": {
+                    "rel_type": "m.annotation",
+                    "event_id": alerts[users["o1"]].event_id,
+                    "key": "✅",
+                }
+            },
+            "m.reaction",
+        )
+        await send(
+            officers[1].client,
+            incident_room,
+            {
+                "msgtype": "m.text",
+                "body": "quittiert",
+                "m.relates_to": {"m.in_reply_to": {"event_id": alerts[users["o2"]].event_id}},
+            },
+        )
+        _, escalation = await dispatcher.wait(from_bot(bot_id, control, "Escalation, alert A1"), since=mark)
+        assert escalation.server_timestamp - sent_at >= 5000
+        assert names["o3"] in escalation.body and names["o4"] in escalation.body
+        assert names["o1"] not in escalation.body and names["o2"] not in escalation.body
+        assert users["sup"] in escalation.source["content"]["m.mentions"]["user_ids"]
+        _, reminder = await officers[2].wait(from_bot(bot_id, incident_room, "Reminder 2/3"))
+        assert users["o3"] in reminder.source["content"]["m.mentions"]["user_ids"]
+
+        # the board is edited in place, never posted again
+        def edit_with(text: str) -> Callable[[str, Event], bool]:
+            def match(room_id: str, event: Event) -> bool:
+                return (
+                    room_id == control
+                    and event.sender == bot_id
+                    and relates_to(event).get("rel_type") == "m.replace"
+                    and relates_to(event).get("event_id") == board_id
+                    and text in board_text(event)
+                )
+
+            return match
+
+        _, edit = await dispatcher.wait(edit_with("2/4"))
+        assert (
+            names["o1"] in board_text(edit) and "(✅)" in board_text(edit) and "(reply)" in board_text(edit)
+        )
+        assert "Einbruch Juwelier" in board_text(edit)
+        assert "<table>" in edit.source["content"]["m.new_content"]["formatted_body"]
+
+        # statuses: 3 is recorded, 0 alerts the control room at once; a position goes on the board
+        await send(officers[2].client, incident_room, {"msgtype": "m.text", "body": "!s 3"})
+        mark = len(dispatcher.events)
+        await send(officers[3].client, incident_room, {"msgtype": "m.text", "body": "!s 0"})
+        _, urgent = await dispatcher.wait(from_bot(bot_id, control, "Status 0"), since=mark)
+        assert (
+            names["o4"] in urgent.body
+            and users["dispatcher"] in urgent.source["content"]["m.mentions"]["user_ids"]
+        )
+        await send(
+            officers[0].client,
+            incident_room,
+            {"msgtype": "m.location", "body": "Position", "geo_uri": "geo:52.5200,13.4050"},
+        )
+        await dispatcher.wait(edit_with("geo:52.5200,13.4050"))
+        await dispatcher.wait(edit_with("3 assignment accepted"))
+
+        # an officer's command in the control room is refused; bad input gets a usage line
+        await dispatcher.client.room_invite(control, users["o1"])
+        await officers[0].wait_joined(3)
+        refusal = await command(officers[0], control, "!close 1", bot_id, "Refused")
+        assert "dispatchers and supervisors" in refusal.body
+        usage = await command(dispatcher, control, "!alert bravo", bot_id, "text is missing")
+        assert "Write: !alert" in usage.body
+        unknown = await command(dispatcher, control, "!sitrep 9 hallo", bot_id, "no incident #9")
+        assert "#1" in unknown.body
+
+        # killed during an open alert: an acknowledgement given while it is down counts,
+        # and the escalation comes on time for the one still missing
+        mark = len(dispatcher.events)
+        answer = await command(dispatcher, control, "!alert bravo Lage melden ack:9", bot_id, "Alert A2 sent")
+        sent_at = dispatcher.sent_at["!alert bravo Lage melden ack:9"]
+        _, alert = await officers[2].wait(from_bot(bot_id, text="Alert A2"))
+        bot.kill()
+        await send(
+            officers[2].client,
+            alert_room := next(r for r, e in officers[2].events if e.event_id == alert.event_id),
+            {"m.relates_to": {"rel_type": "m.annotation", "event_id": alert.event_id, "key": "✅"}},
+            "m.reaction",
+        )
+        assert alert_room != incident_room  # the unit's own room
+        bot.start()
+        _, escalation = await dispatcher.wait(from_bot(bot_id, control, "Escalation, alert A2"), since=mark)
+        late = escalation.server_timestamp - sent_at
+        assert 9000 <= late <= 14000, late
+        assert names["o4"] in escalation.body and names["o3"] not in escalation.body
+        await dispatcher.wait(edit_with("A2"))
+        # a late answer in the alert's thread (Element's "reply in thread") still counts
+        room_o4, alert_o4 = await officers[3].wait(from_bot(bot_id, text="Alert A2"))
+        mark = len(dispatcher.events)
+        await send(
+            officers[3].client,
+            room_o4,
+            {
+                "msgtype": "m.text",
+                "body": "Quittiert",
+                "m.relates_to": {
+                    "rel_type": "m.thread",
+                    "event_id": alert_o4.event_id,
+                    "is_falling_back": True,
+                    "m.in_reply_to": {"event_id": alert_o4.event_id},
+                },
+            },
+        )
+        await dispatcher.wait(from_bot(bot_id, control, "Alert A2: all 2 acknowledged"), since=mark)
+
+        # units on and off the incident, a handover with the open items, the help
+        await command(dispatcher, control, "!release 1 bravo", bot_id, "Bussard 2 (bravo) released from #1")
+        await command(dispatcher, control, "!assign 1 Bussard 2", bot_id, "Bussard 2 (bravo) assigned to #1")
+        again = await command(dispatcher, control, "!assign 1 bravo", bot_id, "already")
+        assert "assigned to #1 already" in again.body
+        handover = await command(
+            dispatcher, control, f"!handover {names['dispatcher']}", bot_id, "hands the control room"
+        )
+        assert (
+            "Open incidents: 1" in handover.body
+            and "A1 Zugriff vorbereiten - missing " + names["o3"] in handover.body
+        )
+        not_dispatcher = await command(
+            dispatcher, control, f"!handover {names['o1']}", bot_id, "no dispatcher"
+        )
+        assert names["dispatcher"] in not_dispatcher.body
+        await command(dispatcher, control, "!help", bot_id, "!incident new <title>")
+        await command(dispatcher, control, "!s 2", bot_id, "only officers")
+
+        # a situation report, then the incident is closed with its diary
+        await command(
+            dispatcher, control, "!sitrep 1 Zwei Personen festgenommen", bot_id, "Situation report added"
+        )
+        mark = len(dispatcher.events)
+        await send(dispatcher.client, control, {"msgtype": "m.text", "body": "!close 1 Lage beendet"})
+        _, diary = await dispatcher.wait(from_bot(bot_id, control, "Diary of incident #1"), since=mark)
+        for text in ("[ack]", "[status]", "[sitrep]", "[escalation]", "[closed]", "Lage beendet"):
+            assert text in diary.body, text
+        _, file_event = await dispatcher.wait(
+            lambda room_id, event: room_id == control and isinstance(event, RoomEncryptedFile), since=mark
+        )
+        document = json.loads(download_decrypted(dispatcher.client, file_event.source["content"]["file"]))
+        assert document["incident"]["number"] == 1 and document["incident"]["closed_at"]
+        kinds = [entry["kind"] for entry in document["entries"]]
+        assert {"command", "assign", "alert", "ack", "status", "escalation", "sitrep", "closed"} <= set(kinds)
+        assert {"release", "handover"} <= set(kinds)
+        log = await command(dispatcher, control, "!log 1", bot_id, "Diary of incident #1")
+        assert "(closed)" in log.body
+        acks = {(e["author"], e["text"].split()[0]) for e in document["entries"] if e["kind"] == "ack"}
+        assert acks == {(users["o1"], "A1"), (users["o2"], "A1"), (users["o3"], "A2"), (users["o4"], "A2")}
+    finally:
+        for watcher in watchers.values():
+            await watcher.client.close()
+
+    assert bot.stop() == 0
+    log = bot.log()
+    assert "Traceback" not in log, log
+    for secret in ("Zugriff vorbereiten", "Lage melden", "Juwelier", "festgenommen"):
+        assert secret not in log
