@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## Start a development homeserver on http://127.0.0.1:8008 (SQLite, state in var/).
 run: $(STAMP)
-	bash devtools/system-packages.sh
+	bash devtools/system-packages.sh run
 	$(PY) -m devtools.run
 
 ## Run the whole test suite against real Synapse (POLICE_TEST_POSTGRES=1 for PostgreSQL).

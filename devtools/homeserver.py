@@ -125,6 +125,9 @@ class HomeserverSpec:
     for_tests: bool = True
     #: the client listener trusts X-Forwarded-For (as behind a reverse proxy)
     x_forwarded: bool = False
+    #: more listeners, appended after the ones above (e.g. the replication
+    #: listener the main process of a worker setup needs)
+    extra_listeners: list[dict[str, Any]] = attrs.field(factory=list)
 
 
 def _log_config(spec: HomeserverSpec) -> dict[str, Any]:
@@ -222,6 +225,8 @@ def write_config(spec: HomeserverSpec) -> Path:
         listeners.append(
             {"port": spec.metrics_port, "bind_addresses": [spec.bind_address], "type": "metrics"}
         )
+
+    listeners.extend(spec.extra_listeners)
 
     config: dict[str, Any] = {
         "server_name": spec.server_name,

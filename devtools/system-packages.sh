@@ -1,16 +1,37 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the module and the tests need when they are
 # missing, so `make run` and `make test` work on a fresh machine. Only what is
-# absent is installed.
+# absent is installed. `system-packages.sh run` installs only what `make run`
+# needs; without an argument, also what the tests need.
 set -euo pipefail
+purpose="${1:-test}"
 
 missing=()
 # libmagic: the module detects media types with it (python-magic loads it)
 if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1'; then
     missing+=(libmagic1)
 fi
-if [ "${POLICE_TEST_POSTGRES:-0}" = "1" ] && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
-    missing+=(postgresql-15)
+if [ "$purpose" = "test" ]; then
+    # PostgreSQL 15: the worker test (tests/integration/test_workers.py) always
+    # runs on it, as Synapse workers need it; the rest of the suite with
+    # POLICE_TEST_POSTGRES=1
+    if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+        missing+=(postgresql-15)
+    fi
+    # redis-server: replication between Synapse's main process and its workers
+    # (tests/integration/test_workers.py)
+    if ! command -v redis-server >/dev/null 2>&1; then
+        missing+=(redis-server)
+    fi
+    # nginx: the worker test routes its requests through config/nginx/workers.conf
+    if [ ! -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
+        missing+=(nginx-light)
+    fi
+    # docker-compose: validates docker-compose.yml without a Docker engine
+    # (tests/unit/test_deployment_files.py runs `docker-compose config`)
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        missing+=(docker-compose)
+    fi
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
