@@ -21,12 +21,13 @@ archive; the archive keeps a random HKDF salt and a key check value, and
 opening it with another key raises ``WrongKeyError``. Bodies, attachment
 names and attachment bytes are AES-256-GCM ciphertexts bound to their event
 ID and role. In clear on disk: event and room IDs, senders, device IDs,
-timestamps, event types and msgtypes, attachment mimetypes and sizes, and
-redaction marks: what the search filters and the purge need. Clear text
-never enters SQLite, so no journal, WAL or temporary file can hold it. A
-purge zeroes the pages it frees (``secure_delete``), merges the index and
-truncates the WAL, so neither ciphertexts nor tokens of purged messages stay
-in the files (the file system may still hold their old blocks).
+timestamps, event types and msgtypes, attachment mimetypes and sizes,
+redaction marks and policy-violation marks (a rule and a detected type):
+what the search filters and the purge need. Clear text never enters SQLite,
+so no journal, WAL or temporary file can hold it. A purge zeroes the pages
+it frees (``secure_delete``), merges the index and truncates the WAL, so
+neither ciphertexts nor tokens of purged messages stay in the files (the
+file system may still hold their old blocks).
 
 **Search** (``blind_index.py``). An FTS5 table holds each message's word
 tokens (keyed hashes, not words) plus a room and a sender token; a query is
@@ -54,6 +55,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 from cryptography.exceptions import InvalidTag
@@ -140,12 +142,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # A policy violation found in the message (an attachment of a type the media rules refuse),
+    # in clear: a rule and a detected MIME type, never content.
+    ("ALTER TABLE messages ADD COLUMN violation TEXT",),
 )
 
 _COLUMNS = (
     "id, event_id, room_id, sender, device_id, origin_server_ts, event_type, msgtype, body, "
-    "attachments, archived_at, redacted_at, redacted_by"
+    "attachments, archived_at, redacted_at, redacted_by, violation"
 )
+#: the same, qualified for a join with the messages table as ``m``
+_M_COLUMNS = ", ".join(f"m.{column}" for column in _COLUMNS.split(", "))
 
 
 class ArchiveError(Exception):
@@ -200,6 +207,8 @@ class Message:
     event_type: str = attrs.field(default="m.room.message", validator=_nonempty)
     msgtype: str | None = attrs.field(default=None, validator=_optional_str)
     attachments: tuple[Attachment, ...] = attrs.field(default=(), converter=tuple)
+    #: the policy rule it breaks and what was found ("media.type: application/x-executable")
+    violation: str | None = attrs.field(default=None, validator=_optional_str)
 
 
 @attrs.frozen
@@ -229,6 +238,8 @@ class ArchivedMessage:
     archived_at: int
     redacted_at: int | None
     redacted_by: str | None
+    #: the policy rule the message broke and what was found; None: none
+    violation: str | None = None
 
     @property
     def redacted(self) -> bool:
@@ -253,6 +264,8 @@ class ArchiveStats:
     oldest_ts: int | None
     newest_ts: int | None
     pending_redactions: int
+    #: messages kept as evidence of a policy violation (refused attachments)
+    violations: int
     #: the database file with its WAL, without the attachment files
     database_bytes: int
 
@@ -278,6 +291,9 @@ class Archive:
     ``archived_at``.
     """
 
+    #: the schema steps of this backend (``archive_pg`` has its own)
+    migrations: tuple[tuple[str, ...], ...] = MIGRATIONS
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -286,32 +302,50 @@ class Archive:
         create: bool = True,
         clock: Callable[[], int] = now_ms,
     ) -> None:
+        self.path = Path(path)
+        self._open(key, files=Path(f"{self.path}-attachments"), create=create, clock=clock)
+
+    def _open(self, key: bytes, *, files: Path, create: bool, clock: Callable[[], int]) -> None:
+        """Connect, migrate and check the key: the part every backend shares."""
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             raise ValueError(f"the archive key must be {KEY_BYTES} bytes (see load_key)")
-        self.path = Path(path)
-        self.files = Path(f"{self.path}-attachments")
+        self.files = files
         self._clock = clock
         self._lock = threading.RLock()
-        if not self.path.exists():
-            if not create:
-                raise ArchiveError(f"no archive at {self.path}")
-            # owner-only; SQLite gives its -wal and -shm files the same mode
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db = self._connect(create)
         try:
             self._configure()
             self._migrate()
             keys = self._keys(key)
-        except sqlite3.DatabaseError as error:
+        except self._database_errors as error:
             self._db.close()
-            raise ArchiveError(f"{self.path}: not an auditor archive ({error})") from error
+            raise ArchiveError(f"{self._where}: not an auditor archive ({error})") from error
         except BaseException:
             self._db.close()
             raise
         self._cipher = Cipher(keys.content)
         self._index = BlindIndex(keys.index)
 
-    # -- opening ---------------------------------------------------------------------------------
+    # -- opening (the SQLite backend; ``archive_pg.PostgresArchive`` overrides these) ----------------
+
+    #: errors of the database driver that mean "this is no archive"
+    _database_errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
+
+    @property
+    def _where(self) -> str:
+        """The archive's location in messages."""
+        return str(self.path)
+
+    def _connect(self, create: bool) -> Any:
+        if not self.path.exists():
+            if not create:
+                raise ArchiveError(f"no archive at {self.path}")
+            # owner-only; SQLite gives its -wal and -shm files the same mode
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+
+    def _tables(self, db: Any) -> set[str]:
+        return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def _configure(self) -> None:
         for pragma in (
@@ -325,24 +359,25 @@ class Archive:
 
     def _migrate(self) -> None:
         with self._write() as db:
-            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = self._tables(db)
             if tables and "archive_schema_version" not in tables:
-                raise ArchiveError(f"{self.path}: not an auditor archive (it holds other tables)")
+                raise ArchiveError(f"{self._where}: not an auditor archive (it holds other tables)")
             db.execute("CREATE TABLE IF NOT EXISTS archive_schema_version (version INTEGER NOT NULL)")
             row = db.execute("SELECT version FROM archive_schema_version").fetchone()
             version = row[0] if row else 0
-            if version > len(MIGRATIONS):
+            migrations = self.migrations
+            if version > len(migrations):
                 raise ArchiveError(
-                    f"{self.path}: archive schema version {version} is newer than this code "
-                    f"(knows up to {len(MIGRATIONS)}); update the auditor bot"
+                    f"{self._where}: archive schema version {version} is newer than this code "
+                    f"(knows up to {len(migrations)}); update the auditor bot"
                 )
-            for step in MIGRATIONS[version:]:
+            for step in migrations[version:]:
                 for statement in step:
                     db.execute(statement)
             if row is None:
-                db.execute("INSERT INTO archive_schema_version VALUES (?)", (len(MIGRATIONS),))
+                db.execute("INSERT INTO archive_schema_version VALUES (?)", (len(migrations),))
             else:
-                db.execute("UPDATE archive_schema_version SET version = ?", (len(MIGRATIONS),))
+                db.execute("UPDATE archive_schema_version SET version = ?", (len(migrations),))
 
     def _keys(self, key: bytes) -> ArchiveKeys:
         with self._write() as db:
@@ -352,13 +387,17 @@ class Archive:
                 keys = derive_keys(key, salt)
                 db.executemany(
                     "INSERT INTO archive_meta VALUES (?, ?)",
-                    [("key_salt", salt), ("key_check", keys.check_value()), ("created_at", self._clock())],
+                    [
+                        ("key_salt", salt),
+                        ("key_check", keys.check_value()),
+                        ("created_at", str(self._clock()).encode()),
+                    ],
                 )
                 return keys
         keys = derive_keys(key, meta["key_salt"])
         if not secrets.compare_digest(keys.check_value(), meta["key_check"]):
             raise WrongKeyError(
-                f"the archive key does not match this archive ({self.path}); give the key it was "
+                f"the archive key does not match this archive ({self._where}); give the key it was "
                 "created with (check the key file or environment variable in the bot's config)"
             )
         return keys
@@ -425,7 +464,7 @@ class Archive:
         if redaction:
             db.execute("DELETE FROM pending_redactions WHERE event_id = ?", (message.event_id,))
         db.execute(
-            f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row_id,
                 message.event_id,
@@ -439,12 +478,10 @@ class Archive:
                 len(message.attachments),
                 self._clock(),
                 *(redaction or (None, None)),
+                message.violation,
             ),
         )
-        db.execute(
-            "INSERT INTO message_tokens (rowid, tokens) VALUES (?, ?)",
-            (row_id, self._index.document(message.body, message.room_id, message.sender)),
-        )
+        self._index_add(db, row_id, message)
         for index, attachment in enumerate(message.attachments):
             file = self._write_file(
                 self._cipher.seal(attachment.data, message.event_id, f"attachment-data/{index}"), written
@@ -504,7 +541,7 @@ class Archive:
             if db.execute("SELECT 1 FROM messages WHERE event_id = ?", (event_id,)).fetchone():
                 return True
             db.execute(
-                "INSERT OR IGNORE INTO pending_redactions VALUES (?, ?, ?)",
+                "INSERT INTO pending_redactions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (event_id, redacted_at, redacted_by),
             )
             return False
@@ -527,7 +564,7 @@ class Archive:
                     for (file,) in db.execute("SELECT file FROM attachments WHERE message_id < ?", (end,))
                 ]
                 db.execute("DELETE FROM attachments WHERE message_id < ?", (end,))
-                db.execute("DELETE FROM message_tokens WHERE rowid < ?", (end,))
+                self._index_delete_below(db, end)
                 count = db.execute("DELETE FROM messages WHERE id < ?", (end,)).rowcount
                 if row is None:
                     db.execute("DELETE FROM pending_redactions WHERE redacted_at < ?", (cutoff_ms,))
@@ -565,6 +602,46 @@ class Archive:
             for path in directory.iterdir() if directory.is_dir() else ():
                 if path.name not in known and path.stat().st_mtime < too_young:
                     path.unlink(missing_ok=True)
+
+    # -- the blind index (SQLite: an FTS5 table whose row ID is the message's) ----------------------
+
+    def _index_add(self, db: Any, row_id: int, message: Message) -> None:
+        db.execute(
+            "INSERT INTO message_tokens (rowid, tokens) VALUES (?, ?)",
+            (row_id, self._index.document(message.body, message.room_id, message.sender)),
+        )
+
+    def _index_delete_below(self, db: Any, end: int) -> None:
+        db.execute("DELETE FROM message_tokens WHERE rowid < ?", (end,))
+
+    def _index_search(
+        self,
+        db: Any,
+        query_words: Sequence[str],
+        room_id: str | None,
+        sender: str | None,
+        id_range: tuple[int, int],
+        limit: int,
+        offset: int,
+    ) -> list[tuple]:
+        # CROSS JOIN: the FTS5 table drives, in its row ID order (newest first)
+        return db.execute(
+            f"SELECT {_M_COLUMNS} "
+            "FROM message_tokens AS t CROSS JOIN messages AS m ON m.id = t.rowid "
+            "WHERE t.message_tokens MATCH ? AND t.rowid BETWEEN ? AND ? "
+            "AND (? IS NULL OR m.room_id = ?) AND (? IS NULL OR m.sender = ?) "
+            "ORDER BY t.rowid DESC LIMIT ? OFFSET ?",
+            (
+                self._index.query(query_words, room_id, sender),
+                *id_range,
+                room_id,
+                room_id,
+                sender,
+                sender,
+                limit,
+                offset,
+            ),
+        ).fetchall()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -619,25 +696,7 @@ class Archive:
         high = (min(TS_LIMIT, until if until is not None else TS_LIMIT) << SEQ_BITS) - 1
         with self._read() as db:
             if query_words or room_id is not None or sender is not None:
-                # CROSS JOIN: the FTS5 table drives, in its row ID order (newest first)
-                rows = db.execute(
-                    f"SELECT {', '.join(f'm.{c}' for c in _COLUMNS.split(', '))} "
-                    "FROM message_tokens AS t CROSS JOIN messages AS m ON m.id = t.rowid "
-                    "WHERE t.message_tokens MATCH ? AND t.rowid BETWEEN ? AND ? "
-                    "AND (? IS NULL OR m.room_id = ?) AND (? IS NULL OR m.sender = ?) "
-                    "ORDER BY t.rowid DESC LIMIT ? OFFSET ?",
-                    (
-                        self._index.query(query_words, room_id, sender),
-                        low,
-                        high,
-                        room_id,
-                        room_id,
-                        sender,
-                        sender,
-                        limit,
-                        offset,
-                    ),
-                ).fetchall()
+                rows = self._index_search(db, query_words, room_id, sender, (low, high), limit, offset)
             else:
                 rows = db.execute(
                     f"SELECT {_COLUMNS} FROM messages WHERE id BETWEEN ? AND ? "
@@ -664,16 +723,16 @@ class Archive:
             raise CorruptRecordError(
                 f"attachment {index} of {event_id}: its file {path} is missing"
             ) from None
-        return self._open(sealed, event_id, f"attachment-data/{index}")
+        return self._decrypt(sealed, event_id, f"attachment-data/{index}")
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM messages").fetchone()[0])
+        with self._read() as db:
+            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
 
     def stats(self) -> ArchiveStats:
         with self._read() as db:
-            messages, redacted, oldest, newest = db.execute(
-                "SELECT count(*), count(redacted_at), min(id), max(id) FROM messages"
+            messages, redacted, violations, oldest, newest = db.execute(
+                "SELECT count(*), count(redacted_at), count(violation), min(id), max(id) FROM messages"
             ).fetchone()
             attachments, attachment_bytes = db.execute(
                 "SELECT count(*), coalesce(sum(size), 0) FROM attachments"
@@ -681,7 +740,6 @@ class Archive:
             (rooms,) = db.execute("SELECT count(DISTINCT room_id) FROM messages").fetchone()
             (senders,) = db.execute("SELECT count(DISTINCT sender) FROM messages").fetchone()
             (pending,) = db.execute("SELECT count(*) FROM pending_redactions").fetchone()
-        files = (self.path, Path(f"{self.path}-wal"))
         return ArchiveStats(
             messages=messages,
             redacted=redacted,
@@ -692,14 +750,19 @@ class Archive:
             oldest_ts=None if oldest is None else oldest >> SEQ_BITS,
             newest_ts=None if newest is None else newest >> SEQ_BITS,
             pending_redactions=pending,
-            database_bytes=sum(path.stat().st_size for path in files if path.exists()),
+            violations=violations,
+            database_bytes=self._database_bytes(),
         )
+
+    def _database_bytes(self) -> int:
+        files = (self.path, Path(f"{self.path}-wal"))
+        return sum(path.stat().st_size for path in files if path.exists())
 
     # -- decrypting ------------------------------------------------------------------------------
 
-    def _open(self, sealed: bytes, event_id: str, role: str) -> bytes:
+    def _decrypt(self, sealed: bytes, event_id: str, role: str) -> bytes:
         try:
-            return self._cipher.open(sealed, event_id, role)
+            return self._cipher.open(bytes(sealed), event_id, role)
         except InvalidTag:
             raise CorruptRecordError(
                 f"{event_id}: the archived {role} does not decrypt: it was altered or belongs to "
@@ -734,6 +797,7 @@ class Archive:
             archived_at,
             redacted_at,
             redacted_by,
+            violation,
         ) = row
         return ArchivedMessage(
             event_id=event_id,
@@ -743,11 +807,11 @@ class Archive:
             origin_server_ts=ts,
             event_type=event_type,
             msgtype=msgtype,
-            body=_text(self._open(body, event_id, "body")),
+            body=_text(self._decrypt(body, event_id, "body")),
             attachments=tuple(
                 StoredAttachment(
                     index=idx,
-                    name=_text(self._open(name, event_id, f"attachment-name/{idx}")),
+                    name=_text(self._decrypt(name, event_id, f"attachment-name/{idx}")),
                     mimetype=mimetype,
                     size=size,
                 )
@@ -756,4 +820,5 @@ class Archive:
             archived_at=archived_at,
             redacted_at=redacted_at,
             redacted_by=redacted_by,
+            violation=violation,
         )

@@ -9,9 +9,10 @@ import json
 import logging
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nio import (
@@ -31,6 +32,7 @@ from nio import (
     RoomMessageNotice,
     RoomMessagesError,
     RoomMessageText,
+    RoomRedactResponse,
     RoomSendResponse,
     SyncError,
     SyncResponse,
@@ -40,10 +42,15 @@ from nio import (
 from nio.crypto.attachments import decrypt_attachment
 
 from .archive import Archive, Attachment, Message, now_ms
-from .commands import CommandRunner, Delivery, ExportStore, HealthStats, parse_command
+from .commands import CommandRunner, Delivery, ExportJob, ExportStore, HealthStats, Reply, parse_command
 from .config import Config
 from .consultation_log import ConsultationLog
 from .export import generate_signing_key, key_fingerprint, load_signing_key
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .media_rules import Verdict
 
 log = logging.getLogger("bots.auditor")
 
@@ -53,7 +60,8 @@ SYNC_TIMEOUT_MS = 30_000
 TIMELINE_LIMIT = 100
 #: pages of /messages fetched to fill one gap
 BACKFILL_PAGES = 50
-PURGE_INTERVAL_S = 86_400
+#: seconds to wait at shutdown for exports still being built or delivered
+SHUTDOWN_GRACE_S = 30.0
 MAX_BACKOFF_S = 60.0
 ARCHIVED_TYPES = (RoomMessageText, RoomMessageNotice, RoomMessageEmote, RoomEncryptedMedia, RoomMessageMedia)
 CREDENTIALS = "credentials.json"
@@ -70,12 +78,17 @@ class AuditorBot:
             store_path=str(config.store_dir),
             config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
         )
-        self.archive = Archive(config.archive_path, config.archive_key)
+        self.archive = open_archive(config)
         self.consultations = ConsultationLog(config.log_path)
         self.exports = ExportStore(config.exports_path)
         self.signing_key = _signing_key(config.signing_key_file)
         self.started_at = now_ms()
         self.undecryptable_seen = 0
+        self.violations_found = 0
+        self.quarantine_failures = 0
+        #: work started by callbacks that must not hold up syncing (exports)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._metrics: WSGIServer | None = None
         #: undecryptable events by event ID, retried after every sync
         self.pending: dict[str, tuple[str, MegolmEvent]] = {}
         self.commands = CommandRunner(
@@ -90,7 +103,15 @@ class AuditorBot:
         self._stopping = asyncio.Event()
 
     def health(self) -> HealthStats:
-        return HealthStats(self.undecryptable_seen, len(self.pending), self.started_at)
+        return HealthStats(
+            self.undecryptable_seen,
+            len(self.pending),
+            self.started_at,
+            media_rules=self.config.media is not None,
+            quarantine=self.config.admin_token is not None,
+            violations_found=self.violations_found,
+            quarantine_failures=self.quarantine_failures,
+        )
 
     # -- logging in -------------------------------------------------------------------------------
 
@@ -151,22 +172,48 @@ class AuditorBot:
         self._stopping.set()
 
     async def run(self) -> None:
-        await self.login()
-        self.client.add_event_callback(self._on_invite, InviteMemberEvent)
-        self.client.add_event_callback(self._on_message, ARCHIVED_TYPES)  # type: ignore[arg-type]
-        self.client.add_event_callback(self._on_redaction, RedactionEvent)
-        self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
-        purge = asyncio.create_task(self._purge_daily())
+        purge: asyncio.Task[None] | None = None
         try:
+            if not await self._until_stopped(self.login()):
+                return  # stopped while the homeserver was still unreachable
+            self._start_metrics()
+            if self.config.media is not None and self.config.admin_token is None:
+                log.warning(
+                    "media rules on, but no admin_token_file: refused files are redacted, not quarantined"
+                )
+            self.client.add_event_callback(self._on_invite, InviteMemberEvent)
+            self.client.add_event_callback(self._on_message, ARCHIVED_TYPES)  # type: ignore[arg-type]
+            self.client.add_event_callback(self._on_redaction, RedactionEvent)
+            self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
+            purge = asyncio.create_task(self._purge_regularly())
             await self._sync_loop()
         finally:
-            purge.cancel()
-            await asyncio.gather(purge, return_exceptions=True)
+            if purge is not None:
+                purge.cancel()
+                await asyncio.gather(purge, return_exceptions=True)
+            await self._finish_tasks()
+            if self._metrics is not None:
+                self._metrics.shutdown()
+                self._metrics.server_close()
             await self.client.close()
             self.archive.close()
             self.consultations.close()
             self.exports.close()
             log.info("stopped")
+
+    async def _until_stopped(self, work: Any) -> bool:
+        """Await ``work`` unless ``stop()`` comes first (nio retries an unreachable server
+        for ever); False when stopped."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if task not in done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return False
+        task.result()
+        return True
 
     async def _sync_loop(self) -> None:
         backoff = 1.0
@@ -262,15 +309,45 @@ class AuditorBot:
         elif isinstance(event, MegolmEvent):
             await self._on_undecryptable(room, event)
 
-    async def _purge_daily(self) -> None:
+    def _start_metrics(self) -> None:
+        if self.config.metrics_port is None:
+            return
+        from .metrics import BotCollector, serve_metrics
+
+        self._metrics = serve_metrics(
+            self.config.metrics_port,
+            self.config.metrics_address,
+            BotCollector(self.health, self.archive.stats),
+        )
+
+    def _spawn(self, work: Any) -> None:
+        """Run ``work`` (a coroutine) beside the sync loop; kept until done so it is not lost."""
+        task: asyncio.Task[None] = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish_tasks(self) -> None:
+        if not self._tasks:
+            return
+        log.info("waiting for %d unfinished tasks", len(self._tasks))
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _purge_regularly(self) -> None:
         while True:
             try:
                 cutoff = now_ms() - self.config.audit_lifetime_ms
                 deleted = await asyncio.to_thread(self.archive.purge_older_than, cutoff)
-                log.info("purged %d archived messages older than the audit lifetime", deleted)
+                log.log(
+                    logging.INFO if deleted else logging.DEBUG,
+                    "purged %d archived messages older than the audit lifetime",
+                    deleted,
+                )
             except Exception:
                 log.exception("the archive purge failed")
-            await asyncio.sleep(PURGE_INTERVAL_S)
+            await asyncio.sleep(self.config.purge_interval)
 
     # -- callbacks --------------------------------------------------------------------------------
 
@@ -311,18 +388,34 @@ class AuditorBot:
             return  # answered before (a back-filled or replayed command)
         try:
             # the log is bound to this thread
-            reply = self.commands.handle(event.sender, event.body, room.room_id)
+            step = self.commands.start(event.sender, event.body, room.room_id)
         except Exception:
             log.exception("a command from %s failed", event.sender)
-            reply = None
-        if reply is None:
+            step = None
+        if isinstance(step, ExportJob):
+            # building may take long (a room's attachments): off the loop, and syncing goes on meanwhile
+            self._spawn(self._export(room.room_id, step))
             return
-        await self.send(room.room_id, reply.content())
+        if step is not None:
+            await self._reply(room.room_id, step)
+
+    async def _export(self, room_id: str, job: ExportJob) -> None:
+        try:
+            built = await asyncio.to_thread(self.commands.build, job)
+            reply = self.commands.finish_export(built)
+        except Exception:
+            log.exception("building export %s failed", job.request.request_id)
+            self.commands.abandon(job)
+            reply = Reply.text(f"Building export {job.request.request_id} failed; the request is still open.")
+        await self._reply(room_id, reply)
+
+    async def _reply(self, room_id: str, reply: Reply) -> None:
+        await self.send(room_id, reply.content())
         if reply.notify is not None:
             notify_room, notice = reply.notify
             await self.send(notify_room, notice.content())
         if reply.delivery is not None:
-            await self._deliver(room.room_id, reply.delivery)
+            await self._deliver(room_id, reply.delivery)
 
     async def _deliver(self, approver_room: str, delivery: Delivery) -> None:
         """Upload the bundle encrypted and post it, with a notice, in the requester's command room."""
@@ -375,9 +468,14 @@ class AuditorBot:
         source = event.source
         content = source.get("content", {})
         attachments: tuple[Attachment, ...] = ()
+        verdict: Verdict | None = None
         if isinstance(event, RoomEncryptedMedia | RoomMessageMedia):
             attachment = await self._attachment(event)
             attachments = (attachment,) if attachment else ()
+            # plaintext uploads were judged by the module on upload; only ciphertext escaped it
+            if attachment is not None and isinstance(event, RoomEncryptedMedia):
+                verdict = await self._judge(event.event_id, attachment.data)
+        violation = None if verdict is None or verdict.allowed else f"{verdict.rule}: {verdict.detected}"
         message = Message(
             event_id=event.event_id,
             room_id=room.room_id,
@@ -388,12 +486,94 @@ class AuditorBot:
             event_type=source.get("type", "m.room.message"),
             msgtype=content.get("msgtype"),
             attachments=attachments,
+            violation=violation,
         )
         try:
-            if self.archive.add(message):
-                log.info("archived %s from %s in %s", event.event_id, event.sender, room.room_id)
+            added = self.archive.add(message)
         except Exception:
             log.exception("archiving %s failed", event.event_id)
+            return
+        if added:
+            log.info("archived %s from %s in %s", event.event_id, event.sender, room.room_id)
+        if added and verdict is not None and not verdict.allowed:
+            # enforced once, when first archived: the original stays in the archive as evidence
+            assert isinstance(event, RoomEncryptedMedia)
+            await self._enforce_media_rules(room, event, verdict)
+
+    # -- media rules ------------------------------------------------------------------------------
+
+    async def _judge(self, event_id: str, data: bytes) -> Verdict | None:
+        """The module's verdict on a decrypted attachment; None when no rules are configured."""
+        if self.config.media is None:
+            return None
+        from .media_rules import check_attachment
+
+        try:
+            return await asyncio.to_thread(check_attachment, self.config.media, data)
+        except Exception:
+            log.exception("could not check the attachment of %s against the media rules", event_id)
+            return None
+
+    async def _enforce_media_rules(
+        self, room: MatrixRoom, event: RoomEncryptedMedia, verdict: Verdict
+    ) -> None:
+        """Redact the refused attachment, quarantine its server copy, tell the sender why."""
+        self.violations_found += 1
+        log.warning(
+            "%s in %s breaks %s (detected %s, %d bytes): redacting",
+            event.event_id,
+            room.room_id,
+            verdict.rule,
+            verdict.detected,
+            verdict.size,
+        )
+        redaction = await self.client.room_redact(
+            room.room_id, event.event_id, reason=f"Media policy: {verdict.rule} ({verdict.detected})"
+        )
+        redacted = isinstance(redaction, RoomRedactResponse)
+        if not redacted:
+            log.error("redacting %s failed: %s", event.event_id, redaction)
+        quarantined = await self._quarantine_all(event)
+        quarantine = None if self.config.admin_token is None else quarantined
+        body = media_notice(event.sender, event.body or "attachment", verdict, redacted, quarantine)
+        await self.send(
+            room.room_id, {"msgtype": "m.notice", "body": body, "m.mentions": {"user_ids": [event.sender]}}
+        )
+
+    async def _quarantine_all(self, event: RoomEncryptedMedia) -> bool:
+        """Quarantine the file and its thumbnail (both may carry the payload); True when all worked."""
+        if self.config.admin_token is None:
+            return False
+        info = event.source.get("content", {}).get("info") or {}
+        thumbnail = (info.get("thumbnail_file") or {}).get("url") if isinstance(info, dict) else None
+        ok = True
+        for mxc in (event.url, thumbnail):
+            if not isinstance(mxc, str) or not mxc.startswith("mxc://"):
+                continue
+            try:
+                await asyncio.to_thread(self._quarantine, mxc)
+                log.info("quarantined the media of %s", event.event_id)
+            except Exception as error:
+                ok = False
+                self.quarantine_failures += 1
+                log.error("quarantining the media of %s failed: %r", event.event_id, error)
+        return ok
+
+    def _quarantine(self, mxc: str) -> None:
+        """Synapse's admin API: the media can no longer be downloaded (kept for the operators)."""
+        server_name, media_id = mxc.removeprefix("mxc://").split("/", 1)
+        request = urllib.request.Request(
+            f"{self.config.homeserver_url}/_synapse/admin/v1/media/quarantine/"
+            f"{urllib.parse.quote(server_name, safe='')}/{urllib.parse.quote(media_id, safe='')}",
+            data=b"{}",
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {self.config.admin_token}",
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
 
     async def _attachment(self, event: RoomEncryptedMedia | RoomMessageMedia) -> Attachment | None:
         name = event.body or "attachment"
@@ -447,6 +627,30 @@ class AuditorBot:
                 await self._on_redaction(room, decrypted)
 
 
+def media_notice(sender: str, name: str, verdict: Verdict, redacted: bool, quarantined: bool | None) -> str:
+    """What the sender of a refused attachment is told; ``quarantined`` None: no admin token."""
+    done = "was removed" if redacted else "breaks the media rules, but removing it failed"
+    body = f"{sender}: your attachment “{name}” {done}. {verdict.reason}."
+    if quarantined is None:
+        body += " The server copy was not quarantined: the auditor bot has no admin token configured."
+    elif not quarantined:
+        body += " Quarantining the server copy failed (the bot's log says why)."
+    return body
+
+
+def open_archive(config: Config, *, create: bool = True) -> Archive:
+    """The archive the config names: SQLite at archive_path, or PostgreSQL."""
+    if config.archive_postgres is not None:
+        from .archive_pg import PostgresArchive  # psycopg2: only when configured
+
+        assert config.attachments_dir is not None
+        return PostgresArchive(
+            config.archive_postgres, config.archive_key, files=config.attachments_dir, create=create
+        )
+    assert config.archive_path is not None
+    return Archive(config.archive_path, config.archive_key, create=create)
+
+
 def _signing_key(path: Path) -> Ed25519PrivateKey:
     """The export signing key; created (0600) at the first start."""
     if path.exists():
@@ -459,4 +663,4 @@ def _signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-__all__ = ["AuditorBot"]
+__all__ = ["AuditorBot", "media_notice", "open_archive"]

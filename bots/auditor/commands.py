@@ -435,9 +435,37 @@ class Reply:
 
 @attrs.frozen
 class HealthStats:
+    """What the bot knows about itself beyond the archive (for !health and the metrics)."""
+
     undecryptable_seen: int
     undecryptable_pending: int
     started_at_ms: int
+    #: decrypted attachments are judged by the module's media rules
+    media_rules: bool = False
+    #: refused files' server copies are quarantined (an admin token is configured)
+    quarantine: bool = False
+    #: attachments found breaking the media rules since start
+    violations_found: int = 0
+    #: quarantine requests that failed since start
+    quarantine_failures: int = 0
+
+
+@attrs.frozen
+class ExportJob:
+    """An approved export whose bundle is still to be built (see ``CommandRunner.start``)."""
+
+    request: PendingExport
+    approver: str
+    now_ms: int
+    #: the export's start, moved up to the oldest retained time
+    from_ms: int
+
+
+@attrs.frozen
+class BuiltExport:
+    job: ExportJob
+    message_count: int
+    bundle: bytes = attrs.field(repr=False)
 
 
 @attrs.define
@@ -480,10 +508,21 @@ class CommandRunner:
         self.exports = exports
         self.signing_key = signing_key
         self._last: dict[str, _LastSearch] = {}
+        #: approved exports whose bundle is being built (request IDs)
+        self._building: set[str] = set()
 
     def handle(self, sender: str, text: str, room_id: str = "") -> Reply | None:
         """The answer to ``text`` from ``sender`` in ``room_id`` (the command room); None when
         it is no command. An approved export's reply carries the bundle in ``delivery``."""
+        step = self.start(sender, text, room_id)
+        if isinstance(step, ExportJob):
+            return self.finish_export(self.build(step))
+        return step
+
+    def start(self, sender: str, text: str, room_id: str = "") -> Reply | ExportJob | None:
+        """Like ``handle``, but an approved export comes back as an ``ExportJob``: ``build`` it
+        (in a thread: it may read gigabytes), then ``finish_export`` it (on the caller's thread,
+        which owns the log)."""
         command = parse_command(text)
         if command is None:
             return None
@@ -711,7 +750,7 @@ class CommandRunner:
             return None, Reply.text(f"Export request {request_id} is closed: it was {request.status}{by}.")
         return request, None
 
-    def _approve(self, approver: str, approve: Approve) -> Reply:
+    def _approve(self, approver: str, approve: Approve) -> Reply | ExportJob:
         request, refusal = self._closed(approver, approve.request_id, "approve")
         if request is None:
             assert refusal is not None
@@ -732,9 +771,23 @@ class CommandRunner:
         if self.signing_key is None:
             self._refuse(approver, "exports are not set up", request_id=request.request_id)
             return Reply.text("Exports are not set up on this bot.")
+        if request.request_id in self._building:
+            return Reply.text(f"Export {request.request_id} is already approved and being built.")
+        self._building.add(request.request_id)
         now = self.clock()
-        from_ms = max(request.from_ms, now - self.audit_lifetime_ms)
-        messages = self._collect(request.room_id, from_ms, request.to_ms)
+        return ExportJob(
+            request=request,
+            approver=approver,
+            now_ms=now,
+            from_ms=max(request.from_ms, now - self.audit_lifetime_ms),
+        )
+
+    def build(self, job: ExportJob) -> BuiltExport:
+        """The signed bundle of an approved export. Reads only the archive and the signing key
+        (no log, no request store), so it may run in another thread."""
+        request, approver, now = job.request, job.approver, job.now_ms
+        assert self.signing_key is not None
+        messages = self._collect(request.room_id, job.from_ms, request.to_ms)
         bundle = build_export(
             messages,
             ExportRequest(
@@ -750,6 +803,17 @@ class CommandRunner:
             ),
             self.signing_key,
         )
+        return BuiltExport(job=job, message_count=len(messages), bundle=bundle)
+
+    def abandon(self, job: ExportJob) -> None:
+        """Building ``job`` failed: the request may be approved again."""
+        self._building.discard(job.request.request_id)
+
+    def finish_export(self, built: BuiltExport) -> Reply:
+        """Close the request as approved, log the disclosure and hand the bundle over."""
+        self.abandon(built.job)
+        request, approver, now = built.job.request, built.job.approver, built.job.now_ms
+        from_ms, bundle, message_count = built.job.from_ms, built.bundle, built.message_count
         if not self.exports or not self.exports.decide(request.request_id, "approved", approver, now):
             return Reply.text(f"Export request {request.request_id} was closed meanwhile.")
         self.log.append(
@@ -766,9 +830,9 @@ class CommandRunner:
                 "requested_by": request.requested_by,
                 "bundle_sha256": hashlib.sha256(bundle).hexdigest(),
             },
-            result_count=len(messages),
+            result_count=message_count,
         )
-        count = f"{len(messages)} message{'s' if len(messages) != 1 else ''}"
+        count = f"{message_count} message{'s' if message_count != 1 else ''}"
         notice = Reply.text(
             f"Export {request.request_id} (ref {request.case_ref}) was approved by {approver}: "
             f"{count} from {request.room_id}. The signed bundle is the file {request.request_id}.zip "
@@ -809,6 +873,7 @@ class CommandRunner:
                         "origin_server_ts": message.origin_server_ts,
                         "body": message.body,
                         "redacted_at": message.redacted_at,
+                        "policy_violation": message.violation,
                         "attachments": [
                             {
                                 "name": attachment.name,
@@ -878,22 +943,40 @@ class CommandRunner:
         oldest = _when(stats.oldest_ts) if stats.oldest_ts is not None else "-"
         lines = [
             f"archived messages: {stats.messages} "
-            f"(redacted {stats.redacted}, attachments {stats.attachments})",
+            f"(redacted {stats.redacted}, policy violations {stats.violations}, "
+            f"attachments {stats.attachments})",
             f"undecryptable messages: {health.undecryptable_pending} waiting for keys, "
             f"{health.undecryptable_seen} seen since start",
+            _media_line(health),
             f"rooms: {stats.rooms}, oldest message: {oldest}",
             f"running since {_when(health.started_at_ms)}",
         ]
         return Reply.text("\n".join(lines))
 
 
+def _media_line(health: HealthStats) -> str:
+    if not health.media_rules:
+        return "media rules: off (no policy_file): attachments are archived, not checked"
+    line = f"media rules: on, {health.violations_found} violating attachments since start; "
+    if health.quarantine:
+        failed = f", {health.quarantine_failures} failed" if health.quarantine_failures else ""
+        return line + f"quarantine: on{failed}"
+    return line + "quarantine: off (no admin_token_file: refused files are redacted, not quarantined)"
+
+
 def _describe(message: ArchivedMessage) -> str:
     text = f"{_when(message.origin_server_ts)} {message.sender}: {message.body}"
     if message.attachments:
         text += " [" + ", ".join(f"{a.name} ({a.mimetype}, {a.size} B)" for a in message.attachments) + "]"
-    if message.redacted:
-        text += f" (redacted by {message.redacted_by})"
+    if message.redacted_at is not None:
+        text += f" (redacted by {message.redacted_by} at {_when_seconds(message.redacted_at)})"
+    if message.violation:
+        text += f" (policy violation: {message.violation})"
     return text
+
+
+def _when_seconds(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _hit_line(hit: SearchHit) -> str:

@@ -10,12 +10,15 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import yaml
 
 from .crypto import KeyLoadError, load_key
+
+if TYPE_CHECKING:
+    from synapse_police_policy.config import MediaConfig
 
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+\Z")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,255}\Z")
@@ -31,6 +34,8 @@ KEYS = frozenset(
         "device_id",
         "store_dir",
         "archive_path",
+        "archive_postgres",
+        "attachments_dir",
         "archive_key_file",
         "archive_key_env",
         "log_path",
@@ -38,6 +43,11 @@ KEYS = frozenset(
         "audit_lifetime",
         "signing_key_file",
         "exports_path",
+        "policy_file",
+        "admin_token_file",
+        "metrics_port",
+        "metrics_address",
+        "purge_interval",
     }
 )
 
@@ -53,7 +63,8 @@ class Config:
     password: str = attrs.field(repr=False)
     device_id: str
     store_dir: Path
-    archive_path: Path
+    #: the SQLite archive; None when the archive is in PostgreSQL
+    archive_path: Path | None
     #: the archive's main key (32 bytes)
     archive_key: bytes = attrs.field(repr=False)
     log_path: Path
@@ -64,6 +75,21 @@ class Config:
     signing_key_file: Path
     #: the pending and closed export requests (SQLite)
     exports_path: Path
+    #: a libpq connection string of the archive's PostgreSQL database (None: SQLite at archive_path)
+    archive_postgres: str | None = attrs.field(default=None, repr=False)
+    #: the attachment files of a PostgreSQL archive
+    attachments_dir: Path | None = None
+    #: the module's media rules (from ``policy_file``); None: attachments are archived, not judged
+    media: MediaConfig | None = None
+    #: the policy file the media rules came from
+    policy_file: Path | None = None
+    #: a server admin's access token, for quarantining media; None: no quarantine
+    admin_token: str | None = attrs.field(default=None, repr=False)
+    #: where Prometheus scrapes the bot; None: no metrics endpoint
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    #: seconds between archive purges
+    purge_interval: int = 86_400
 
     @property
     def audit_lifetime_ms(self) -> int:
@@ -132,13 +158,7 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
 
     password, password_file = _exactly_one(raw, "password", "password_file")
     if password_file is not None:
-        file = _path(raw, "password_file", base)
-        try:
-            password = file.read_text().strip()
-        except OSError as error:
-            raise ConfigError(f"password_file: cannot read {file}: {error.strerror}") from None
-        if not password:
-            raise ConfigError(f"password_file: expected a file holding the password, {file} is empty")
+        password = _secret_file(raw, "password_file", base, "the password")
     assert password is not None
 
     device_id = _string(raw, "device_id")
@@ -163,7 +183,31 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
             raise _fail(f"auditors[{index}]", "a Matrix user ID such as '@revisor:example.org'", auditor)
 
     log_path = _path(raw, "log_path", base)
-    archive_path = _path(raw, "archive_path", base)
+    sqlite, postgres = _exactly_one(raw, "archive_path", "archive_postgres")
+    archive_path = _path(raw, "archive_path", base) if sqlite is not None else None
+    attachments_dir = None
+    if postgres is not None:
+        if raw.get("attachments_dir") is None:
+            raise ConfigError("attachments_dir: required with archive_postgres, expected a directory")
+        attachments_dir = _path(raw, "attachments_dir", base)
+    elif "attachments_dir" in raw:
+        raise ConfigError(
+            "attachments_dir: only with archive_postgres (a SQLite archive keeps them next to archive_path)"
+        )
+    local = archive_path if archive_path is not None else attachments_dir
+    assert local is not None
+    local_dir = local.parent
+    policy_file = _path(raw, "policy_file", base) if raw.get("policy_file") is not None else None
+    media, policy_lifetime = _policy(policy_file)
+    audit_lifetime = policy_lifetime or parse_duration("90d", "audit_lifetime")
+    if "audit_lifetime" in raw:
+        audit_lifetime = parse_duration(raw["audit_lifetime"], "audit_lifetime")
+        if policy_lifetime is not None and audit_lifetime != policy_lifetime:
+            # the archive must keep what the server keeps, no longer and no shorter
+            raise ConfigError(
+                f"audit_lifetime: {audit_lifetime}s differs from retention.audit_lifetime "
+                f"({policy_lifetime}s) in policy_file; leave it out to use the module's"
+            )
     return Config(
         homeserver_url=url.rstrip("/"),
         user_id=user_id,
@@ -174,18 +218,66 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         archive_key=key,
         log_path=log_path,
         auditors=frozenset(auditors_raw),
-        audit_lifetime=parse_duration(raw.get("audit_lifetime", "90d"), "audit_lifetime"),
+        audit_lifetime=audit_lifetime,
         signing_key_file=(
             _path(raw, "signing_key_file", base)
             if "signing_key_file" in raw
-            else archive_path.parent / "export-signing-key.pem"
+            else local_dir / "export-signing-key.pem"
         ),
         exports_path=(
             _path(raw, "exports_path", base)
             if "exports_path" in raw
             else log_path.parent / "export-requests.sqlite"
         ),
+        archive_postgres=postgres,
+        attachments_dir=attachments_dir,
+        media=media,
+        policy_file=policy_file,
+        admin_token=_admin_token(raw, base),
+        metrics_port=_port(raw.get("metrics_port"), "metrics_port"),
+        metrics_address=_string(raw, "metrics_address", required=False) or "127.0.0.1",
+        purge_interval=parse_duration(raw.get("purge_interval", "1d"), "purge_interval"),
     )
+
+
+def _policy(path: Path | None) -> tuple[MediaConfig | None, int | None]:
+    """The module's media rules and audit lifetime, parsed by the module's own parser."""
+    if path is None:
+        return None, None
+    from .media_rules import PolicyFileError, load_policy  # imports Synapse: only when configured
+
+    try:
+        policy = load_policy(path)
+    except PolicyFileError as error:
+        raise ConfigError(f"policy_file: {error}") from None
+    return policy.media, policy.retention.audit_lifetime
+
+
+def _secret_file(raw: Mapping[str, Any], key: str, base: Path, what: str) -> str:
+    """A secret read from the file that setting ``key`` names (secrets stay out of the config)."""
+    file = _path(raw, key, base)
+    try:
+        secret = file.read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"{key}: cannot read {file}: {error.strerror}") from None
+    if not secret:
+        raise ConfigError(f"{key}: expected a file holding {what}, {file} is empty")
+    return secret
+
+
+def _admin_token(raw: Mapping[str, Any], base: Path) -> str | None:
+    """A server admin's token, for the media quarantine; None when not configured."""
+    if raw.get("admin_token_file") is None:
+        return None
+    return _secret_file(raw, "admin_token_file", base, "an access token")
+
+
+def _port(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
+        return value
+    raise _fail(key, "a TCP port (1-65535)", value)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

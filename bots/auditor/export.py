@@ -172,6 +172,7 @@ def _message_json(message: Mapping[str, Any], attachment_files: Sequence[Mapping
         "origin_server_ts": message["origin_server_ts"],
         "body": message.get("body"),
         "redacted_at": message.get("redacted_at"),
+        "policy_violation": message.get("policy_violation"),
         "attachments": list(attachment_files),
     }
 
@@ -211,6 +212,8 @@ def _render_html(request: ExportRequest, messages: Sequence[Mapping[str, Any]]) 
         cells = [f'<div class="body">{esc(message["body"])}</div>']
         if message["redacted_at"] is not None:
             cells.append(f'<div class="redacted">Redacted at {esc(_iso(message["redacted_at"]))}</div>')
+        if message.get("policy_violation"):
+            cells.append(f'<div class="redacted">Policy violation: {esc(message["policy_violation"])}</div>')
         for attachment in message["attachments"]:
             cells.append(
                 f"<div>Attachment: {esc(attachment['name'])} ({esc(attachment['mimetype'])},"

@@ -487,3 +487,39 @@ def test_stats_describe_the_archive(archive: Archive) -> None:
     assert (stats.oldest_ts, stats.newest_ts) == (T0, T0 + 9)
     assert stats.database_bytes > 0
     assert archive_module.TS_LIMIT == 2**47
+
+
+def test_a_policy_violation_is_kept_with_the_original_and_counted(archive: Archive) -> None:
+    archive.add(
+        message(
+            "$exe",
+            T0,
+            "report.pdf",
+            attachments=[Attachment("report.pdf", "application/pdf", b"\x7fELF payload")],
+            violation="media.type: application/x-executable",
+        )
+    )
+    archive.add(message("$fine", T0 + 1, "all quiet"))
+    archive.mark_redacted("$exe", T0 + 5, "@auditor:polizei.example")
+    kept = archive.get("$exe")
+    assert kept is not None and kept.violation == "media.type: application/x-executable"
+    assert kept.redacted_at == T0 + 5
+    assert archive.read_attachment("$exe", 0) == b"\x7fELF payload"
+    assert archive.get("$fine").violation is None
+    assert archive.stats().violations == 1
+
+
+def test_an_archive_of_the_first_schema_gains_the_violation_column(path: Path) -> None:
+    with Archive(path, KEY) as archive:
+        archive.add(Message("$old", ROOM, ALICE, "PHONE1", T0, "from before"))
+    # as the first version left it: no violation column, schema version 1
+    db = raw(path)
+    db.execute("ALTER TABLE messages DROP COLUMN violation")
+    db.execute("UPDATE archive_schema_version SET version = 1")
+    db.close()
+    with Archive(path, KEY) as migrated:
+        assert migrated.get("$old").violation is None
+        migrated.add(message("$new", T0 + 1, "after", violation="media.type: text/html"))
+        assert migrated.stats().violations == 1
+    (version,) = raw(path).execute("SELECT version FROM archive_schema_version").fetchone()
+    assert version == len(archive_module.MIGRATIONS)

@@ -13,9 +13,11 @@ import pytest
 from bots.auditor.archive import Archive, Attachment, Message
 from bots.auditor.commands import (
     Approve,
+    BuiltExport,
     CommandRunner,
     Deny,
     Export,
+    ExportJob,
     ExportStore,
     Health,
     HealthStats,
@@ -449,3 +451,61 @@ def test_durations():
     assert parse_duration("12h", "x") == 12 * 3600
     with pytest.raises(ConfigError):
         parse_duration("0d", "x")
+
+
+def test_an_approved_export_is_built_apart_from_the_log(runner, tmp_path):
+    """The bot builds the bundle in a thread: ``start`` and ``finish_export`` touch the log and
+    the request store, ``build`` only the archive."""
+    request_id = _request(runner)
+    entries = len(runner.log.entries())
+    job = runner.start("@rev2:x.test", f"!approve {request_id}", "!dm-rev2:x.test")
+    assert isinstance(job, ExportJob) and job.approver == "@rev2:x.test"
+    assert runner.exports.get(request_id).status == "pending"
+    busy = runner.start("@rev2:x.test", f"!approve {request_id}", "!dm-rev2:x.test")
+    assert "being built" in busy.body  # no second bundle while the first is built
+    built = runner.build(job)
+    assert isinstance(built, BuiltExport) and built.message_count == 16
+    assert len(runner.log.entries()) == entries  # nothing logged before the bundle is handed over
+    reply = runner.finish_export(built)
+    assert reply.delivery is not None and reply.delivery.data == built.bundle
+    assert runner.exports.get(request_id).status == "approved"
+    assert runner.log.entries()[-1].action == "export_approve"
+
+
+def test_show_tells_when_a_message_was_redacted_and_which_rule_it_broke(runner):
+    runner.archive.add(
+        Message(
+            event_id="$exe",
+            room_id="!room:x.test",
+            sender="@bob:x.test",
+            device_id="DEV2",
+            origin_server_ts=NOW - DAY_MS,
+            body="tool.pdf",
+            msgtype="m.file",
+            attachments=(Attachment("tool.pdf", "application/pdf", b"MZ"),),
+            violation="media.type: application/x-executable",
+        )
+    )
+    runner.archive.mark_redacted("$exe", NOW - DAY_MS + 61_000, "@auditor:x.test")
+    body = runner.handle("@rev:x.test", '!show $exe ref:AZ-1 reason:"r"').body
+    assert "redacted by @auditor:x.test at 2025-05-31 12:01:01 UTC" in body
+    assert "policy violation: media.type: application/x-executable" in body
+
+
+@pytest.mark.parametrize(
+    ("health", "fragment"),
+    [
+        (HealthStats(0, 0, NOW), "media rules: off (no policy_file)"),
+        (
+            HealthStats(0, 0, NOW, media_rules=True, violations_found=2),
+            "quarantine: off (no admin_token_file",
+        ),
+        (
+            HealthStats(0, 0, NOW, media_rules=True, quarantine=True, quarantine_failures=1),
+            "quarantine: on, 1 failed",
+        ),
+    ],
+)
+def test_health_says_whether_media_is_checked_and_quarantined(runner, health, fragment):
+    runner.health = lambda: health
+    assert fragment in runner.handle("@rev:x.test", "!health").body
