@@ -30,6 +30,7 @@ VAR = REPO_ROOT / "var"
 SERVER_NAME = "localhost"
 HTTP_PORT = 8008
 METRICS_PORT = 9008
+AUDITOR_METRICS_PORT = 9101
 POLICY_FILE = REPO_ROOT / "config" / "police_policy.yaml"
 
 #: localpart -> (role shown to the user, server admin?)
@@ -119,6 +120,11 @@ def _write_bot_config(homeserver: Homeserver, password: str, audit_lifetime: str
         "log_path": "consultations.sqlite",
         "auditors": [homeserver.user_id("auditor")],
         "audit_lifetime": audit_lifetime,
+        # attachments are checked with the module's media rules; refused files
+        # are quarantined with the demo admin's token
+        "policy_file": str(POLICY_FILE),
+        "admin_token_file": str(VAR / "admin-token"),
+        "metrics_port": AUDITOR_METRICS_PORT,
     }
     path = BOT_DIR / "auditor.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -172,7 +178,7 @@ def _stop_bot(bot: subprocess.Popen[bytes] | None) -> None:
 
 
 def main() -> int:
-    for port in (HTTP_PORT, METRICS_PORT):
+    for port in (HTTP_PORT, METRICS_PORT, AUDITOR_METRICS_PORT):
         if _port_in_use(port):
             print(
                 f"Port {port} on 127.0.0.1 is already in use (another `make run`?). "
@@ -255,7 +261,8 @@ def _print_welcome(homeserver: Homeserver, passwords: dict[str, str], created: l
         "",
         f"Passwords are kept in {VAR / 'demo-accounts.json'}; Synapse's log is {homeserver.log_path}.",
         f"The auditor bot runs beside Synapse (log {BOT_DIR / 'bot.log'}): as 'auditor', open a direct",
-        "chat with @auditor-bot:localhost and send !help.",
+        "chat with @auditor-bot:localhost and send !help. Its metrics: "
+        f"http://127.0.0.1:{AUDITOR_METRICS_PORT}/metrics.",
         f"The dispatch bot runs beside it (log {DISPATCH_DIR / 'bot.log'}; units and roles in",
         f"{DISPATCH_TEMPLATE}): as 'dispatcher', accept the invite to the control room",
         "#leitstelle:localhost and send !help there; as 'officer', join the unit room and send !s 2.",
