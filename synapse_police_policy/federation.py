@@ -63,6 +63,17 @@ def check_uninvited_unknown_room() -> Denial:
     )
 
 
+def check_knock_on_unknown_room() -> Denial:
+    """A local user knocks on a room this server is not in. As with an uninvited
+    join, the members cannot be known first, and the knock (with the user's
+    name) would reach all of them."""
+    return Denial(
+        "federation.join",
+        "Cannot knock on a room this server is not part of: its members cannot be checked "
+        "against the allowed police homeservers. Ask a member to invite you instead.",
+    )
+
+
 def check_remote_joiner(allowed: frozenset[str], user_id: str) -> Denial | None:
     """A remote user asks to join (or knock on) a local room."""
     return _check(

@@ -23,6 +23,9 @@ Private APIs change between releases; a test pins each use:
   server's default room version (``test_retention_rooms.py``).
 - The media spam check is not told who uploaded the file; the request's
   logging context knows (``test_media_types.py::test_hostile_files_are_refused_by_content``).
+- Synapse offers no module callback before a local user knocks on a room the
+  server is not in; the room member handler's ``remote_knock`` is wrapped
+  (``test_federation.py::test_our_users_cannot_knock_on_rooms_this_server_is_not_in``).
 - Whether a database transaction runs on PostgreSQL, where the schema
   migration takes an advisory lock (``test_workers.py``: main and workers
   start together).
@@ -73,6 +76,24 @@ def guard_remote_media(api: ModuleApi, refuse: RemoteMediaGate) -> bool:
     repository.get_remote_media = guarded_get_remote_media
     repository.get_remote_media_info = guarded_get_remote_media_info
     return True
+
+
+def guard_remote_knocks(api: ModuleApi, refuse: Callable[[str, str], SynapseError | None]) -> None:
+    """Wrap this process's room member handler: ``refuse(user_id, room_id)``
+    runs before a knock leaves for another server. Workers knock through
+    their own handler (then replication), so each process wraps its own."""
+    handler = api._hs.get_room_member_handler()
+    remote_knock = handler.remote_knock
+
+    async def guarded_remote_knock(
+        requester: Any, remote_room_hosts: list[str], room_id: str, user: Any, content: dict
+    ) -> tuple[str, int]:
+        error = refuse(user.to_string(), room_id)
+        if error is not None:
+            raise error
+        return await remote_knock(requester, remote_room_hosts, room_id, user, content)
+
+    handler.remote_knock = guarded_remote_knock  # type: ignore[method-assign]
 
 
 async def delete_devices(api: ModuleApi, user_id: str, device_ids: list[str]) -> None:

@@ -27,6 +27,7 @@ from .internals import (
     count_history_purges,
     creators_have_unlimited_power,
     current_requester,
+    guard_remote_knocks,
     guard_remote_media,
 )
 from .media_store import MediaUsage
@@ -95,6 +96,7 @@ class PolicePolicy:
         api.register_account_validity_callbacks(on_user_login=self.on_user_login)
         api.register_web_resource(PREFIX, PoliceAdminResource(api, self._devices))
         guard_remote_media(api, self.refuse_remote_media)
+        guard_remote_knocks(api, self.refuse_remote_knock)
         count_history_purges(api, self._sweep.count_purge)
         api.run_as_background_process("police_policy_migrate", tables.ensure)
         if api.should_run_background_tasks():
@@ -352,6 +354,12 @@ class PolicePolicy:
                 self._decisions.deny(denial, user=user_id, room=room_id)
                 await self._api.update_room_membership(user_id, user_id, room_id, "leave")
             return
+
+    def refuse_remote_knock(self, user_id: str, room_id: str) -> SynapseError | None:
+        """Synapse knocks remotely only on rooms this server is not in."""
+        denial = federation.check_knock_on_unknown_room()
+        self._decisions.deny(denial, user=user_id, room=room_id)
+        return denial.as_error()
 
     def refuse_remote_media(self, server_name: str) -> SynapseError | None:
         denial = federation.check_media_origin(self._allowed_servers, server_name)

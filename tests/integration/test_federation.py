@@ -172,6 +172,26 @@ def test_our_users_cannot_join_foreign_rooms(make_user, ours, foreign):
     assert body["errcode"] == "M_FORBIDDEN"
 
 
+def test_our_users_cannot_knock_on_rooms_this_server_is_not_in(make_user, ours, peer):
+    """Even on an allowed peer: the members cannot be checked before the knock
+    (with our user's name) reaches them all."""
+    alice, bob = make_user("alice", homeserver=ours), make_user("bob", homeserver=peer)
+    room_id = create_room(
+        peer,
+        bob,
+        initial_state=[{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}],
+    )
+    query = f"?server_name={urllib.parse.quote(peer.server_name)}"
+    status, body = ours.request("POST", f"/_matrix/client/v3/knock/{room_id}{query}", {}, token=alice.token)
+    assert status == 403, body
+    assert body["errcode"] == "M_FORBIDDEN"
+    assert "Cannot knock on a room this server is not part of" in body["error"]
+    assert any(
+        e["rule"] == "federation.join" and e["room"] == room_id for e in decisions_for(ours, alice.user_id)
+    )
+    assert alice.user_id not in members(peer, bob, room_id), "the knock must not have been sent"
+
+
 def test_remote_join_refusal_names_the_server(make_user, ours, foreign):
     """Where the module answers (whitelist unset), its message names the server."""
     alice, carol = make_user("alice", homeserver=ours), make_user("carol", homeserver=foreign)

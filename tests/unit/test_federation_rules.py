@@ -83,3 +83,9 @@ def test_uninvited_join_into_unknown_room_is_refused() -> None:
     denial = federation.check_uninvited_unknown_room()
     assert denial.rule == "federation.join"
     assert "without an invite" in denial.reason
+
+
+def test_knocks_on_rooms_this_server_is_not_in_are_refused() -> None:
+    denial = federation.check_knock_on_unknown_room()
+    assert denial.rule == "federation.join"
+    assert "Ask a member to invite you" in denial.reason
