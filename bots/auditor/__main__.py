@@ -1,65 +1,26 @@
 """``python -m bots.auditor -c config/auditor.yaml``: run the auditor bot until SIGTERM or SIGINT.
 
-Exit status: 0 stopped by a signal, 2 the configuration is wrong, 1 the bot failed.
+Exit status: 0 stopped by a signal, 2 the configuration is wrong, 1 the bot failed
+(the entry point itself is ``bots.common.main``).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 
-from .config import ConfigError, load_config
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
+from ..common.main import Bot, run_main
+from .config import Config, load_config
 
 
-async def _run(bot: object) -> None:
-    from .bot import AuditorBot
+def _bot(config: Config) -> Bot:
+    from .bot import AuditorBot  # nio and the E2EE store: only once the configuration is good
 
-    assert isinstance(bot, AuditorBot)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, bot.stop)
-    await bot.run()
+    return AuditorBot(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bots.auditor", description="Run the auditor bot.")
-    parser.add_argument("-c", "--config", required=True, help="the bot's YAML configuration")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log nio's debug messages too")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        logging.getLogger("nio").setLevel(logging.WARNING)
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(f"{args.config}: {error}", file=sys.stderr)
-        return EXIT_CONFIG
-
-    from .bot import AuditorBot
-
-    try:
-        bot = AuditorBot(config)
-    except Exception as error:
-        print(f"cannot start the auditor bot: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        asyncio.run(_run(bot))
-    except Exception:
-        logging.getLogger("bots.auditor").exception("the auditor bot failed")
-        return EXIT_FAILED
-    return EXIT_OK
+    return run_main(argv, name="auditor", load_config=load_config, make_bot=_bot)
 
 
 if __name__ == "__main__":

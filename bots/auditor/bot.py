@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,13 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nio import (
-    AsyncClient,
-    AsyncClientConfig,
     Event,
     InviteMemberEvent,
     JoinError,
     LocalProtocolError,
-    LoginResponse,
     MatrixRoom,
     MegolmEvent,
     RedactionEvent,
@@ -34,13 +29,12 @@ from nio import (
     RoomMessageText,
     RoomRedactResponse,
     RoomSendResponse,
-    SyncError,
     SyncResponse,
     UploadResponse,
-    WhoamiResponse,
 )
 from nio.crypto.attachments import decrypt_attachment
 
+from ..common.session import Session, StoreSyncTokens
 from .archive import Archive, Attachment, Message, now_ms
 from .commands import CommandRunner, Delivery, ExportJob, ExportStore, HealthStats, Reply, parse_command
 from .config import Config
@@ -54,30 +48,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bots.auditor")
 
-#: the long-poll timeout of /sync (ms)
-SYNC_TIMEOUT_MS = 30_000
-#: timeline events per room in one sync (fewer come with a gap, which the bot back-fills)
-TIMELINE_LIMIT = 100
 #: pages of /messages fetched to fill one gap
 BACKFILL_PAGES = 50
 #: seconds to wait at shutdown for exports still being built or delivered
 SHUTDOWN_GRACE_S = 30.0
-MAX_BACKOFF_S = 60.0
 ARCHIVED_TYPES = (RoomMessageText, RoomMessageNotice, RoomMessageEmote, RoomEncryptedMedia, RoomMessageMedia)
-CREDENTIALS = "credentials.json"
 
 
 class AuditorBot:
     def __init__(self, config: Config) -> None:
         self.config = config
-        config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.client = AsyncClient(
-            config.homeserver_url,
-            config.user_id,
-            device_id=config.device_id,
-            store_path=str(config.store_dir),
-            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
-        )
+        self.session = Session(config, device_name="auditor bot", log=log)
+        self.client = self.session.client
         self.archive = open_archive(config)
         self.consultations = ConsultationLog(config.log_path)
         self.exports = ExportStore(config.exports_path)
@@ -100,7 +82,6 @@ class AuditorBot:
             exports=self.exports,
             signing_key=self.signing_key,
         )
-        self._stopping = asyncio.Event()
 
     def health(self) -> HealthStats:
         return HealthStats(
@@ -113,68 +94,15 @@ class AuditorBot:
             quarantine_failures=self.quarantine_failures,
         )
 
-    # -- logging in -------------------------------------------------------------------------------
-
-    @property
-    def _credentials(self) -> Path:
-        return self.config.store_dir / CREDENTIALS
-
-    async def login(self) -> None:
-        """Restore the saved access token, or log in with the password on the enrolled device."""
-        saved = self._load_credentials()
-        if saved is not None:
-            self.client.restore_login(self.config.user_id, self.config.device_id, saved)
-            whoami = await self.client.whoami()
-            if isinstance(whoami, WhoamiResponse) and whoami.device_id == self.config.device_id:
-                log.info("restored the login of device %s", self.config.device_id)
-                await self._upload_keys()
-                return
-            log.info("the saved access token no longer works (%s); logging in again", whoami)
-            self.client.access_token = ""
-        self.client.device_id = self.config.device_id
-        response = await self.client.login(self.config.password, device_name="auditor bot")
-        if not isinstance(response, LoginResponse):
-            raise RuntimeError(
-                f"login as {self.config.user_id} on {self.config.device_id} failed: {response}"
-            )
-        if response.device_id != self.config.device_id:
-            raise RuntimeError(f"the server gave device {response.device_id}, not {self.config.device_id}")
-        self._save_credentials(response.access_token)
-        log.info("logged in as %s on device %s", response.user_id, response.device_id)
-        await self._upload_keys()
-
-    def _load_credentials(self) -> str | None:
-        try:
-            data = json.loads(self._credentials.read_text())
-        except (OSError, ValueError):
-            return None
-        if data.get("user_id") != self.config.user_id or data.get("device_id") != self.config.device_id:
-            return None
-        token = data.get("access_token")
-        return token if isinstance(token, str) and token else None
-
-    def _save_credentials(self, token: str) -> None:
-        data = {"user_id": self.config.user_id, "device_id": self.config.device_id, "access_token": token}
-        temporary = self._credentials.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump(data, out)
-        temporary.replace(self._credentials)
-
-    async def _upload_keys(self) -> None:
-        if self.client.should_upload_keys:
-            response = await self.client.keys_upload()
-            log.info("uploaded device keys: %s", type(response).__name__)
-
     # -- running ----------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        self._stopping.set()
+        self.session.stop()
 
     async def run(self) -> None:
         purge: asyncio.Task[None] | None = None
         try:
-            if not await self._until_stopped(self.login()):
+            if not await self.session.until_stopped(self.session.login()):
                 return  # stopped while the homeserver was still unreachable
             self._start_metrics()
             if self.config.media is not None and self.config.admin_token is None:
@@ -186,7 +114,9 @@ class AuditorBot:
             self.client.add_event_callback(self._on_redaction, RedactionEvent)
             self.client.add_event_callback(self._on_undecryptable, MegolmEvent)
             purge = asyncio.create_task(self._purge_regularly())
-            await self._sync_loop()
+            # the token lives where nio's store_sync_tokens kept it, but is saved only after a
+            # whole response was archived: a kill mid-callback no longer loses those events
+            await self.session.sync_forever(StoreSyncTokens(self.client), self._after_sync, self._on_ready)
         finally:
             if purge is not None:
                 purge.cancel()
@@ -201,77 +131,12 @@ class AuditorBot:
             self.exports.close()
             log.info("stopped")
 
-    async def _until_stopped(self, work: Any) -> bool:
-        """Await ``work`` unless ``stop()`` comes first (nio retries an unreachable server
-        for ever); False when stopped."""
-        task = asyncio.ensure_future(work)
-        stopping = asyncio.create_task(self._stopping.wait())
-        done, _ = await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if task not in done:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return False
-        task.result()
-        return True
-
-    async def _sync_loop(self) -> None:
-        backoff = 1.0
-        ready = False
-        sync_filter = {"room": {"timeline": {"limit": TIMELINE_LIMIT}}}
-        while not self._stopping.is_set():
-            sync = asyncio.create_task(
-                self.client.sync(
-                    timeout=0 if not ready else SYNC_TIMEOUT_MS,
-                    sync_filter=sync_filter,
-                    full_state=not ready,
-                )
-            )
-            stopping = asyncio.create_task(self._stopping.wait())
-            done, _ = await asyncio.wait({sync, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if sync not in done:
-                sync.cancel()
-                await asyncio.gather(sync, return_exceptions=True)
-                break
-            stopping.cancel()
-            try:
-                response = sync.result()
-            except Exception as error:  # network trouble: retry
-                log.warning("sync failed: %r; retrying in %.0fs", error, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            if isinstance(response, SyncError):
-                log.warning("sync failed: %s; retrying in %.0fs", response, backoff)
-                if response.status_code == "M_UNKNOWN_TOKEN":
-                    self._credentials.unlink(missing_ok=True)
-                    await self.login()
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            backoff = 1.0
-            try:
-                await self._after_sync(response)
-            except Exception:
-                log.exception("handling a sync response failed")
-            if not ready:
-                ready = True
-                log.info(
-                    "auditor bot ready: %d rooms, %d archived", len(self.client.rooms), self.archive.count()
-                )
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def _on_ready(self) -> None:
+        log.info("auditor bot ready: %d rooms, %d archived", len(self.client.rooms), self.archive.count())
 
     async def _after_sync(self, response: SyncResponse) -> None:
-        if self.client.should_upload_keys:
-            await self.client.keys_upload()
-        if self.client.should_query_keys:
-            await self.client.keys_query()
-        if self.client.should_claim_keys:
-            await self.client.keys_claim(self.client.get_users_for_key_claiming())
-        await self.client.send_to_device_messages()
+        """Fill the gaps of limited timelines and retry what could not be decrypted; the
+        session saves the sync token only after this returned."""
         for room_id, room in response.rooms.join.items():
             if room.timeline.limited and room.timeline.prev_batch:
                 await self._backfill(room_id, room.timeline.prev_batch, room.timeline.events)
@@ -385,7 +250,9 @@ class AuditorBot:
 
     async def _answer(self, room: MatrixRoom, event: RoomMessageText) -> None:
         if self.archive.get(event.event_id) is not None or event.server_timestamp < self.started_at - 300_000:
-            return  # answered before (a back-filled or replayed command)
+            return  # a back-filled command, from before this start
+        if not self.consultations.claim_command(event.event_id):
+            return  # answered before (a sync replayed after a restart)
         try:
             # the log is bound to this thread
             step = self.commands.start(event.sender, event.body, room.room_id)

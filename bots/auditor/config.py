@@ -1,68 +1,49 @@
 """The auditor bot's configuration: YAML in, a frozen ``Config`` out.
 
 Every problem raises ``ConfigError`` whose message starts with the full key
-path and says what was expected and what was found.
+path and says what was expected and what was found; the settings every bot has
+are read by ``bots.common.config``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import yaml
 
+from ..common import config as common
+from ..common.config import ACCOUNT_KEYS, USER_ID, Account, ConfigError, fail
 from .crypto import KeyLoadError, load_key
 
 if TYPE_CHECKING:
     from synapse_police_policy.config import MediaConfig
 
-_USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+\Z")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,255}\Z")
-_DURATION = re.compile(r"^(\d+)\s*([smhdw])\Z")
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
-KEYS = frozenset(
-    {
-        "homeserver_url",
-        "user_id",
-        "password",
-        "password_file",
-        "device_id",
-        "store_dir",
-        "archive_path",
-        "archive_postgres",
-        "attachments_dir",
-        "archive_key_file",
-        "archive_key_env",
-        "log_path",
-        "auditors",
-        "audit_lifetime",
-        "signing_key_file",
-        "exports_path",
-        "policy_file",
-        "admin_token_file",
-        "metrics_port",
-        "metrics_address",
-        "purge_interval",
-    }
-)
-
-
-class ConfigError(Exception):
-    """The configuration is wrong; the message names the key and what was expected."""
+KEYS = ACCOUNT_KEYS | {
+    "archive_path",
+    "archive_postgres",
+    "attachments_dir",
+    "archive_key_file",
+    "archive_key_env",
+    "log_path",
+    "auditors",
+    "audit_lifetime",
+    "signing_key_file",
+    "exports_path",
+    "policy_file",
+    "admin_token_file",
+    "metrics_port",
+    "metrics_address",
+    "purge_interval",
+}
 
 
 @attrs.frozen
-class Config:
-    homeserver_url: str
-    user_id: str
-    password: str = attrs.field(repr=False)
-    device_id: str
-    store_dir: Path
+class Config(Account):
     #: the SQLite archive; None when the archive is in PostgreSQL
     archive_path: Path | None
     #: the archive's main key (32 bytes)
@@ -96,79 +77,28 @@ class Config:
         return self.audit_lifetime * 1000
 
 
-def _fail(key: str, expected: str, found: Any) -> ConfigError:
-    return ConfigError(f"{key}: expected {expected}, got {found!r}")
-
-
 def parse_duration(value: Any, key: str) -> int:
     """A positive duration such as '90d', '12h' or '2w', in seconds."""
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match and int(match.group(1)) > 0:
-            return int(match.group(1)) * _UNITS_S[match.group(2)]
-    raise _fail(key, "a positive duration such as '90d' (units s, m, h, d, w)", value)
-
-
-def _string(raw: Mapping[str, Any], key: str, *, required: bool = True) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"{key}: required, expected a non-empty string")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(key, "a non-empty string", value)
-    return value
-
-
-def _path(raw: Mapping[str, Any], key: str, base: Path) -> Path:
-    value = _string(raw, key)
-    assert value is not None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
-
-
-def _exactly_one(raw: Mapping[str, Any], first: str, second: str) -> tuple[str | None, str | None]:
-    """Two settings of which exactly one must be given (a secret inline or in a file)."""
-    values = _string(raw, first, required=False), _string(raw, second, required=False)
-    if (values[0] is None) == (values[1] is None):
-        raise ConfigError(
-            f"{first}, {second}: expected exactly one of the two, got " + ("both" if values[0] else "neither")
-        )
-    return values
+    return common.duration(value, key, _UNITS_S, "90d")
 
 
 def parse_config(raw: Any, base: Path | None = None) -> Config:
     """Check a parsed YAML document; relative paths are relative to ``base``."""
     base = base or Path.cwd()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"(top level): expected a mapping of settings, got {raw!r}")
-    unknown = sorted(str(key) for key in raw if key not in KEYS)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key; expected one of: {', '.join(sorted(KEYS))}")
+    raw = common.settings(raw, KEYS)
+    url = common.homeserver_url(raw)
 
-    url = _string(raw, "homeserver_url")
-    assert url is not None
-    if not url.startswith(("http://", "https://")):
-        raise _fail("homeserver_url", "an http:// or https:// URL", url)
-
-    user_id = _string(raw, "user_id")
-    if not _USER_ID.match(user_id or ""):
-        raise _fail("user_id", "a Matrix user ID such as '@auditor:example.org'", user_id)
+    user_id = common.string(raw, "user_id")
+    if not USER_ID.match(user_id or ""):
+        raise fail("user_id", "a Matrix user ID such as '@auditor:example.org'", user_id)
     assert user_id is not None
 
-    password, password_file = _exactly_one(raw, "password", "password_file")
-    if password_file is not None:
-        password = _secret_file(raw, "password_file", base, "the password")
-    assert password is not None
+    password = common.password(raw, base)
+    device_id = common.device_id(raw)
 
-    device_id = _string(raw, "device_id")
-    if not _DEVICE_ID.match(device_id or ""):
-        raise _fail("device_id", "the enrolled device ID (letters, digits, '.', '_', '-')", device_id)
-    assert device_id is not None
-
-    key_file, key_env = _exactly_one(raw, "archive_key_file", "archive_key_env")
+    key_file, key_env = common.exactly_one(raw, "archive_key_file", "archive_key_env")
     if key_file is not None:
-        key_file = str(_path(raw, "archive_key_file", base))
+        key_file = str(common.path(raw, "archive_key_file", base))
     try:
         key = load_key(file=key_file, env=key_env)
     except KeyLoadError as error:
@@ -177,19 +107,19 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
 
     auditors_raw = raw.get("auditors")
     if not isinstance(auditors_raw, list) or not auditors_raw:
-        raise _fail("auditors", "a non-empty list of Matrix user IDs", auditors_raw)
+        raise fail("auditors", "a non-empty list of Matrix user IDs", auditors_raw)
     for index, auditor in enumerate(auditors_raw):
-        if not isinstance(auditor, str) or not _USER_ID.match(auditor):
-            raise _fail(f"auditors[{index}]", "a Matrix user ID such as '@revisor:example.org'", auditor)
+        if not isinstance(auditor, str) or not USER_ID.match(auditor):
+            raise fail(f"auditors[{index}]", "a Matrix user ID such as '@revisor:example.org'", auditor)
 
-    log_path = _path(raw, "log_path", base)
-    sqlite, postgres = _exactly_one(raw, "archive_path", "archive_postgres")
-    archive_path = _path(raw, "archive_path", base) if sqlite is not None else None
+    log_path = common.path(raw, "log_path", base)
+    sqlite, postgres = common.exactly_one(raw, "archive_path", "archive_postgres")
+    archive_path = common.path(raw, "archive_path", base) if sqlite is not None else None
     attachments_dir = None
     if postgres is not None:
         if raw.get("attachments_dir") is None:
             raise ConfigError("attachments_dir: required with archive_postgres, expected a directory")
-        attachments_dir = _path(raw, "attachments_dir", base)
+        attachments_dir = common.path(raw, "attachments_dir", base)
     elif "attachments_dir" in raw:
         raise ConfigError(
             "attachments_dir: only with archive_postgres (a SQLite archive keeps them next to archive_path)"
@@ -197,7 +127,7 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
     local = archive_path if archive_path is not None else attachments_dir
     assert local is not None
     local_dir = local.parent
-    policy_file = _path(raw, "policy_file", base) if raw.get("policy_file") is not None else None
+    policy_file = common.path(raw, "policy_file", base) if raw.get("policy_file") is not None else None
     media, policy_lifetime = _policy(policy_file)
     audit_lifetime = policy_lifetime or parse_duration("90d", "audit_lifetime")
     if "audit_lifetime" in raw:
@@ -209,23 +139,23 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
                 f"({policy_lifetime}s) in policy_file; leave it out to use the module's"
             )
     return Config(
-        homeserver_url=url.rstrip("/"),
+        homeserver_url=url,
         user_id=user_id,
         password=password,
         device_id=device_id,
-        store_dir=_path(raw, "store_dir", base),
+        store_dir=common.path(raw, "store_dir", base),
         archive_path=archive_path,
         archive_key=key,
         log_path=log_path,
         auditors=frozenset(auditors_raw),
         audit_lifetime=audit_lifetime,
         signing_key_file=(
-            _path(raw, "signing_key_file", base)
+            common.path(raw, "signing_key_file", base)
             if "signing_key_file" in raw
             else local_dir / "export-signing-key.pem"
         ),
         exports_path=(
-            _path(raw, "exports_path", base)
+            common.path(raw, "exports_path", base)
             if "exports_path" in raw
             else log_path.parent / "export-requests.sqlite"
         ),
@@ -235,7 +165,7 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         policy_file=policy_file,
         admin_token=_admin_token(raw, base),
         metrics_port=_port(raw.get("metrics_port"), "metrics_port"),
-        metrics_address=_string(raw, "metrics_address", required=False) or "127.0.0.1",
+        metrics_address=common.string(raw, "metrics_address", required=False) or "127.0.0.1",
         purge_interval=parse_duration(raw.get("purge_interval", "1d"), "purge_interval"),
     )
 
@@ -253,23 +183,11 @@ def _policy(path: Path | None) -> tuple[MediaConfig | None, int | None]:
     return policy.media, policy.retention.audit_lifetime
 
 
-def _secret_file(raw: Mapping[str, Any], key: str, base: Path, what: str) -> str:
-    """A secret read from the file that setting ``key`` names (secrets stay out of the config)."""
-    file = _path(raw, key, base)
-    try:
-        secret = file.read_text().strip()
-    except OSError as error:
-        raise ConfigError(f"{key}: cannot read {file}: {error.strerror}") from None
-    if not secret:
-        raise ConfigError(f"{key}: expected a file holding {what}, {file} is empty")
-    return secret
-
-
 def _admin_token(raw: Mapping[str, Any], base: Path) -> str | None:
     """A server admin's token, for the media quarantine; None when not configured."""
     if raw.get("admin_token_file") is None:
         return None
-    return _secret_file(raw, "admin_token_file", base, "an access token")
+    return common.secret_file(raw, "admin_token_file", base, "an access token")
 
 
 def _port(value: Any, key: str) -> int | None:
@@ -277,18 +195,9 @@ def _port(value: Any, key: str) -> int | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
         return value
-    raise _fail(key, "a TCP port (1-65535)", value)
+    raise fail(key, "a TCP port (1-65535)", value)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check the YAML file at ``path``; relative paths in it are relative to its directory."""
-    file = Path(path)
-    try:
-        text = file.read_text()
-    except OSError as error:
-        raise ConfigError(f"{file}: cannot read the configuration: {error.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{file}: not valid YAML: {error}") from None
-    return parse_config(raw, file.resolve().parent)
+    return parse_config(*common.read_yaml(path))

@@ -46,9 +46,21 @@ import attrs
 GENESIS_HASH = "0" * 64
 
 #: ``PRAGMA user_version`` of the schema below.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = f"""
+#: version 2: commands the bot has taken on, so a replayed sync never runs
+#: (and logs) a consultation twice
+_ANSWERED = """
+CREATE TABLE IF NOT EXISTS answered_commands (
+    event_id TEXT PRIMARY KEY,
+    time_ms INTEGER NOT NULL
+);
+"""
+#: how long a command's event ID is remembered; replays come within minutes
+ANSWERED_KEEP_MS = 7 * 24 * 3600 * 1000
+
+_SCHEMA = (
+    f"""
 CREATE TABLE IF NOT EXISTS consultations (
     seq INTEGER PRIMARY KEY,
     time_ms INTEGER NOT NULL,
@@ -92,6 +104,8 @@ BEGIN
     SELECT RAISE(ABORT, 'the checkpoint and the head only move forward');
 END;
 """
+    + _ANSWERED
+)
 
 _COLUMNS = (
     "seq, time_ms, auditor, action, case_ref, reason, recipient, query, result_count, prev_hash, entry_hash"
@@ -236,7 +250,10 @@ class ConsultationLog:
 
     def _check_or_create_schema(self, read_only: bool) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:
+        if version == 1 and not read_only:
+            self._db.executescript(f"BEGIN; {_ANSWERED} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            version = SCHEMA_VERSION
+        if version in (1, SCHEMA_VERSION):
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if {"consultations", "consultation_chain"} <= tables:
                 return
@@ -397,6 +414,17 @@ class ConsultationLog:
             if seq != entry.seq and entry.computed_hash(seq=seq) == entry.entry_hash:
                 return seq
         return None
+
+    def claim_command(self, event_id: str) -> bool:
+        """Take on the command in ``event_id``; False if it was taken on before.
+        At most once: a bot killed after claiming does not answer it again,
+        rather than answering (and logging) it twice."""
+        now = self._clock()
+        self._db.execute("DELETE FROM answered_commands WHERE time_ms < ?", (now - ANSWERED_KEEP_MS,))
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO answered_commands (event_id, time_ms) VALUES (?, ?)", (event_id, now)
+        )
+        return cursor.rowcount == 1
 
     def purge_expired(self, now: datetime) -> int:
         """Delete the entries whose retention ended before ``now``; return how many.

@@ -17,19 +17,15 @@ import html
 import io
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from nio import (
     AsyncClient,
-    AsyncClientConfig,
     Event,
     InviteMemberEvent,
     JoinError,
     LocalProtocolError,
-    LoginResponse,
     MatrixRoom,
     MegolmEvent,
     ReactionEvent,
@@ -39,12 +35,11 @@ from nio import (
     RoomMessageUnknown,
     RoomResolveAliasResponse,
     RoomSendResponse,
-    SyncError,
     SyncResponse,
     UploadResponse,
-    WhoamiResponse,
 )
 
+from ..common.session import Session
 from . import board, commands, escalation
 from .commands import (
     Alert,
@@ -66,9 +61,6 @@ from .state import Addressee, AlertView, Incident, State
 
 log = logging.getLogger("bots.dispatch")
 
-SYNC_TIMEOUT_MS = 30_000
-TIMELINE_LIMIT = 100
-MAX_BACKOFF_S = 60.0
 #: the board is edited at most this often (many acknowledgements at once make one edit)
 BOARD_DEBOUNCE_S = 1.0
 #: the board is edited this often even when nothing changed (the ages of statuses and positions)
@@ -80,7 +72,6 @@ ESCALATION_POLL_S = 5.0
 #: an outbox message that failed this often is dropped (logged)
 MAX_SEND_ATTEMPTS = 5
 ACK_REACTIONS = frozenset({"✅", "✔️", "✔", "☑️", "👍"})
-CREDENTIALS = "credentials.json"
 SYNC_TOKEN = "sync_token"
 #: when the last sync response was handled (a back-fill goes back to it)
 LAST_SYNC = "last_sync_at"
@@ -99,6 +90,21 @@ class _Client(AsyncClient):
         if relates is not None:
             encrypted = {**encrypted, "m.relates_to": relates}
         return event_type, encrypted
+
+
+class _StateSyncTokens:
+    """The sync token in the state database, beside the ``handled`` table that makes a replayed
+    event count once; saving it also notes when (a later back-fill goes back to that time)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def load(self) -> str | None:
+        return self.state.get(SYNC_TOKEN)
+
+    def save(self, token: str) -> None:
+        self.state.put(SYNC_TOKEN, token)
+        self.state.put(LAST_SYNC, str(time.time()))
 
 
 class Reply(Exception):
@@ -141,98 +147,40 @@ class DispatchBot:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.directory = Directory(config)
-        config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.session = Session(config, device_name="dispatch bot", log=log, client_class=_Client)
+        self.client = self.session.client
         self.state = State(config.state_path)
-        self.client = _Client(
-            config.homeserver_url,
-            config.user_id,
-            device_id=config.device_id,
-            store_path=str(config.store_dir),
-            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False),
-        )
+        self.tokens = _StateSyncTokens(self.state)
         self.control_rooms: set[str] = set()
         self.supervisors = {unit.name: unit.supervisor for unit in config.units}
-        self._stopping = asyncio.Event()
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._board_dirty = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._send_failures: dict[int, int] = {}
         #: no saved sync token: the first sync's timeline is history, not new work
-        self._skip_history = self.state.get(SYNC_TOKEN) is None
-        self._in_first_sync = True
+        self._skip_history = self.tokens.load() is None
         #: undecryptable events: event ID -> (room ID, event, first seen)
         self._pending: dict[str, tuple[str, MegolmEvent, float]] = {}
-
-    # -- logging in -------------------------------------------------------------------------------
-
-    @property
-    def _credentials(self) -> Path:
-        return self.config.store_dir / CREDENTIALS
-
-    async def login(self) -> None:
-        """Restore the saved access token, or log in with the password on the enrolled device."""
-        saved = self._load_credentials()
-        if saved is not None:
-            self.client.restore_login(self.config.user_id, self.config.device_id, saved)
-            whoami = await self.client.whoami()
-            if isinstance(whoami, WhoamiResponse) and whoami.device_id == self.config.device_id:
-                log.info("restored the login of device %s", self.config.device_id)
-                await self._upload_keys()
-                return
-            log.info("the saved access token no longer works; logging in again")
-            self.client.access_token = ""
-        self.client.device_id = self.config.device_id
-        response = await self.client.login(self.config.password, device_name="dispatch bot")
-        if not isinstance(response, LoginResponse):
-            raise RuntimeError(
-                f"login as {self.config.user_id} on {self.config.device_id} failed: {response}"
-            )
-        if response.device_id != self.config.device_id:
-            raise RuntimeError(f"the server gave device {response.device_id}, not {self.config.device_id}")
-        self._save_credentials(response.access_token)
-        log.info("logged in as %s on device %s", response.user_id, response.device_id)
-        await self._upload_keys()
-
-    def _load_credentials(self) -> str | None:
-        try:
-            data = json.loads(self._credentials.read_text())
-        except (OSError, ValueError):
-            return None
-        if data.get("user_id") != self.config.user_id or data.get("device_id") != self.config.device_id:
-            return None
-        token = data.get("access_token")
-        return token if isinstance(token, str) and token else None
-
-    def _save_credentials(self, token: str) -> None:
-        data = {"user_id": self.config.user_id, "device_id": self.config.device_id, "access_token": token}
-        temporary = self._credentials.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump(data, out)
-        temporary.replace(self._credentials)
-
-    async def _upload_keys(self) -> None:
-        if self.client.should_upload_keys:
-            await self.client.keys_upload()
 
     # -- running ----------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        self._stopping.set()
+        self.session.stop()
 
     async def run(self) -> None:
-        await self.login()
-        self.client.loaded_sync_token = self.state.get(SYNC_TOKEN) or ""
-        self.client.add_event_callback(self._guard(self._on_invite), InviteMemberEvent)
-        self.client.add_event_callback(self._guard(self._on_text), RoomMessageText)
-        self.client.add_event_callback(self._guard(self._on_reaction), ReactionEvent)
-        self.client.add_event_callback(self._guard(self._on_unknown_message), RoomMessageUnknown)
-        self.client.add_event_callback(self._guard(self._on_undecryptable), MegolmEvent)
-        await self._setup_control_rooms()
-        tasks = [asyncio.create_task(self._escalation_loop()), asyncio.create_task(self._board_loop())]
+        tasks: list[asyncio.Task[None]] = []
         try:
-            await self._sync_loop()
+            if not await self.session.until_stopped(self.session.login()):
+                return  # stopped while the homeserver was still unreachable
+            self.client.add_event_callback(self._guard(self._on_invite), InviteMemberEvent)
+            self.client.add_event_callback(self._guard(self._on_text), RoomMessageText)
+            self.client.add_event_callback(self._guard(self._on_reaction), ReactionEvent)
+            self.client.add_event_callback(self._guard(self._on_unknown_message), RoomMessageUnknown)
+            self.client.add_event_callback(self._guard(self._on_undecryptable), MegolmEvent)
+            await self._setup_control_rooms()
+            tasks = [asyncio.create_task(self._escalation_loop()), asyncio.create_task(self._board_loop())]
+            await self.session.sync_forever(self.tokens, self._after_sync, self._on_ready)
         finally:
             for task in tasks:
                 task.cancel()
@@ -240,6 +188,10 @@ class DispatchBot:
             await self.client.close()
             self.state.close()
             log.info("stopped")
+
+    def _in_first_sync(self) -> bool:
+        """While the first sync is handled its timeline may be history (see ``_skip_history``)."""
+        return not self.session.ready
 
     def _guard(self, handler: Any) -> Any:
         """A handler that fails is logged; the sync goes on (bad input never stops the bot)."""
@@ -252,78 +204,29 @@ class DispatchBot:
 
         return guarded
 
-    async def _sync_loop(self) -> None:
-        backoff = 1.0
-        sync_filter = {"room": {"timeline": {"limit": TIMELINE_LIMIT}}}
-        while not self._stopping.is_set():
-            first = not self._ready.is_set()
-            sync = asyncio.create_task(
-                self.client.sync(
-                    timeout=0 if first else SYNC_TIMEOUT_MS, sync_filter=sync_filter, full_state=first
-                )
-            )
-            stopping = asyncio.create_task(self._stopping.wait())
-            done, _ = await asyncio.wait({sync, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if sync not in done:
-                sync.cancel()
-                await asyncio.gather(sync, return_exceptions=True)
-                break
-            stopping.cancel()
-            try:
-                response = sync.result()
-            except Exception as error:  # network trouble: retry
-                log.warning("sync failed: %r; retrying in %.0fs", error, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            if isinstance(response, SyncError):
-                log.warning("sync failed: %s; retrying in %.0fs", response.status_code, backoff)
-                if response.status_code == "M_UNKNOWN_TOKEN":
-                    self._credentials.unlink(missing_ok=True)
-                    await self.login()
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                continue
-            backoff = 1.0
-            try:
-                await self._after_sync(response)
-            except Exception:
-                log.exception("handling a sync response failed")
-            if first:
-                self._in_first_sync = False
-                try:
-                    await self._ensure_unit_rooms()
-                except Exception:
-                    log.exception("setting up the unit rooms failed")
-                self._ready.set()
-                self._wake.set()
-                log.info(
-                    "dispatch bot ready: %d rooms, %d control rooms, %d open incidents",
-                    len(self.client.rooms),
-                    len(self.control_rooms),
-                    len(self.state.open_incidents()),
-                )
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def _on_ready(self) -> None:
+        """The first sync is in: the unit rooms can be set up and the loops may start."""
+        try:
+            await self._ensure_unit_rooms()
+        except Exception:
+            log.exception("setting up the unit rooms failed")
+        self._ready.set()
+        self._wake.set()
+        log.info(
+            "dispatch bot ready: %d rooms, %d control rooms, %d open incidents",
+            len(self.client.rooms),
+            len(self.control_rooms),
+            len(self.state.open_incidents()),
+        )
 
     async def _after_sync(self, response: SyncResponse) -> None:
-        if self.client.should_upload_keys:
-            await self.client.keys_upload()
-        if self.client.should_query_keys:
-            await self.client.keys_query()
-        if self.client.should_claim_keys:
-            await self.client.keys_claim(self.client.get_users_for_key_claiming())
-        await self.client.send_to_device_messages()
-        if not (self._skip_history and self._in_first_sync):
+        """Back-fill gaps, retry late keys and send the outbox; the session saves the sync token
+        (and the time of this sync) only after this returned."""
+        if not (self._skip_history and self._in_first_sync()):
             for room_id, joined in response.rooms.join.items():
                 if joined.timeline.limited and joined.timeline.prev_batch:
                     await self._backfill(room_id, joined.timeline.prev_batch)
         await self._retry_pending()
-        # every event of this response was handled: a restart may continue after it
-        self.state.put(SYNC_TOKEN, response.next_batch)
-        self.state.put(LAST_SYNC, str(time.time()))
         await self.flush()
 
     async def _backfill(self, room_id: str, prev_batch: str) -> None:
@@ -520,7 +423,7 @@ class DispatchBot:
     def _is_new(self, event: Any) -> bool:
         if event.sender == self.config.user_id:
             return False
-        if self._skip_history and self._in_first_sync:
+        if self._skip_history and self._in_first_sync():
             return False
         return self.state.first_time(event.event_id)
 
@@ -903,7 +806,7 @@ class DispatchBot:
 
     async def _escalation_loop(self) -> None:
         await self._ready.wait()
-        while not self._stopping.is_set():
+        while not self.session.stopping.is_set():
             self._wake.clear()
             try:
                 now = time.time()
@@ -993,7 +896,7 @@ class DispatchBot:
             self.state.set_board(room_id, event_id)
 
     async def _board_loop(self) -> None:
-        while not self._stopping.is_set():
+        while not self.session.stopping.is_set():
             with contextlib.suppress(TimeoutError):  # now and then anyway: the ages on it grow
                 await asyncio.wait_for(self._board_dirty.wait(), BOARD_REFRESH_S)
             await asyncio.sleep(BOARD_DEBOUNCE_S)

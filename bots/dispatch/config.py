@@ -1,7 +1,8 @@
 """The dispatch bot's configuration: YAML in, a frozen ``Config`` out.
 
 Every problem raises ``ConfigError`` whose message starts with the full key
-path (``units[2].members[0]``) and says what was expected and what was found.
+path (``units[2].members[0]``) and says what was expected and what was found;
+the settings every bot has are read by ``bots.common.config``.
 """
 
 from __future__ import annotations
@@ -13,39 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import yaml
 
-_USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+\Z")
+from ..common import config as common
+from ..common.config import ACCOUNT_KEYS, USER_ID, Account, ConfigError, fail
+
 _ROOM = re.compile(r"^[!#][^:\s]+:[A-Za-z0-9.\-:\[\]]+\Z")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,255}\Z")
 #: unit names are typed in commands: one word, not a number (numbers are incidents)
 _UNIT_NAME = re.compile(r"^(?!\d+\Z)[A-Za-z0-9][A-Za-z0-9._\-/]*\Z")
-_DURATION = re.compile(r"^(\d+)\s*([smhd])\Z")
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 ROLES = ("dispatcher", "supervisor", "officer")
-KEYS = frozenset(
-    {
-        "homeserver_url",
-        "user_id",
-        "password",
-        "password_file",
-        "device_id",
-        "store_dir",
-        "state_path",
-        "control_rooms",
-        "roles",
-        "units",
-        "ack_deadline",
-        "ack_unit",
-        "max_alerts",
-    }
-)
+KEYS = ACCOUNT_KEYS | {
+    "state_path",
+    "control_rooms",
+    "roles",
+    "units",
+    "ack_deadline",
+    "ack_unit",
+    "max_alerts",
+}
 UNIT_KEYS = frozenset({"name", "call_sign", "supervisor", "members"})
-
-
-class ConfigError(Exception):
-    """The configuration is wrong; the message names the key and what was expected."""
 
 
 @attrs.frozen
@@ -59,12 +47,7 @@ class Unit:
 
 
 @attrs.frozen
-class Config:
-    homeserver_url: str
-    user_id: str
-    password: str = attrs.field(repr=False)
-    device_id: str
-    store_dir: Path
+class Config(Account):
     #: the bot's own state (SQLite): incidents, alerts, acknowledgements, the diary
     state_path: Path
     #: room IDs or aliases; an alias of this server that does not exist yet is created
@@ -88,40 +71,19 @@ class Config:
         return user_id in self.roles.get(role, frozenset())
 
 
-def _fail(key: str, expected: str, found: Any) -> ConfigError:
-    return ConfigError(f"{key}: expected {expected}, got {found!r}")
-
-
 def parse_duration(value: Any, key: str) -> int:
     """A positive duration such as '5m', '90s' or '1h', in seconds."""
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match and int(match.group(1)) > 0:
-            return int(match.group(1)) * _UNITS_S[match.group(2)]
-    raise _fail(key, "a positive duration such as '5m' (units s, m, h, d)", value)
+    return common.duration(value, key, _UNITS_S, "5m")
 
 
 def _string(raw: Mapping[str, Any], key: str, path: str, *, required: bool = True) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"{path}: required, expected a non-empty string")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(path, "a non-empty string", value)
-    return value.strip()
-
-
-def _path(raw: Mapping[str, Any], key: str, base: Path) -> Path:
-    value = _string(raw, key, key)
-    assert value is not None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
+    """Strings are taken without surrounding blanks here (unit names are typed in commands)."""
+    return common.string(raw, key, path, required=required, strip=True)
 
 
 def _user(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not _USER_ID.match(value):
-        raise _fail(path, "a Matrix user ID such as '@officer:police.example'", value)
+    if not isinstance(value, str) or not USER_ID.match(value):
+        raise fail(path, "a Matrix user ID such as '@officer:police.example'", value)
     return value
 
 
@@ -129,39 +91,19 @@ def _user_list(value: Any, path: str, *, allow_empty: bool = True) -> tuple[str,
     if value is None and allow_empty:
         return ()
     if not isinstance(value, list) or (not value and not allow_empty):
-        raise _fail(path, "a list of Matrix user IDs" + ("" if allow_empty else " (at least one)"), value)
+        raise fail(path, "a list of Matrix user IDs" + ("" if allow_empty else " (at least one)"), value)
     return tuple(_user(item, f"{path}[{index}]") for index, item in enumerate(value))
-
-
-def _password(raw: Mapping[str, Any], base: Path) -> str:
-    password = _string(raw, "password", "password", required=False)
-    password_file = _string(raw, "password_file", "password_file", required=False)
-    if (password is None) == (password_file is None):
-        raise ConfigError(
-            "password, password_file: expected exactly one of the two, got "
-            + ("both" if password else "neither")
-        )
-    if password is not None:
-        return password
-    file = _path(raw, "password_file", base)
-    try:
-        text = file.read_text().strip()
-    except OSError as error:
-        raise ConfigError(f"password_file: cannot read {file}: {error.strerror}") from None
-    if not text:
-        raise ConfigError(f"password_file: expected a file holding the password, {file} is empty")
-    return text
 
 
 def _units(value: Any) -> tuple[Unit, ...]:
     if not isinstance(value, list) or not value:
-        raise _fail("units", "a non-empty list of units (name, call_sign, members, supervisor)", value)
+        raise fail("units", "a non-empty list of units (name, call_sign, members, supervisor)", value)
     units: list[Unit] = []
     seen: set[str] = set()
     for index, item in enumerate(value):
         path = f"units[{index}]"
         if not isinstance(item, Mapping):
-            raise _fail(path, "a mapping with name, call_sign, members and supervisor", item)
+            raise fail(path, "a mapping with name, call_sign, members and supervisor", item)
         unknown = sorted(str(key) for key in item if key not in UNIT_KEYS)
         if unknown:
             raise ConfigError(
@@ -170,7 +112,7 @@ def _units(value: Any) -> tuple[Unit, ...]:
         name = _string(item, "name", f"{path}.name")
         assert name is not None
         if not _UNIT_NAME.match(name):
-            raise _fail(
+            raise fail(
                 f"{path}.name", "one word of letters, digits, '.', '_', '-', '/' (not only digits)", name
             )
         if name.lower() in seen:
@@ -192,7 +134,7 @@ def _units(value: Any) -> tuple[Unit, ...]:
 
 def _roles(value: Any) -> dict[str, frozenset[str]]:
     if not isinstance(value, Mapping):
-        raise _fail("roles", "a mapping of dispatcher, supervisor and officer to lists of user IDs", value)
+        raise fail("roles", "a mapping of dispatcher, supervisor and officer to lists of user IDs", value)
     unknown = sorted(str(key) for key in value if key not in ROLES)
     if unknown:
         raise ConfigError(f"roles.{unknown[0]}: unknown role; expected one of: {', '.join(ROLES)}")
@@ -205,48 +147,35 @@ def _roles(value: Any) -> dict[str, frozenset[str]]:
 def _positive_int(raw: Mapping[str, Any], key: str, default: int) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _fail(key, "a positive whole number", value)
+        raise fail(key, "a positive whole number", value)
     return value
 
 
 def parse_config(raw: Any, base: Path | None = None) -> Config:
     """Check a parsed YAML document; relative paths are relative to ``base``."""
     base = base or Path.cwd()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"(top level): expected a mapping of settings, got {raw!r}")
-    unknown = sorted(str(key) for key in raw if key not in KEYS)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key; expected one of: {', '.join(sorted(KEYS))}")
-
-    url = _string(raw, "homeserver_url", "homeserver_url")
-    assert url is not None
-    if not url.startswith(("http://", "https://")):
-        raise _fail("homeserver_url", "an http:// or https:// URL", url)
+    raw = common.settings(raw, KEYS)
+    url = common.homeserver_url(raw, strip=True)
     user_id = _user(raw.get("user_id"), "user_id")
-    device_id = _string(raw, "device_id", "device_id")
-    if not _DEVICE_ID.match(device_id or ""):
-        raise _fail("device_id", "the enrolled device ID (letters, digits, '.', '_', '-')", device_id)
-    assert device_id is not None
+    device_id = common.device_id(raw, strip=True)
 
     rooms = raw.get("control_rooms")
     if not isinstance(rooms, list) or not rooms:
-        raise _fail("control_rooms", "a non-empty list of room IDs or aliases", rooms)
+        raise fail("control_rooms", "a non-empty list of room IDs or aliases", rooms)
     for index, room in enumerate(rooms):
         if not isinstance(room, str) or not _ROOM.match(room):
-            raise _fail(
-                f"control_rooms[{index}]", "a room ID ('!abc:server') or alias ('#name:server')", room
-            )
+            raise fail(f"control_rooms[{index}]", "a room ID ('!abc:server') or alias ('#name:server')", room)
 
     ack_unit = raw.get("ack_unit", "m")
     if ack_unit not in ("s", "m"):
-        raise _fail("ack_unit", "'m' (ack:<n> in minutes) or 's' (seconds, for tests)", ack_unit)
+        raise fail("ack_unit", "'m' (ack:<n> in minutes) or 's' (seconds, for tests)", ack_unit)
     return Config(
-        homeserver_url=url.rstrip("/"),
+        homeserver_url=url,
         user_id=user_id,
-        password=_password(raw, base),
+        password=common.password(raw, base, strip=True),
         device_id=device_id,
-        store_dir=_path(raw, "store_dir", base),
-        state_path=_path(raw, "state_path", base),
+        store_dir=common.path(raw, "store_dir", base, strip=True),
+        state_path=common.path(raw, "state_path", base, strip=True),
         control_rooms=tuple(rooms),
         roles=_roles(raw.get("roles")),
         units=_units(raw.get("units")),
@@ -258,13 +187,4 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check the YAML file at ``path``; relative paths in it are relative to its directory."""
-    file = Path(path)
-    try:
-        text = file.read_text()
-    except OSError as error:
-        raise ConfigError(f"{file}: cannot read the configuration: {error.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{file}: not valid YAML: {error}") from None
-    return parse_config(raw, file.resolve().parent)
+    return parse_config(*common.read_yaml(path))

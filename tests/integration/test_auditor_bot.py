@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from bots.auditor.consultation_log import ConsultationLog
 from devtools.homeserver import Homeserver, free_port
 from devtools.postgres import PG_BIN, PostgresCluster
 from tests import media_corpus
+from tests.bots import REPO, BotProcess, bot_account, repo_env, stopped_afterwards
 from tests.e2ee import (
     create_room,
     download,
@@ -52,7 +52,6 @@ from tests.e2ee import (
     upload_encrypted,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 BOT_LOCALPART = "auditor"
 BOT_DEVICE = "AUDITOR-BOT"
 
@@ -60,56 +59,6 @@ BOT_DEVICE = "AUDITOR-BOT"
 @pytest.fixture(scope="module")
 def hs(start_homeserver) -> Homeserver:
     return start_homeserver("auditing", module_config={"auditor": {"user_id": "@auditor:auditing.test"}})
-
-
-class BotProcess:
-    def __init__(self, config_file: Path, log_file: Path) -> None:
-        self.config_file = config_file
-        self.log_file = log_file
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def reconfigure(self, **changes: object) -> None:
-        """Change settings for the next start (None removes one)."""
-        config = yaml.safe_load(self.config_file.read_text())
-        for key, value in changes.items():
-            if value is None:
-                config.pop(key, None)
-            else:
-                config[key] = value
-        self.config_file.write_text(yaml.safe_dump(config))
-
-    def start(self, timeout: float = 30.0) -> None:
-        ready_before = self.log().count("auditor bot ready")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        with self.log_file.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bots.auditor", "-c", str(self.config_file)],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while self.log().count("auditor bot ready") <= ready_before:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the bot exited with {self.process.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the bot was not ready within {timeout}s:\n{self.log()}")
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"the bot did not stop on SIGTERM:\n{self.log()}") from None
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -126,20 +75,13 @@ def running_bot(
 ) -> Iterator[tuple[BotProcess, dict[str, str], Path]]:
     """A bot's account, device and config; its archive in PostgreSQL when the session has a
     cluster (POLICE_TEST_POSTGRES=1), else in SQLite."""
-    password = f"pw-{uuid.uuid4().hex}"
-    hs.register_user(BOT_LOCALPART, password, login=False)
-    hs.enroll(BOT_LOCALPART, BOT_DEVICE, label="auditor bot")
+    account = bot_account(hs, tmp_path, BOT_LOCALPART, BOT_DEVICE, label="auditor bot")
     names = {"auditor": f"revisor-{uuid.uuid4().hex[:6]}"}
     if auditors > 1:
         names["auditor2"] = f"revisor-{uuid.uuid4().hex[:6]}"
     (tmp_path / "archive.key").write_text(os.urandom(32).hex())
-    (tmp_path / "bot-password").write_text(password)
     config = {
-        "homeserver_url": hs.url,
-        "user_id": hs.user_id(BOT_LOCALPART),
-        "password_file": "bot-password",
-        "device_id": BOT_DEVICE,
-        "store_dir": "store",
+        **account,
         "archive_path": "archive.sqlite",
         "archive_key_file": "archive.key",
         "log_path": "consultations.sqlite",
@@ -156,12 +98,9 @@ def running_bot(
         config["attachments_dir"] = "archive-attachments"
     config_file = tmp_path / "auditor.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    bot = BotProcess(config_file, tmp_path / "bot.log")
-    try:
+    bot = BotProcess("bots.auditor", config_file, tmp_path / "bot.log", ready="auditor bot ready")
+    with stopped_afterwards(bot):
         yield bot, names, tmp_path
-    finally:
-        if bot.process is not None and bot.process.poll() is None:
-            bot.stop()
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +282,7 @@ def verify_export_cli(path: Path) -> int:
     return subprocess.run(
         [sys.executable, "-m", "bots.auditor.cli", "verify-export", str(path)],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=repo_env(),
         capture_output=True,
         timeout=60,
     ).returncode
@@ -596,7 +535,7 @@ def verify_log_cli(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bots.auditor.cli", "verify-log", str(path)],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=repo_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,10 +7,6 @@ and the incident closed with its diary (a message and an encrypted JSON file).""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,9 +18,9 @@ import yaml
 from nio import AsyncClient, Event, RoomEncryptedFile, RoomMessageNotice, RoomMessageText, SyncResponse
 
 from devtools.homeserver import Homeserver
+from tests.bots import BotProcess, bot_account, stopped_afterwards
 from tests.e2ee import download_decrypted, login, send
 
-REPO = Path(__file__).resolve().parents[2]
 BOT_LOCALPART = "dispatch-bot"
 BOT_DEVICE = "DISPATCH-BOT"
 READY = "dispatch bot ready"
@@ -33,50 +29,6 @@ READY = "dispatch bot ready"
 @pytest.fixture(scope="module")
 def hs(start_homeserver) -> Homeserver:
     return start_homeserver("dispatching")
-
-
-class BotProcess:
-    def __init__(self, config_file: Path, log_file: Path) -> None:
-        self.config_file = config_file
-        self.log_file = log_file
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        ready_before = self.log().count(READY)
-        with self.log_file.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bots.dispatch", "-c", str(self.config_file)],
-                cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while self.log().count(READY) <= ready_before:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the bot exited with {self.process.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the bot was not ready within {timeout}s:\n{self.log()}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"the bot did not stop on SIGTERM:\n{self.log()}") from None
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
 class Watcher:
@@ -151,19 +103,12 @@ async def command(watcher: Watcher, room_id: str, text: str, bot_id: str, expect
 
 @pytest.fixture
 def setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str, Any]]]:
-    password = f"pw-{uuid.uuid4().hex}"
-    hs.register_user(BOT_LOCALPART, password, login=False)
-    hs.enroll(BOT_LOCALPART, BOT_DEVICE, label="dispatch bot")
+    account = bot_account(hs, tmp_path, BOT_LOCALPART, BOT_DEVICE, label="dispatch bot")
     tag = uuid.uuid4().hex[:6]
     names = {role: f"{role}-{tag}" for role in ("dispatcher", "sup", "o1", "o2", "o3", "o4")}
     users = {role: hs.user_id(name) for role, name in names.items()}
-    (tmp_path / "bot-password").write_text(password)
     config = {
-        "homeserver_url": hs.url,
-        "user_id": hs.user_id(BOT_LOCALPART),
-        "password_file": "bot-password",
-        "device_id": BOT_DEVICE,
-        "store_dir": "store",
+        **account,
         "state_path": "state.sqlite",
         "control_rooms": [f"#leitstelle-{tag}:{hs.server_name}"],
         "roles": {"dispatcher": [users["dispatcher"]], "supervisor": [users["sup"]]},
@@ -187,12 +132,9 @@ def setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str
     }
     config_file = tmp_path / "dispatch.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    bot = BotProcess(config_file, tmp_path / "bot.log")
-    try:
+    bot = BotProcess("bots.dispatch", config_file, tmp_path / "bot.log", ready=READY)
+    with stopped_afterwards(bot):
         yield bot, {"names": names, "users": users}
-    finally:
-        if bot.process is not None and bot.process.poll() is None:
-            bot.stop()
 
 
 def relates_to(event: Event) -> dict[str, Any]:

@@ -307,3 +307,35 @@ def test_cli_verify_log_unreadable_input(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert "not a consultation log" in err
     assert "Traceback" not in err
+
+
+def test_a_command_is_claimed_once(db: Path) -> None:
+    """A sync replayed after a restart brings the command again: it must not be
+    answered, nor logged, twice."""
+    clock = Clock(ms(2026, 3, 1))
+    with ConsultationLog(db, clock=clock) as log:
+        assert log.claim_command("$cmd1")
+        assert not log.claim_command("$cmd1")
+        assert log.claim_command("$cmd2")
+    with ConsultationLog(db, clock=clock) as log:
+        assert not log.claim_command("$cmd1"), "claims survive a restart"
+        clock.now_ms += 8 * 24 * 3600 * 1000
+        log.claim_command("$other")
+        assert log.claim_command("$cmd1"), "claims are forgotten after a week"
+        assert log.verify().ok
+
+
+def test_a_version_1_log_gains_the_claims_and_keeps_verifying(db: Path) -> None:
+    with ConsultationLog(db) as log:
+        add(log, 3)
+    with sqlite3.connect(db) as raw:
+        raw.execute("DROP TABLE answered_commands")
+        raw.execute("PRAGMA user_version = 1")
+    with ConsultationLog(db, read_only=True) as log:
+        assert log.verify().ok, "verify-log reads a version 1 file as it is"
+    with ConsultationLog(db) as log:
+        assert log.claim_command("$cmd1")
+        assert log.verify().ok
+        assert len(log.entries()) == 3
+    (version,) = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()
+    assert version == 2

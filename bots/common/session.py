@@ -1,0 +1,254 @@
+"""A bot's Matrix session on its enrolled device: login, key upkeep, and the sync loop.
+
+The module lets a bot log in only on the device enrolled for it, so the login
+always names that device; the access token is kept (0600) in the store
+directory and restored at the next start, so a restart does not add a device
+or lose the E2EE store's keys.
+
+The sync token is saved only after a whole sync response was handled (never by
+nio itself, which saves it before the callbacks ran): a bot killed half-way
+through a response sees the same events again after the restart, and nothing
+it had not finished is lost. Each bot decides where its token lives (see
+``SyncTokens``) and makes handling an event twice harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, Protocol
+
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    ErrorResponse,
+    LoginResponse,
+    SyncError,
+    SyncResponse,
+    WhoamiResponse,
+)
+
+from .config import Account
+
+#: the long-poll timeout of /sync (ms)
+SYNC_TIMEOUT_MS = 30_000
+#: timeline events per room in one sync (fewer come with a gap, ``limited``, which a bot back-fills)
+TIMELINE_LIMIT = 100
+#: the longest wait between two attempts while the homeserver is unreachable
+MAX_BACKOFF_S = 60.0
+CREDENTIALS = "credentials.json"
+
+
+class SyncTokens(Protocol):
+    """Where a bot keeps its sync token: ``save`` is called only once a response was handled."""
+
+    def load(self) -> str | None: ...
+    def save(self, token: str) -> None: ...
+
+
+class StoreSyncTokens:
+    """The token in nio's own store, the table ``store_sync_tokens=True`` used: a bot that
+    used that option carries on from where it was; only the session writes it now."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    def load(self) -> str | None:
+        return self.client.store.load_sync_token() if self.client.store is not None else None
+
+    def save(self, token: str) -> None:
+        assert self.client.store is not None, "the store is loaded at login"
+        self.client.store.save_sync_token(token)
+
+
+class Session:
+    """The login and sync loop of one bot; the bot adds its callbacks and its handling of a
+    whole sync response (back-fill, retries) and says when it is ready."""
+
+    def __init__(
+        self,
+        account: Account,
+        *,
+        device_name: str,
+        log: logging.Logger,
+        client_class: type[AsyncClient] = AsyncClient,
+    ) -> None:
+        self.account = account
+        self.device_name = device_name
+        self.log = log
+        account.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # store_sync_tokens stays off: nio would save the token before the callbacks ran
+        self.client = client_class(
+            account.homeserver_url,
+            account.user_id,
+            device_id=account.device_id,
+            store_path=str(account.store_dir),
+            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False),
+        )
+        #: set by ``stop()``; every wait of the session (and of the bots' loops) ends on it
+        self.stopping = asyncio.Event()
+        #: True once the first sync response was handled
+        self.ready = False
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- logging in -------------------------------------------------------------------------------
+
+    @property
+    def credentials(self) -> Path:
+        return self.account.store_dir / CREDENTIALS
+
+    async def login(self) -> None:
+        """Restore the saved access token, or log in with the password on the enrolled device."""
+        account = self.account
+        saved = self._load_credentials()
+        if saved is not None:
+            self.client.restore_login(account.user_id, account.device_id, saved)
+            whoami = await self.client.whoami()
+            if isinstance(whoami, WhoamiResponse) and whoami.device_id == account.device_id:
+                self.log.info("restored the login of device %s", account.device_id)
+                await self._upload_keys()
+                return
+            why = whoami if isinstance(whoami, ErrorResponse) else "another device"
+            self.log.info("the saved access token no longer works (%s); logging in again", why)
+            self.client.access_token = ""
+        self.client.device_id = account.device_id
+        response = await self.client.login(account.password, device_name=self.device_name)
+        if not isinstance(response, LoginResponse):
+            raise RuntimeError(f"login as {account.user_id} on {account.device_id} failed: {response}")
+        if response.device_id != account.device_id:
+            raise RuntimeError(f"the server gave device {response.device_id}, not {account.device_id}")
+        self._save_credentials(response.access_token)
+        self.log.info("logged in as %s on device %s", response.user_id, response.device_id)
+        await self._upload_keys()
+
+    def _load_credentials(self) -> str | None:
+        """The saved access token, if it is for this account and device."""
+        try:
+            data = json.loads(self.credentials.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("user_id") != self.account.user_id or data.get("device_id") != self.account.device_id:
+            return None
+        token = data.get("access_token")
+        return token if isinstance(token, str) and token else None
+
+    def _save_credentials(self, token: str) -> None:
+        """Written 0600 and replaced atomically: a crash never leaves half a file."""
+        data = {"user_id": self.account.user_id, "device_id": self.account.device_id, "access_token": token}
+        temporary = self.credentials.with_suffix(".tmp")
+        descriptor = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(data, out)
+        temporary.replace(self.credentials)
+
+    async def _upload_keys(self) -> None:
+        if self.client.should_upload_keys:
+            response = await self.client.keys_upload()
+            self.log.info("uploaded device keys: %s", type(response).__name__)
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    async def until_stopped(self, work: Coroutine[Any, Any, Any]) -> bool:
+        """Await ``work`` unless ``stop()`` comes first (nio retries an unreachable server
+        for ever); False when stopped."""
+        task = asyncio.ensure_future(work)
+        done = await self._first_of(task)
+        if task not in done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return False
+        task.result()
+        return True
+
+    async def _first_of(self, task: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
+        """Wait for ``task`` or ``stop()``, whichever comes first; the done ones. Cancelled
+        itself, it cancels ``task`` too (nothing of the bot's is left running)."""
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        return done
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on ``stop()``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    # -- syncing ----------------------------------------------------------------------------------
+
+    async def sync_forever(
+        self,
+        tokens: SyncTokens,
+        handle: Callable[[SyncResponse], Awaitable[None]],
+        on_ready: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Sync until ``stop()``, from the saved token on; retry with back-off while the server
+        is unreachable, log in again when the token was revoked.
+
+        ``handle`` gets each response after nio ran the event callbacks; only when it returned
+        is the token saved. ``on_ready`` runs once, after the first response was handled."""
+        self.client.loaded_sync_token = tokens.load() or ""
+        backoff = 1.0
+        sync_filter = {"room": {"timeline": {"limit": TIMELINE_LIMIT}}}
+        while not self.stopping.is_set():
+            first = not self.ready
+            sync = asyncio.create_task(
+                self.client.sync(
+                    timeout=0 if first else SYNC_TIMEOUT_MS, sync_filter=sync_filter, full_state=first
+                )
+            )
+            if sync not in await self._first_of(sync):
+                sync.cancel()
+                await asyncio.gather(sync, return_exceptions=True)
+                break
+            try:
+                response = sync.result()
+            except Exception as error:  # network trouble: retry
+                self.log.warning("sync failed: %r; retrying in %.0fs", error, backoff)
+                await self.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            if isinstance(response, SyncError):
+                self.log.warning("sync failed: %s; retrying in %.0fs", response, backoff)
+                if response.status_code == "M_UNKNOWN_TOKEN":
+                    self.credentials.unlink(missing_ok=True)
+                    await self.login()
+                await self.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = 1.0
+            try:
+                await self._keep_keys()
+                await handle(response)
+                # every event of this response was handled: a restart may continue after it
+                tokens.save(response.next_batch)
+            except Exception:
+                self.log.exception("handling a sync response failed")
+            if first:
+                self.ready = True
+                await on_ready()
+
+    async def _keep_keys(self) -> None:
+        """What E2EE needs after each sync: our one-time keys, others' device lists, Olm
+        sessions with new devices, and the to-device messages (room keys) queued for them."""
+        if self.client.should_upload_keys:
+            await self.client.keys_upload()
+        if self.client.should_query_keys:
+            await self.client.keys_query()
+        if self.client.should_claim_keys:
+            await self.client.keys_claim(self.client.get_users_for_key_claiming())
+        await self.client.send_to_device_messages()
+
+
+__all__ = ["CREDENTIALS", "Session", "StoreSyncTokens", "SyncTokens"]

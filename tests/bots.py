@@ -1,0 +1,123 @@
+"""A bot (``python -m bots.<name>``) as a real process for the integration tests.
+
+The tests drive a bot the way operators do: start it from its YAML file, wait
+for its "ready" log line, stop it with SIGTERM (or kill it), and read its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from devtools.homeserver import Homeserver
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_env() -> dict[str, str]:
+    """The environment of a child process that imports this checkout's packages."""
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def bot_account(
+    hs: Homeserver, directory: Path, localpart: str, device_id: str, label: str
+) -> dict[str, Any]:
+    """Register the bot's user and enroll its device, as an operator does; the account part
+    of its config, with the password in a file in ``directory`` (as in production)."""
+    password = f"pw-{uuid.uuid4().hex}"
+    hs.register_user(localpart, password, login=False)
+    hs.enroll(localpart, device_id, label=label)
+    (directory / "bot-password").write_text(password)
+    return {
+        "homeserver_url": hs.url,
+        "user_id": hs.user_id(localpart),
+        "password_file": "bot-password",
+        "device_id": device_id,
+        "store_dir": "store",
+    }
+
+
+class BotProcess:
+    """One bot's process; ``ready`` is the log line that says it synced and handles events."""
+
+    def __init__(self, module: str, config_file: Path, log_file: Path, ready: str) -> None:
+        self.module = module
+        self.config_file = config_file
+        self.log_file = log_file
+        self.ready = ready
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def reconfigure(self, **changes: object) -> None:
+        """Change settings for the next start (None removes one)."""
+        config = yaml.safe_load(self.config_file.read_text())
+        for key, value in changes.items():
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        self.config_file.write_text(yaml.safe_dump(config))
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the bot and wait for a new ``ready`` line (earlier starts logged theirs too)."""
+        ready_before = self.log().count(self.ready)
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module, "-c", str(self.config_file)],
+                cwd=REPO,
+                env=repo_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while self.log().count(self.ready) <= ready_before:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the bot exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the bot was not ready within {timeout}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to finish anything (what a crash or power loss does)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and the exit status; a bot that does not stop in time fails the test."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"the bot did not stop on SIGTERM:\n{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@contextlib.contextmanager
+def stopped_afterwards(bot: BotProcess) -> Iterator[BotProcess]:
+    """Yield ``bot``; a test that failed with it still running does not leave it behind."""
+    try:
+        yield bot
+    finally:
+        if bot.running:
+            bot.stop()
