@@ -98,17 +98,22 @@ def _write_admin_token(homeserver: Homeserver, password: str) -> None:
     path.chmod(0o600)
 
 
-def _write_bot_config(homeserver: Homeserver, password: str, audit_lifetime: str) -> Path:
-    """The auditor bot's config, password and archive key under var/ (kept across runs)."""
-    BOT_DIR.mkdir(parents=True, exist_ok=True)
-    secret_files = {"password": password, "archive.key": None}
+def _write_secret_files(directory: Path, secret_files: dict[str, str | None]) -> None:
+    """Write each secret (mode 0600); ``None`` is a random 32-byte key made once and kept
+    across runs (the store it protects stays readable)."""
+    directory.mkdir(parents=True, exist_ok=True)
     for name, value in secret_files.items():
-        path = BOT_DIR / name
+        path = directory / name
         if value is not None:
             path.write_text(value)
         elif not path.exists():
             path.write_text(secrets.token_hex(32))
         path.chmod(0o600)
+
+
+def _write_bot_config(homeserver: Homeserver, password: str, audit_lifetime: str) -> Path:
+    """The auditor bot's config, password and archive key under var/ (kept across runs)."""
+    _write_secret_files(BOT_DIR, {"password": password, "archive.key": None})
     config = {
         "homeserver_url": homeserver.url,
         "user_id": homeserver.user_id(BOT),
@@ -132,13 +137,12 @@ def _write_bot_config(homeserver: Homeserver, password: str, audit_lifetime: str
 
 
 def _write_dispatch_config(homeserver: Homeserver, password: str) -> Path:
-    """config/dispatch.yaml with this server, the demo password and state under var/dispatch-bot/."""
-    DISPATCH_DIR.mkdir(parents=True, exist_ok=True)
-    password_file = DISPATCH_DIR / "password"
-    password_file.write_text(password)
-    password_file.chmod(0o600)
+    """config/dispatch.yaml with this server, the demo password and state under var/dispatch-bot/
+    (its key made once, so the state stays readable across runs)."""
+    _write_secret_files(DISPATCH_DIR, {"password": password, "state.key": None})
     config: dict[str, Any] = yaml.safe_load(DISPATCH_TEMPLATE.read_text())
-    config.pop("password", None)
+    for key in ("password", "state_key_env"):
+        config.pop(key, None)
     config.update(
         {
             "homeserver_url": homeserver.url,
@@ -147,6 +151,7 @@ def _write_dispatch_config(homeserver: Homeserver, password: str) -> Path:
             "device_id": demo_device(DISPATCH_BOT),
             "store_dir": "store",
             "state_path": "state.sqlite",
+            "state_key_file": "state.key",
         }
     )
     path = DISPATCH_DIR / "dispatch.yaml"

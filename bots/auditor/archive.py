@@ -62,6 +62,7 @@ from cryptography.exceptions import InvalidTag
 
 from .blind_index import BlindIndex, snippet, words
 from .crypto import (
+    FORMAT,
     KEY_BYTES,
     ArchiveKeys,
     Cipher,
@@ -323,7 +324,7 @@ class Archive:
         except BaseException:
             self._db.close()
             raise
-        self._cipher = Cipher(keys.content)
+        self._cipher = Cipher(keys.content, FORMAT)
         self._index = BlindIndex(keys.index)
 
     # -- opening (the SQLite backend; ``archive_pg.PostgresArchive`` overrides these) ----------------

@@ -16,7 +16,6 @@ import attrs
 
 from ..common import config as common
 from ..common.config import ACCOUNT_KEYS, USER_ID, Account, ConfigError, fail
-from .crypto import KeyLoadError, load_key
 
 if TYPE_CHECKING:
     from synapse_police_policy.config import MediaConfig
@@ -96,14 +95,7 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
     password = common.password(raw, base)
     device_id = common.device_id(raw)
 
-    key_file, key_env = common.exactly_one(raw, "archive_key_file", "archive_key_env")
-    if key_file is not None:
-        key_file = str(common.path(raw, "archive_key_file", base))
-    try:
-        key = load_key(file=key_file, env=key_env)
-    except KeyLoadError as error:
-        which = "archive_key_file" if key_file is not None else "archive_key_env"
-        raise ConfigError(f"{which}: {error}") from None
+    key = common.key(raw, "archive_key", base, "archive key")
 
     auditors_raw = raw.get("auditors")
     if not isinstance(auditors_raw, list) or not auditors_raw:

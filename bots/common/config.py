@@ -17,6 +17,8 @@ from typing import Any
 import attrs
 import yaml
 
+from .crypto import KeyLoadError, load_key
+
 USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+\Z")
 DEVICE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,255}\Z")
 _DURATION = re.compile(r"^(\d+)\s*([a-z])\Z")
@@ -103,6 +105,19 @@ def secret_file(raw: Mapping[str, Any], key: str, base: Path, what: str, *, stri
     if not secret:
         raise ConfigError(f"{key}: expected a file holding {what}, {file} is empty")
     return secret
+
+
+def key(raw: Mapping[str, Any], setting: str, base: Path, what: str, *, strip: bool = False) -> bytes:
+    """A 32-byte main key from ``<setting>_file`` or ``<setting>_env``, exactly one: the key
+    itself never stands in the config, so it can be kept apart from what it protects."""
+    file_key, env_key = f"{setting}_file", f"{setting}_env"
+    file, env = exactly_one(raw, file_key, env_key, strip=strip)
+    if file is not None:
+        file = str(path(raw, file_key, base, strip=strip))
+    try:
+        return load_key(file=file, env=env, what=what)
+    except KeyLoadError as error:
+        raise ConfigError(f"{file_key if file is not None else env_key}: {error}") from None
 
 
 def password(raw: Mapping[str, Any], base: Path, *, strip: bool = False) -> str:

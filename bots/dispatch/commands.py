@@ -274,6 +274,16 @@ def is_acknowledgement(body: str) -> bool:
     return word in ("ack", "quittiert", "✅")
 
 
+#: reactions that acknowledge an alert (compared without emoji variation selectors)
+ACK_REACTIONS = frozenset({"✅", "✔️", "✔", "☑️", "👍"})
+_ACK_KEYS = frozenset(key.replace("\ufe0f", "") for key in ACK_REACTIONS)
+
+
+def is_ack_reaction(key: str) -> bool:
+    """A reaction that acknowledges an alert: ✅, ✔, ☑ or 👍 (with or without U+FE0F)."""
+    return key.replace("\ufe0f", "") in _ACK_KEYS
+
+
 HELP = "\n".join(
     [
         "Dispatch commands (control room, dispatchers and supervisors):",

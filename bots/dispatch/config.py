@@ -26,6 +26,8 @@ _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 ROLES = ("dispatcher", "supervisor", "officer")
 KEYS = ACCOUNT_KEYS | {
     "state_path",
+    "state_key_file",
+    "state_key_env",
     "control_rooms",
     "roles",
     "units",
@@ -50,6 +52,8 @@ class Unit:
 class Config(Account):
     #: the bot's own state (SQLite): incidents, alerts, acknowledgements, the diary
     state_path: Path
+    #: the 32-byte key of the state's encryption at rest (from a file or the environment, never the state)
+    state_key: bytes = attrs.field(repr=False)
     #: room IDs or aliases; an alias of this server that does not exist yet is created
     control_rooms: tuple[str, ...]
     #: role -> user IDs
@@ -176,6 +180,7 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         device_id=device_id,
         store_dir=common.path(raw, "store_dir", base, strip=True),
         state_path=common.path(raw, "state_path", base, strip=True),
+        state_key=common.key(raw, "state_key", base, "state key", strip=True),
         control_rooms=tuple(rooms),
         roles=_roles(raw.get("roles")),
         units=_units(raw.get("units")),

@@ -5,44 +5,73 @@ next escalation time, officers' statuses and positions, the diary, the board
 message per control room, rooms the bot made, messages still to send (the
 outbox) and the events already handled (a replayed sync acts once).
 Deadlines are stored as wall-clock times, so escalation is on time after a restart.
+
+**Encryption at rest** (``bots.common.crypto``). What people wrote or where
+they are is AES-256-GCM ciphertext, bound to its row and column (``SEALED``):
+incident titles and locations, alert texts, the diary, officers' positions
+and the outbox's messages. In clear: IDs, timestamps, statuses, priorities,
+unit names and user IDs, which the queries need. The main key never touches
+the state; the state keeps a random HKDF salt and a key check value, and
+opening it with another key raises ``WrongKeyError``. A state written in clear
+by an earlier version is encrypted when first opened with a key (its clear
+pages are then zeroed and vacuumed away).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import attrs
+from cryptography.exceptions import InvalidTag
+
+from ..common import crypto
+from ..common.crypto import Cipher
+
+#: the label in every key derivation and every sealed column's associated data
+FORMAT = b"police-dispatch-state/v1"
+#: the meta entries of the encryption (hex; the salt is not secret, the check value tells keys apart)
+KEY_SALT = "key_salt"
+KEY_CHECK = "key_check"
+#: the encrypted columns: table -> (the column naming the row, the sealed columns)
+SEALED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "incidents": ("id", ("title", "location")),
+    "alerts": ("id", ("text",)),
+    "diary": ("id", ("text",)),
+    "locations": ("user_id", ("geo",)),
+    "outbox": ("id", ("content",)),
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS incidents (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL, prio INTEGER NOT NULL,
-    location TEXT, room_id TEXT, control_room TEXT NOT NULL, created_by TEXT NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, title BLOB NOT NULL, prio INTEGER NOT NULL,
+    location BLOB, room_id TEXT, control_room TEXT NOT NULL, created_by TEXT NOT NULL,
     created_at REAL NOT NULL, closed_at REAL, closed_by TEXT);
 CREATE TABLE IF NOT EXISTS incident_units (
     incident_id INTEGER NOT NULL, unit TEXT NOT NULL, assigned_at REAL NOT NULL,
     PRIMARY KEY (incident_id, unit));
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, incident_id INTEGER, control_room TEXT NOT NULL,
-    sender TEXT NOT NULL, text TEXT NOT NULL, created_at REAL NOT NULL, period REAL NOT NULL,
+    sender TEXT NOT NULL, text BLOB NOT NULL, created_at REAL NOT NULL, period REAL NOT NULL,
     due_at REAL, rounds INTEGER NOT NULL DEFAULT 1, closed INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS addressees (
     alert_id INTEGER NOT NULL, user_id TEXT NOT NULL, units TEXT NOT NULL, room_id TEXT NOT NULL,
     acked_at REAL, ack_via TEXT, PRIMARY KEY (alert_id, user_id));
 CREATE TABLE IF NOT EXISTS alert_events (event_id TEXT PRIMARY KEY, alert_id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS statuses (user_id TEXT PRIMARY KEY, code INTEGER NOT NULL, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS locations (user_id TEXT PRIMARY KEY, geo TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS locations (user_id TEXT PRIMARY KEY, geo BLOB NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS diary (
     id INTEGER PRIMARY KEY AUTOINCREMENT, incident_id INTEGER NOT NULL, at REAL NOT NULL,
-    author TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL);
+    author TEXT NOT NULL, kind TEXT NOT NULL, text BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rooms (key TEXT PRIMARY KEY, room_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS boards (room_id TEXT PRIMARY KEY, event_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL, content TEXT NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL, content BLOB NOT NULL,
     alert_id INTEGER, event_type TEXT NOT NULL DEFAULT 'm.room.message');
 CREATE TABLE IF NOT EXISTS handled (event_id TEXT PRIMARY KEY);
 """
@@ -119,20 +148,100 @@ class Outgoing:
     event_type: str
 
 
+class StateError(Exception):
+    """The state cannot be used as it is; the message says why (never what it holds)."""
+
+
+class WrongKeyError(StateError):
+    """The state was encrypted with another key."""
+
+
 class State:
-    def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
+    def __init__(self, path: Path | str, key: bytes) -> None:
+        """Open (or create) the state at ``path`` with the 32-byte main ``key``."""
+        self.path = str(path)
+        if self.path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.db = sqlite3.connect(str(path), isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            # freed pages are zeroed: no clear text of a state encrypted in place stays behind
+            self.db.execute("PRAGMA secure_delete=ON")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self._unlock(key)
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
 
     def _transaction(self) -> _Tx:
         return _Tx(self.db)
+
+    # -- encryption -----------------------------------------------------------------------------
+
+    def _unlock(self, key: bytes) -> None:
+        """Set up the cipher of this state's content key, after the key check; a new state (or
+        one written in clear before) gets a salt and check value, and its clear rows are sealed."""
+        salt, check = self.get(KEY_SALT), self.get(KEY_CHECK)
+        if salt is not None and check is not None:
+            content, check_key = _subkeys(key, bytes.fromhex(salt))
+            if not secrets.compare_digest(crypto.check_value(check_key, FORMAT), bytes.fromhex(check)):
+                raise WrongKeyError(
+                    f"the state key does not match the state {self.path}; give the key it was created "
+                    "with (check state_key_file or state_key_env in the bot's config)"
+                )
+            self._cipher = Cipher(content, FORMAT)
+            return
+        new_salt = crypto.new_salt()
+        content, check_key = _subkeys(key, new_salt)
+        self._cipher = Cipher(content, FORMAT)
+        with self._transaction():
+            sealed = self._seal_clear_rows()
+            self.put(KEY_SALT, new_salt.hex())
+            self.put(KEY_CHECK, crypto.check_value(check_key, FORMAT).hex())
+        if sealed:
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _seal_clear_rows(self) -> int:
+        """Encrypt what an earlier version wrote in clear (text where ciphertext belongs)."""
+        count = 0
+        for table, (key_column, columns) in SEALED.items():
+            for column in columns:
+                rows = self.db.execute(
+                    f"SELECT {key_column}, {column} FROM {table} WHERE typeof({column}) = 'text'"
+                ).fetchall()
+                for record, text in rows:
+                    self._store_sealed(table, record, **{column: text})
+                count += len(rows)
+        return count
+
+    def _seal(self, text: str | None, table: str, column: str, record: object) -> bytes | None:
+        """``text`` encrypted for this row and column (None stays None)."""
+        if text is None:
+            return None
+        return self._cipher.seal(text.encode(), str(record), f"{table}.{column}")
+
+    def _open(self, sealed: bytes | None, table: str, column: str, record: object) -> str | None:
+        if sealed is None:
+            return None
+        try:
+            return self._cipher.open(bytes(sealed), str(record), f"{table}.{column}").decode()
+        except InvalidTag:
+            raise StateError(
+                f"{self.path}: {table}.{column} of {record} cannot be decrypted (altered or copied)"
+            ) from None
+
+    def _store_sealed(self, table: str, record: object, **texts: str | None) -> None:
+        """Write ``texts`` sealed into the row named ``record`` (a new row is inserted with
+        placeholders first: the seal is bound to its row ID, known only then)."""
+        key_column = SEALED[table][0]
+        assignments = ", ".join(f"{column} = ?" for column in texts)
+        values = [self._seal(text, table, column, record) for column, text in texts.items()]
+        self.db.execute(f"UPDATE {table} SET {assignments} WHERE {key_column} = ?", (*values, record))
 
     # -- meta -----------------------------------------------------------------------------------
 
@@ -153,12 +262,14 @@ class State:
     def new_incident(
         self, title: str, prio: int, location: str | None, control_room: str, by: str, at: float
     ) -> int:
-        cursor = self.db.execute(
-            "INSERT INTO incidents (title, prio, location, control_room, created_by, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (title, prio, location, control_room, by, at),
-        )
-        assert cursor.lastrowid is not None
+        with self._transaction():
+            cursor = self.db.execute(
+                "INSERT INTO incidents (title, prio, control_room, created_by, created_at)"
+                " VALUES (x'', ?, ?, ?, ?)",
+                (prio, control_room, by, at),
+            )
+            assert cursor.lastrowid is not None
+            self._store_sealed("incidents", cursor.lastrowid, title=title, location=location)
         return cursor.lastrowid
 
     def set_incident_room(self, incident_id: int, room_id: str) -> None:
@@ -189,7 +300,10 @@ class State:
                 "SELECT unit FROM incident_units WHERE incident_id = ? ORDER BY assigned_at, unit", (row[0],)
             )
         )
-        return Incident(*row, units=units)
+        title = self._open(row[1], "incidents", "title", row[0])
+        location = self._open(row[3], "incidents", "location", row[0])
+        assert title is not None
+        return Incident(row[0], title, row[2], location, *row[4:], units=units)
 
     def open_incidents(self) -> list[Incident]:
         rows = self.db.execute(
@@ -241,11 +355,12 @@ class State:
         with self._transaction():
             cursor = self.db.execute(
                 "INSERT INTO alerts (incident_id, control_room, sender, text, created_at, period, due_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (incident_id, control_room, sender, text, at, period, at + period),
+                " VALUES (?, ?, ?, x'', ?, ?, ?)",
+                (incident_id, control_room, sender, at, period, at + period),
             )
             alert_id = cursor.lastrowid
             assert alert_id is not None
+            self._store_sealed("alerts", alert_id, text=text)
             self.db.executemany(
                 "INSERT INTO addressees (alert_id, user_id, units, room_id) VALUES (?, ?, ?, ?)",
                 [(alert_id, a.user_id, json.dumps(list(a.units)), a.room_id) for a in addressees],
@@ -287,7 +402,9 @@ class State:
                 (row[0],),
             )
         )
-        return AlertView(*row[:9], closed=bool(row[9]), addressees=addressees)
+        text = self._open(row[4], "alerts", "text", row[0])
+        assert text is not None
+        return AlertView(*row[:4], text, *row[5:9], closed=bool(row[9]), addressees=addressees)
 
     def open_alerts(self) -> list[AlertView]:
         """Alerts not closed: still escalating or with someone missing."""
@@ -327,29 +444,32 @@ class State:
 
     def set_location(self, user_id: str, geo: str, at: float) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO locations (user_id, geo, at) VALUES (?, ?, ?)", (user_id, geo, at)
+            "INSERT OR REPLACE INTO locations (user_id, geo, at) VALUES (?, ?, ?)",
+            (user_id, self._seal(geo, "locations", "geo", user_id), at),
         )
 
     def locations(self) -> dict[str, tuple[str, float]]:
-        return {
-            user: (geo, at) for user, geo, at in self.db.execute("SELECT user_id, geo, at FROM locations")
-        }
+        rows = self.db.execute("SELECT user_id, geo, at FROM locations").fetchall()
+        return {user: (str(self._open(geo, "locations", "geo", user)), at) for user, geo, at in rows}
 
     # -- diary ----------------------------------------------------------------------------------
 
     def add_diary(self, incident_id: int, at: float, author: str, kind: str, text: str) -> None:
-        self.db.execute(
-            "INSERT INTO diary (incident_id, at, author, kind, text) VALUES (?, ?, ?, ?, ?)",
-            (incident_id, at, author, kind, text),
-        )
+        with self._transaction():
+            cursor = self.db.execute(
+                "INSERT INTO diary (incident_id, at, author, kind, text) VALUES (?, ?, ?, ?, x'')",
+                (incident_id, at, author, kind),
+            )
+            self._store_sealed("diary", cursor.lastrowid, text=text)
 
     def diary(self, incident_id: int) -> list[DiaryEntry]:
+        rows = self.db.execute(
+            "SELECT id, at, author, kind, text FROM diary WHERE incident_id = ? ORDER BY at, id",
+            (incident_id,),
+        ).fetchall()
         return [
-            DiaryEntry(*row)
-            for row in self.db.execute(
-                "SELECT at, author, kind, text FROM diary WHERE incident_id = ? ORDER BY at, id",
-                (incident_id,),
-            )
+            DiaryEntry(at, author, kind, str(self._open(text, "diary", "text", id_)))
+            for id_, at, author, kind, text in rows
         ]
 
     # -- rooms, board, outbox -------------------------------------------------------------------
@@ -380,19 +500,22 @@ class State:
         alert_id: int | None = None,
         event_type: str = "m.room.message",
     ) -> int:
-        cursor = self.db.execute(
-            "INSERT INTO outbox (room_id, content, alert_id, event_type) VALUES (?, ?, ?, ?)",
-            (room_id, json.dumps(content), alert_id, event_type),
-        )
-        assert cursor.lastrowid is not None
+        with self._transaction():
+            cursor = self.db.execute(
+                "INSERT INTO outbox (room_id, content, alert_id, event_type) VALUES (?, x'', ?, ?)",
+                (room_id, alert_id, event_type),
+            )
+            assert cursor.lastrowid is not None
+            self._store_sealed("outbox", cursor.lastrowid, content=json.dumps(content))
         return cursor.lastrowid
 
     def outbox(self) -> list[Outgoing]:
+        rows = self.db.execute(
+            "SELECT id, room_id, content, alert_id, event_type FROM outbox ORDER BY id"
+        ).fetchall()
         return [
-            Outgoing(id_, room, json.loads(content), alert, event_type)
-            for id_, room, content, alert, event_type in self.db.execute(
-                "SELECT id, room_id, content, alert_id, event_type FROM outbox ORDER BY id"
-            )
+            Outgoing(id_, room, json.loads(str(self._open(content, "outbox", "content", id_))), alert, kind)
+            for id_, room, content, alert, kind in rows
         ]
 
     def sent(self, outgoing_id: int, event_id: str | None, alert_id: int | None) -> None:
@@ -401,6 +524,14 @@ class State:
             if alert_id is not None and event_id is not None:
                 self.add_alert_event(event_id, alert_id)
             self.db.execute("DELETE FROM outbox WHERE id = ?", (outgoing_id,))
+
+
+def _subkeys(main_key: bytes, salt: bytes) -> tuple[bytes, bytes]:
+    """The content key and the check key of the state whose salt is ``salt``."""
+    return (
+        crypto.derive_subkey(main_key, salt, FORMAT, b"content", what="state key"),
+        crypto.derive_subkey(main_key, salt, FORMAT, b"check", what="state key"),
+    )
 
 
 class _Tx:

@@ -4,8 +4,8 @@
 # POLICE_SECRET_FILES lists VARIABLE=PATH pairs: each variable's value (from
 # .env, through docker-compose) is written to PATH, readable by the bot user
 # only, and removed from the environment; the bot's config names those files
-# (password_file, archive_key_file). PATH lies on a tmpfs (docker-compose.yml),
-# so no secret is stored in a volume or the image.
+# (password_file, archive_key_file, state_key_file). PATH lies on a tmpfs
+# (docker-compose.yml), so no secret is stored in a volume or the image.
 # POLICE_STATE_DIRS lists the directories (volumes) the bot writes; they are
 # handed to the bot user. Then the command runs as that user.
 set -eu

@@ -7,6 +7,7 @@ and the incident closed with its diary (a message and an encrypted JSON file).""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -110,6 +111,7 @@ def setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str
     config = {
         **account,
         "state_path": "state.sqlite",
+        "state_key_file": "state.key",
         "control_rooms": [f"#leitstelle-{tag}:{hs.server_name}"],
         "roles": {"dispatcher": [users["dispatcher"]], "supervisor": [users["sup"]]},
         "units": [
@@ -130,6 +132,7 @@ def setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str
         "ack_unit": "s",
         "max_alerts": 3,
     }
+    (tmp_path / "state.key").write_text(os.urandom(32).hex())
     config_file = tmp_path / "dispatch.yaml"
     config_file.write_text(yaml.safe_dump(config))
     bot = BotProcess("bots.dispatch", config_file, tmp_path / "bot.log", ready=READY)
@@ -359,5 +362,8 @@ async def test_dispatch_bot_end_to_end(hs, setup, tmp_path):
     assert bot.stop() == 0
     log = bot.log()
     assert "Traceback" not in log, log
-    for secret in ("Zugriff vorbereiten", "Lage melden", "Juwelier", "festgenommen"):
+    # the state on disk holds the incident's title, place, alerts and diary encrypted only
+    state = b"".join(p.read_bytes() for p in tmp_path.glob("state.sqlite*"))
+    for secret in ("Zugriff vorbereiten", "Lage melden", "Juwelier", "festgenommen", "Hauptstraße"):
         assert secret not in log
+        assert secret.encode() not in state, secret

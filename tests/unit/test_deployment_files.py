@@ -378,6 +378,28 @@ def test_element_ios_managed_configuration() -> None:
 # -- Bots -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("service", ["auditor-bot", "dispatch-bot"])
+def test_every_secret_file_a_bot_reads_is_written_by_its_entrypoint(
+    compose: dict[str, Any], service: str
+) -> None:
+    """A *_file setting under /etc/police-* lives on the container's tmpfs: the
+    entrypoint must write it from the environment, or the bot cannot start."""
+    definition = compose["services"][service]
+    config_path = definition["command"][-1].replace("/config/", f"{REPO_ROOT / 'config'}/")
+    config = yaml.safe_load(Path(config_path).read_text())
+    wanted = {
+        value
+        for key, value in config.items()
+        if key.endswith("_file") and str(value).startswith("/etc/police-")
+    }
+    pairs = definition["environment"]["POLICE_SECRET_FILES"].split()
+    written = {pair.split("=", 1)[1] for pair in pairs}
+    assert wanted, "the bot reads its secrets from files"
+    assert wanted <= written
+    for pair in pairs:
+        assert pair.split("=", 1)[0] in definition["environment"], pair
+
+
 def test_dispatch_bot_production_config_parses(tmp_path: Path) -> None:
     from bots.dispatch.config import parse_config
 
@@ -386,6 +408,9 @@ def test_dispatch_bot_production_config_parses(tmp_path: Path) -> None:
     password = tmp_path / "password"
     password.write_text("test-password")
     raw["password_file"] = str(password)
+    assert raw["state_key_file"] == "/etc/police-dispatch/state.key"  # the same tmpfs
+    (tmp_path / "state.key").write_text(os.urandom(32).hex())
+    raw["state_key_file"] = str(tmp_path / "state.key")
     config = parse_config(raw, tmp_path)
     homeserver = yaml.safe_load(HOMESERVER.read_text())
     assert config.homeserver_url == homeserver["public_baseurl"].rstrip("/")

@@ -18,6 +18,7 @@ from bots.dispatch.commands import (
     Release,
     Sitrep,
     Status,
+    is_ack_reaction,
     is_acknowledgement,
     parse_command,
     split_options,
@@ -110,6 +111,12 @@ def test_a_reply_fallback_is_ignored():
     assert is_acknowledgement("ACK!")
     assert not is_acknowledgement("ack later")
     assert not is_acknowledgement("no")
+
+
+def test_acknowledging_reactions_with_or_without_the_variation_selector():
+    assert is_ack_reaction("✅") and is_ack_reaction("👍")
+    assert is_ack_reaction("✔️") and is_ack_reaction("✔") and is_ack_reaction("☑️") and is_ack_reaction("☑")
+    assert not is_ack_reaction("❌") and not is_ack_reaction("👎")
 
 
 def test_split_options_values_run_to_the_next_option():

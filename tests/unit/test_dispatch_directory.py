@@ -18,6 +18,7 @@ def raw_config(**changes):
         "device_id": "DISPATCH-BOT",
         "store_dir": "store",
         "state_path": "state.sqlite",
+        "state_key_file": "state.key",
         "control_rooms": ["#leitstelle:police.example"],
         "roles": {"dispatcher": ["@anna:police.example"], "supervisor": ["@sven:police.example"]},
         "units": [
@@ -34,7 +35,15 @@ def raw_config(**changes):
     return raw
 
 
-def test_a_valid_config(tmp_path: Path):
+@pytest.fixture(autouse=True)
+def state_key(tmp_path: Path) -> bytes:
+    """The key file ``raw_config`` names, beside the config (``tmp_path`` is the base)."""
+    key = bytes(range(32))
+    (tmp_path / "state.key").write_text(key.hex())
+    return key
+
+
+def test_a_valid_config(tmp_path: Path, state_key: bytes):
     config = parse_config(raw_config(ack_deadline="90s", ack_unit="s"), tmp_path)
     assert config.state_path == tmp_path / "state.sqlite"
     assert config.ack_deadline == 90 and config.ack_unit == 1 and config.max_alerts == 3
@@ -42,6 +51,7 @@ def test_a_valid_config(tmp_path: Path):
     assert config.has_role("@otto:police.example", "officer")
     assert not config.has_role("@anna:police.example", "officer")
     assert "secret" not in repr(config)
+    assert config.state_key == state_key and state_key.hex() not in repr(config)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +75,16 @@ def test_a_valid_config(tmp_path: Path):
         ({"max_alerts": 0}, "max_alerts: expected a positive whole number"),
         ({"colour": "red"}, "colour: unknown key"),
         ({"password_file": "pw"}, "password, password_file: expected exactly one"),
+        ({"state_key_env": "X"}, "state_key_file, state_key_env: expected exactly one of the two, got both"),
+        (
+            {"state_key_file": None},
+            "state_key_file, state_key_env: expected exactly one of the two, got neither",
+        ),
+        ({"state_key_file": "missing.key"}, "state_key_file: state key file"),
+        (
+            {"state_key_file": None, "state_key_env": "DISPATCH_TEST_UNSET_KEY"},
+            "state_key_env: state key environment",
+        ),
     ],
 )
 def test_config_errors_name_the_key_path(tmp_path: Path, changes, message):
@@ -78,7 +98,8 @@ def test_the_shipped_config_parses(tmp_path: Path):
 
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "dispatch.yaml").read_text())
     raw.pop("password_file")
-    config = parse_config({**raw, "password": "x"}, tmp_path)
+    assert raw.pop("state_key_file") == "../var/dispatch-bot/state.key"  # make run writes it
+    config = parse_config({**raw, "password": "x", "state_key_file": "state.key"}, tmp_path)
     assert config.units[0].name == "streife1"
 
 

@@ -1,17 +1,23 @@
-"""The dispatch bot's state on disk: what a restart needs is there after reopening."""
+"""The dispatch bot's state on disk: what a restart needs is there after reopening, and
+what people wrote or where they are is not on the disk in clear."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from bots.dispatch.state import Addressee, State
+import pytest
+
+from bots.common.crypto import new_key
+from bots.dispatch.state import SCHEMA, Addressee, State, StateError, WrongKeyError
 
 T0 = 1_800_000_000.0
+KEY = new_key()
 
 
 def test_everything_survives_a_reopen(tmp_path: Path):
     path = tmp_path / "state.sqlite"
-    state = State(path)
+    state = State(path, KEY)
     number = state.new_incident("Einbruch", 1, "Markt 1", "!ctl", "@d:x", T0)
     state.set_incident_room(number, "!inc")
     assert state.assign(number, "alpha", T0) and not state.assign(number, "alpha", T0 + 1)
@@ -40,7 +46,7 @@ def test_everything_survives_a_reopen(tmp_path: Path):
     assert state.first_time("$e1") and not state.first_time("$e1")
     state.close()
 
-    state = State(path)
+    state = State(path, KEY)
     (incident,) = state.open_incidents()
     assert (incident.id, incident.room_id, incident.units) == (number, "!inc", ("alpha", "bravo"))
     assert state.incident_by_room("!inc") == incident
@@ -67,10 +73,146 @@ def test_everything_survives_a_reopen(tmp_path: Path):
 
 
 def test_a_failed_creation_leaves_nothing(tmp_path: Path):
-    state = State(tmp_path / "s.sqlite")
+    state = State(tmp_path / "s.sqlite", KEY)
     number = state.new_incident("X", 2, None, "!ctl", "@d:x", T0)
     state.assign(number, "alpha", T0)
     state.add_diary(number, T0, "@d:x", "command", "x")
     state.drop_incident(number)
     assert state.incident(number) is None and state.diary(number) == []
     state.close()
+
+
+CANARIES = (
+    "Kanarienvogel-Titel",
+    "Kanarienweg 7",
+    "Kanarien-Alarmtext",
+    "Kanarien-Lagebericht",
+    "geo:52.5,13.4",
+)
+
+
+def fill_with_canaries(state: State) -> int:
+    title, location, alert, sitrep, geo = CANARIES
+    number = state.new_incident(title, 1, location, "!ctl", "@d:x", T0)
+    alert_id = state.new_alert(
+        incident_id=number,
+        control_room="!ctl",
+        sender="@d:x",
+        text=alert,
+        at=T0,
+        period=30,
+        addressees=[Addressee("@a:x", ("alpha",), "!inc")],
+    )
+    state.add_diary(number, T0, "@d:x", "sitrep", sitrep)
+    state.set_location("@a:x", geo, T0)
+    state.queue("!inc", {"body": f"Alert: {alert}"}, alert_id)
+    return number
+
+
+def on_disk(path: Path) -> bytes:
+    """The database file with its WAL (where the last writes are until a checkpoint)."""
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+def test_sensitive_text_is_not_on_disk_in_clear(tmp_path: Path):
+    path = tmp_path / "state.sqlite"
+    state = State(path, KEY)
+    number = fill_with_canaries(state)
+    data = on_disk(path)
+    for canary in CANARIES:
+        assert canary.encode() not in data, canary
+    assert b"@d:x" in data and b"!ctl" in data, "IDs stay in clear for the queries"
+    state.close()
+
+    state = State(path, KEY)
+    incident = state.incident(number)
+    assert incident is not None and (incident.title, incident.location) == CANARIES[:2]
+    assert state.open_alerts()[0].text == CANARIES[2]
+    assert state.diary(number)[0].text == CANARIES[3]
+    assert state.locations() == {"@a:x": (CANARIES[4], T0)}
+    assert state.outbox()[0].content == {"body": f"Alert: {CANARIES[2]}"}
+    state.close()
+
+
+def test_a_wrong_key_is_refused_with_a_clear_message(tmp_path: Path):
+    path = tmp_path / "state.sqlite"
+    State(path, KEY).close()
+    with pytest.raises(WrongKeyError, match=r"the state key does not match the state .*state\.sqlite"):
+        State(path, new_key())
+    State(path, KEY).close()  # the right key still opens it
+
+
+def test_a_ciphertext_copied_to_another_row_is_refused(tmp_path: Path):
+    state = State(tmp_path / "state.sqlite", KEY)
+    first = state.new_incident("Erster", 1, None, "!ctl", "@d:x", T0)
+    second = state.new_incident("Zweiter", 1, None, "!ctl", "@d:x", T0)
+    state.db.execute(
+        "UPDATE incidents SET title = (SELECT title FROM incidents WHERE id = ?) WHERE id = ?",
+        (first, second),
+    )
+    with pytest.raises(StateError, match=f"incidents.title of {second} cannot be decrypted"):
+        state.incident(second)
+    state.close()
+
+
+def test_a_state_written_in_clear_is_encrypted_when_first_opened(tmp_path: Path):
+    """A state of the version before encryption: the same tables, text in clear."""
+    path = tmp_path / "state.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    title, location, alert, sitrep, geo = CANARIES
+    db.execute(
+        "INSERT INTO incidents (title, prio, location, control_room, created_by, created_at)"
+        " VALUES (?, 1, ?, '!ctl', '@d:x', ?)",
+        (title, location, T0),
+    )
+    db.execute(
+        "INSERT INTO alerts (incident_id, control_room, sender, text, created_at, period)"
+        " VALUES (1, '!ctl', '@d:x', ?, ?, 30)",
+        (alert, T0),
+    )
+    db.execute(
+        "INSERT INTO diary (incident_id, at, author, kind, text) VALUES (1, ?, '@d:x', 'sitrep', ?)",
+        (T0, sitrep),
+    )
+    db.execute("INSERT INTO locations (user_id, geo, at) VALUES ('@a:x', ?, ?)", (geo, T0))
+    db.execute("INSERT INTO outbox (room_id, content) VALUES ('!inc', '{\"body\": \"x\"}')")
+    db.commit()
+    db.close()
+    assert title.encode() in path.read_bytes()
+
+    state = State(path, KEY)
+    assert [(i.title, i.location) for i in state.open_incidents()] == [(title, location)]
+    assert state.alert(1).text == alert and state.diary(1)[0].text == sitrep
+    assert state.locations()["@a:x"][0] == geo and state.outbox()[0].content == {"body": "x"}
+    state.close()
+    data = on_disk(path)
+    for canary in CANARIES:
+        assert canary.encode() not in data, canary
+
+
+def test_the_bot_does_not_start_with_a_wrong_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``python -m bots.dispatch`` says which key does not fit, and exits 1 (nothing is touched)."""
+    import yaml
+
+    from bots.dispatch.__main__ import main
+
+    State(tmp_path / "state.sqlite", KEY).close()
+    (tmp_path / "state.key").write_text(new_key().hex())
+    config = {
+        "homeserver_url": "http://127.0.0.1:9",
+        "user_id": "@dispatch-bot:police.example",
+        "password": "x",
+        "device_id": "DISPATCH-BOT",
+        "store_dir": "store",
+        "state_path": "state.sqlite",
+        "state_key_file": "state.key",
+        "control_rooms": ["#leitstelle:police.example"],
+        "roles": {"dispatcher": ["@anna:police.example"]},
+        "units": [{"name": "streife1", "members": ["@otto:police.example"]}],
+    }
+    (tmp_path / "dispatch.yaml").write_text(yaml.safe_dump(config))
+    assert main(["-c", str(tmp_path / "dispatch.yaml")]) == 1
+    error = capsys.readouterr().err
+    assert "cannot start the dispatch bot: the state key does not match the state" in error
+    assert "state_key_file or state_key_env" in error
