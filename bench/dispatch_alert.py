@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import statistics
@@ -213,6 +214,8 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 async def measure(hs: Homeserver, directory: Path, officers_n: int) -> None:
+    # nio warns once per device it has no Olm session with yet: 200 lines of noise
+    logging.getLogger("nio").setLevel(logging.ERROR)
     names = [f"officer-{i:03d}" for i in range(officers_n)]
     everyone = [*names, "dispatcher", "sender", "dispatch-bot"]
     started = time.perf_counter()
@@ -220,6 +223,7 @@ async def measure(hs: Homeserver, directory: Path, officers_n: int) -> None:
     enroll_many(hs, ((hs.user_id(name), device_id_for(name)) for name in everyone))
     bot_dir = directory / "bot"
     bot_dir.mkdir()
+    (bot_dir / "state.key").write_text(os.urandom(32).hex())
     config = {
         "homeserver_url": hs.url,
         "user_id": hs.user_id("dispatch-bot"),
@@ -227,6 +231,7 @@ async def measure(hs: Homeserver, directory: Path, officers_n: int) -> None:
         "device_id": device_id_for("dispatch-bot"),
         "store_dir": "store",
         "state_path": "state.sqlite",
+        "state_key_file": "state.key",
         "control_rooms": [f"#leitstelle:{hs.server_name}"],
         "roles": {"dispatcher": [hs.user_id("dispatcher")]},
         "units": [{"name": "zug", "call_sign": "Zug 1", "members": [hs.user_id(n) for n in names]}],
