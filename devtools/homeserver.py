@@ -291,6 +291,36 @@ def _self_signed_certificate(directory: Path, address: str) -> tuple[Path, Path]
     return certificate_path, key_path
 
 
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float, sig: int = signal.SIGTERM) -> None:
+    """Stop a child process with ``sig``; kill it when it does not exit in time."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_healthy(
+    process: subprocess.Popen[bytes] | None, url: str, timeout: float, name: str, logs: str
+) -> None:
+    """Poll Synapse's ``/health`` until it answers; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SynapseError(f"{name} exited with code {process.returncode} while starting; see {logs}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise SynapseError(f"{name} did not answer on {url} within {timeout:.0f}s; see {logs}")
+
+
 class SynapseError(RuntimeError):
     pass
 
@@ -333,21 +363,8 @@ class Homeserver:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise SynapseError(
-                    f"Synapse exited with code {self.process.returncode} while starting; "
-                    f"see {self.spec.directory / 'stdout.log'} and {self.log_path}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise SynapseError(f"Synapse did not answer on {self.url} within {timeout:.0f}s; see {self.log_path}")
+        logs = f"{self.spec.directory / 'stdout.log'} and {self.log_path}"
+        wait_healthy(self.process, self.url, timeout, "Synapse", logs)
 
     def stop(self, timeout: float = 30.0, *, already_signalled: bool = False) -> None:
         """Stop Synapse with SIGTERM, or wait for it when Ctrl-C already reached
@@ -360,13 +377,7 @@ class Homeserver:
                 return
             except subprocess.TimeoutExpired:
                 pass
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout)
 
     def request(
         self,

@@ -25,15 +25,20 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import attrs
 import yaml
 
-from devtools.homeserver import REPO_ROOT, Homeserver, HomeserverSpec, SynapseError, free_port
+from devtools.homeserver import (
+    REPO_ROOT,
+    Homeserver,
+    HomeserverSpec,
+    free_port,
+    terminate,
+    wait_healthy,
+)
 
 GENERIC_WORKER_APP = "synapse.app.generic_worker"
 #: the routing of the compose file's workers profile
@@ -95,14 +100,7 @@ class RedisServer:
             return False
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout)
 
 
 @attrs.define
@@ -204,33 +202,12 @@ class Worker:
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SynapseError(
-                    f"worker {self.spec.name} exited with code {self.process.returncode} while starting; "
-                    f"see {output.name} and {self.log_path}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise SynapseError(
-            f"worker {self.spec.name} did not answer within {timeout:.0f}s; see {self.log_path}"
+        wait_healthy(
+            self.process, self.url, timeout, f"worker {self.spec.name}", f"{output.name} and {self.log_path}"
         )
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout)
 
 
 class NginxError(RuntimeError):
@@ -308,14 +285,7 @@ http {{
         raise NginxError(f"nginx did not listen on port {self.port} within {timeout:.0f}s")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGQUIT)  # graceful shutdown
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout, signal.SIGQUIT)  # nginx: graceful shutdown
 
 
 def shared_worker_settings(
