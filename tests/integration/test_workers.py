@@ -283,6 +283,31 @@ def test_clear_text_is_refused_on_the_worker(
     assert where() == {GENERIC}
 
 
+def test_closed_federation_holds_on_the_worker(
+    deployment: WorkerDeployment, main: Homeserver, via_proxy: Call
+) -> None:
+    """Invites and knocks go through the generic worker (the stack's routing);
+    the allowlist (empty here: no peers) refuses both before any federation."""
+    user_id, token = enrolled_user(main, via_proxy, "officer")
+    status, body = via_proxy("POST", "/_matrix/client/v3/createRoom", {}, token=token)
+    assert status == 200, body
+    status, body = via_proxy(
+        "POST",
+        f"/_matrix/client/v3/rooms/{quote(body['room_id'])}/invite",
+        {"user_id": "@someone:foreign.example"},
+        token=token,
+    )
+    assert status == 403 and "foreign.example" in body["error"], body
+    status, body = via_proxy(
+        "POST", "/_matrix/client/v3/knock/!elsewhere:peer.example?server_name=peer.example", {}, token=token
+    )
+    assert status == 403 and "Cannot knock" in body["error"], body
+    for rule in ("federation.invite", "federation.join"):
+        where = lambda rule=rule: decided_where(deployment, user_id, "deny", rule)  # noqa: E731
+        wait_for(lambda where=where: GENERIC in where(), 10, f"the worker logged no {rule} denial")
+        assert where() == {GENERIC}
+
+
 def test_a_device_that_skipped_the_login_gate_cannot_send_through_the_worker(
     deployment: WorkerDeployment, main: Homeserver, via_proxy: Call
 ) -> None:
