@@ -213,6 +213,28 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def write_bot_config(bot_dir: Path, url: str, server_name: str, officers: list[str]) -> dict[str, Any]:
+    """The bot's config and state key in ``bot_dir``; one unit holds every officer."""
+
+    def user_id(localpart: str) -> str:
+        return f"@{localpart}:{server_name}"
+
+    (bot_dir / "state.key").write_text(os.urandom(32).hex())
+    return {
+        "homeserver_url": url,
+        "user_id": user_id("dispatch-bot"),
+        "password": PASSWORD,
+        "device_id": device_id_for("dispatch-bot"),
+        "store_dir": "store",
+        "state_path": "state.sqlite",
+        "state_key_file": "state.key",
+        "control_rooms": [f"#leitstelle:{server_name}"],
+        "roles": {"dispatcher": [user_id("dispatcher")]},
+        "units": [{"name": "zug", "call_sign": "Zug 1", "members": [user_id(n) for n in officers]}],
+        "ack_deadline": "1h",
+    }
+
+
 async def measure(hs: Homeserver, directory: Path, officers_n: int) -> None:
     # nio warns once per device it has no Olm session with yet: 200 lines of noise
     logging.getLogger("nio").setLevel(logging.ERROR)
@@ -223,20 +245,7 @@ async def measure(hs: Homeserver, directory: Path, officers_n: int) -> None:
     enroll_many(hs, ((hs.user_id(name), device_id_for(name)) for name in everyone))
     bot_dir = directory / "bot"
     bot_dir.mkdir()
-    (bot_dir / "state.key").write_text(os.urandom(32).hex())
-    config = {
-        "homeserver_url": hs.url,
-        "user_id": hs.user_id("dispatch-bot"),
-        "password": PASSWORD,
-        "device_id": device_id_for("dispatch-bot"),
-        "store_dir": "store",
-        "state_path": "state.sqlite",
-        "state_key_file": "state.key",
-        "control_rooms": [f"#leitstelle:{hs.server_name}"],
-        "roles": {"dispatcher": [hs.user_id("dispatcher")]},
-        "units": [{"name": "zug", "call_sign": "Zug 1", "members": [hs.user_id(n) for n in names]}],
-        "ack_deadline": "1h",
-    }
+    config = write_bot_config(bot_dir, hs.url, hs.server_name, names)
     (bot_dir / "dispatch.yaml").write_text(yaml.safe_dump(config))
     log_file = bot_dir / "bot.log"
     with log_file.open("ab") as out:
