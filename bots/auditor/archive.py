@@ -22,12 +22,14 @@ opening it with another key raises ``WrongKeyError``. Bodies, attachment
 names and attachment bytes are AES-256-GCM ciphertexts bound to their event
 ID and role. In clear on disk: event and room IDs, senders, device IDs,
 timestamps, event types and msgtypes, attachment mimetypes and sizes,
-redaction marks and policy-violation marks (a rule and a detected type):
-what the search filters and the purge need. Clear text never enters SQLite,
-so no journal, WAL or temporary file can hold it. A purge zeroes the pages
-it frees (``secure_delete``), merges the index and truncates the WAL, so
-neither ciphertexts nor tokens of purged messages stay in the files (the
-file system may still hold their old blocks).
+redaction marks and policy-violation marks (a rule and a detected type) with
+the state of their enforcement: what the search filters, the purge and the
+bot's enforcement need. What enforcing a violation needs later (the media IDs
+to quarantine, the reason the sender is told) is sealed like a body. Clear
+text never enters SQLite, so no journal, WAL or temporary file can hold it.
+A purge zeroes the pages it frees (``secure_delete``), merges the index and
+truncates the WAL, so neither ciphertexts nor tokens of purged messages stay
+in the files (the file system may still hold their old blocks).
 
 **Search** (``blind_index.py``). An FTS5 table holds each message's word
 tokens (keyed hashes, not words) plus a room and a sender token; a query is
@@ -47,6 +49,7 @@ call run at a time.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sqlite3
@@ -80,8 +83,10 @@ __all__ = [
     "ArchivedMessage",
     "Attachment",
     "CorruptRecordError",
+    "Enforcement",
     "KeyLoadError",
     "Message",
+    "PendingEnforcement",
     "SearchHit",
     "StoredAttachment",
     "WrongKeyError",
@@ -96,6 +101,9 @@ SEQ_BITS = 16
 PURGE_BATCH = 5_000
 #: files without a row are removed by the purge once they are this old (seconds)
 ORPHAN_AGE = 3_600.0
+#: a failed enforcement is due again after this (ms), doubling with each failure up to the maximum
+RETRY_FIRST_MS = 60_000
+RETRY_MAX_MS = 3_600_000
 
 #: Step N brings the schema from version N-1 to N. Append, never edit.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -146,6 +154,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # A policy violation found in the message (an attachment of a type the media rules refuse),
     # in clear: a rule and a detected MIME type, never content.
     ("ALTER TABLE messages ADD COLUMN violation TEXT",),
+    # The enforcement of each violation (redaction, quarantine, notice), so that a crash between
+    # archiving and enforcing loses nothing. details: nonce || AES-GCM(JSON of ``Enforcement``);
+    # NULL for the violations of earlier versions, which enforced them when archiving them.
+    (
+        """
+        CREATE TABLE enforcements (
+            message_id INTEGER PRIMARY KEY,
+            details BLOB,
+            notified_at INTEGER,
+            enforced_at INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            retry_at INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX enforcements_due ON enforcements (retry_at, message_id) WHERE enforced_at IS NULL",
+        "INSERT INTO enforcements (message_id, enforced_at) "
+        "SELECT id, archived_at FROM messages WHERE violation IS NOT NULL",
+    ),
 )
 
 _COLUMNS = (
@@ -154,6 +180,7 @@ _COLUMNS = (
 )
 #: the same, qualified for a join with the messages table as ``m``
 _M_COLUMNS = ", ".join(f"m.{column}" for column in _COLUMNS.split(", "))
+_COLUMN_COUNT = len(_COLUMNS.split(", "))
 
 
 class ArchiveError(Exception):
@@ -196,6 +223,16 @@ class Attachment:
 
 
 @attrs.frozen
+class Enforcement:
+    """What enforcing a policy violation needs after a restart; kept encrypted with the message."""
+
+    #: the server's copies to quarantine (mxc URLs: the file and its thumbnail)
+    media: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: why the attachment is refused, as the sender is told ("type ... is not allowed; allowed: ...")
+    reason: str = attrs.field(default="", validator=_str)
+
+
+@attrs.frozen
 class Message:
     """A decrypted event to archive (the bot builds it from what it received)."""
 
@@ -210,6 +247,8 @@ class Message:
     attachments: tuple[Attachment, ...] = attrs.field(default=(), converter=tuple)
     #: the policy rule it breaks and what was found ("media.type: application/x-executable")
     violation: str | None = attrs.field(default=None, validator=_optional_str)
+    #: with a violation: what enforcing it needs (see ``Archive.unenforced``)
+    enforcement: Enforcement | None = attrs.field(default=None)
 
 
 @attrs.frozen
@@ -248,6 +287,18 @@ class ArchivedMessage:
 
 
 @attrs.frozen
+class PendingEnforcement:
+    """An archived violation not yet enforced (``Archive.unenforced``)."""
+
+    message: ArchivedMessage
+    enforcement: Enforcement
+    #: the sender was told already (by an earlier attempt)
+    notified: bool
+    #: failed attempts so far
+    attempts: int
+
+
+@attrs.frozen
 class SearchHit:
     message: ArchivedMessage
     #: about 120 characters of the body around the first matching word
@@ -269,6 +320,8 @@ class ArchiveStats:
     violations: int
     #: the database file with its WAL, without the attachment files
     database_bytes: int
+    #: violations whose enforcement (redaction, quarantine) has not succeeded yet
+    unenforced_violations: int = 0
 
 
 def _utf8(text: str) -> bytes:
@@ -483,6 +536,13 @@ class Archive:
             ),
         )
         self._index_add(db, row_id, message)
+        if message.violation is not None:
+            enforcement = message.enforcement or Enforcement()
+            details = json.dumps({"media": list(enforcement.media), "reason": enforcement.reason})
+            db.execute(
+                "INSERT INTO enforcements (message_id, details) VALUES (?, ?)",
+                (row_id, self._cipher.seal(_utf8(details), message.event_id, "enforcement")),
+            )
         for index, attachment in enumerate(message.attachments):
             file = self._write_file(
                 self._cipher.seal(attachment.data, message.event_id, f"attachment-data/{index}"), written
@@ -547,6 +607,30 @@ class Archive:
             )
             return False
 
+    def record_enforcement(self, event_id: str, *, enforced: bool, notified: bool = False) -> None:
+        """Record an attempt to enforce the violation of ``event_id``: ``enforced``, it is done
+        (``unenforced`` lists it no more); else it is due again after a back-off
+        (``RETRY_FIRST_MS``, doubling up to ``RETRY_MAX_MS``). ``notified``: the sender
+        was told (the first time counts)."""
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT e.attempts FROM enforcements AS e JOIN messages AS m ON m.id = e.message_id "
+                "WHERE m.event_id = ?",
+                (event_id,),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no violation of {event_id} in the archive")
+            attempts = row[0] if enforced else row[0] + 1
+            delay = min(RETRY_MAX_MS, RETRY_FIRST_MS << min(attempts - 1, 32)) if not enforced else 0
+            db.execute(
+                "UPDATE enforcements SET attempts = ?, retry_at = ?, "
+                "enforced_at = CASE WHEN ? THEN coalesce(enforced_at, ?) ELSE enforced_at END, "
+                "notified_at = CASE WHEN ? THEN coalesce(notified_at, ?) ELSE notified_at END "
+                "WHERE message_id = (SELECT id FROM messages WHERE event_id = ?)",
+                (attempts, now + delay, enforced, now, notified, now, event_id),
+            )
+
     def purge_older_than(self, cutoff_ms: int) -> int:
         """Delete every message with origin_server_ts < ``cutoff_ms``, its index tokens and
         attachments (and redactions still waiting from before the cutoff); the number
@@ -565,6 +649,7 @@ class Archive:
                     for (file,) in db.execute("SELECT file FROM attachments WHERE message_id < ?", (end,))
                 ]
                 db.execute("DELETE FROM attachments WHERE message_id < ?", (end,))
+                db.execute("DELETE FROM enforcements WHERE message_id < ?", (end,))
                 self._index_delete_below(db, end)
                 count = db.execute("DELETE FROM messages WHERE id < ?", (end,)).rowcount
                 if row is None:
@@ -707,6 +792,38 @@ class Archive:
             found = set(query_words)
             return [SearchHit(message, snippet(message.body, found)) for message in self._messages(db, rows)]
 
+    def unenforced(self, limit: int = 20) -> list[PendingEnforcement]:
+        """Up to ``limit`` violations not yet enforced and due (new, or their back-off is
+        over), those due longest first."""
+        return self._pending(
+            "e.retry_at <= ? ORDER BY e.retry_at, e.message_id LIMIT ?", (self._clock(), limit)
+        )
+
+    def enforcement(self, event_id: str) -> PendingEnforcement | None:
+        """The violation of ``event_id`` if it is not enforced yet (due or not); else None."""
+        found = self._pending("m.event_id = ?", (event_id,))
+        return found[0] if found else None
+
+    def _pending(self, condition: str, params: tuple[Any, ...]) -> list[PendingEnforcement]:
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_M_COLUMNS}, e.details, e.notified_at, e.attempts "
+                "FROM enforcements AS e JOIN messages AS m ON m.id = e.message_id "
+                f"WHERE e.enforced_at IS NULL AND {condition}",
+                params,
+            ).fetchall()
+            messages = self._messages(db, [row[:_COLUMN_COUNT] for row in rows])
+        pending = []
+        for message, (sealed, notified_at, attempts) in zip(
+            messages, (row[_COLUMN_COUNT:] for row in rows), strict=True
+        ):
+            details = (
+                json.loads(_text(self._decrypt(sealed, message.event_id, "enforcement"))) if sealed else {}
+            )
+            enforcement = Enforcement(media=details.get("media", ()), reason=details.get("reason", ""))
+            pending.append(PendingEnforcement(message, enforcement, notified_at is not None, attempts))
+        return pending
+
     def read_attachment(self, event_id: str, index: int) -> bytes:
         """The decrypted bytes of attachment ``index`` of ``event_id``; KeyError when there is none."""
         with self._read() as db:
@@ -741,6 +858,9 @@ class Archive:
             (rooms,) = db.execute("SELECT count(DISTINCT room_id) FROM messages").fetchone()
             (senders,) = db.execute("SELECT count(DISTINCT sender) FROM messages").fetchone()
             (pending,) = db.execute("SELECT count(*) FROM pending_redactions").fetchone()
+            (unenforced,) = db.execute(
+                "SELECT count(*) FROM enforcements WHERE enforced_at IS NULL"
+            ).fetchone()
         return ArchiveStats(
             messages=messages,
             redacted=redacted,
@@ -753,6 +873,7 @@ class Archive:
             pending_redactions=pending,
             violations=violations,
             database_bytes=self._database_bytes(),
+            unenforced_violations=unenforced,
         )
 
     def _database_bytes(self) -> int:

@@ -4,7 +4,7 @@ that run Synapse on PostgreSQL and back up one database server rather than a SQL
 Everything but the storage is shared with the SQLite archive (``Archive``):
 encryption at rest, the blind index's tokens, row IDs in time order, the
 attachment files (``files``: a directory on the bot's host), redaction and
-violation marks, the purge. What differs:
+violation marks with their enforcement state, the purge. What differs:
 
 - the blind index is a ``text[]`` column of tokens with a GIN index; a search
   is array containment (``@>``) over the tokens of the words and filters;
@@ -80,8 +80,31 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # as the SQLite archive's third step: the enforcement of each violation
+    (
+        """
+        CREATE TABLE enforcements (
+            message_id BIGINT PRIMARY KEY,
+            details BYTEA,
+            notified_at BIGINT,
+            enforced_at BIGINT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            retry_at BIGINT NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX enforcements_due ON enforcements (retry_at, message_id) WHERE enforced_at IS NULL",
+        "INSERT INTO enforcements (message_id, enforced_at) "
+        "SELECT id, archived_at FROM messages WHERE violation IS NOT NULL",
+    ),
 )
-_TABLES = ("messages", "attachments", "message_tokens", "pending_redactions", "archive_meta")
+_TABLES = (
+    "messages",
+    "attachments",
+    "message_tokens",
+    "pending_redactions",
+    "enforcements",
+    "archive_meta",
+)
 
 
 def _bytes(value: Any, cursor: Any) -> bytes | None:

@@ -35,7 +35,7 @@ from nio import (
 from nio.crypto.attachments import decrypt_attachment
 
 from ..common.session import Session, StoreSyncTokens
-from .archive import Archive, Attachment, Message, now_ms
+from .archive import Archive, Attachment, Enforcement, Message, PendingEnforcement, now_ms
 from .commands import CommandRunner, Delivery, ExportJob, ExportStore, HealthStats, Reply, parse_command
 from .config import Config
 from .consultation_log import ConsultationLog
@@ -52,6 +52,8 @@ log = logging.getLogger("bots.auditor")
 BACKFILL_PAGES = 50
 #: seconds to wait at shutdown for exports still being built or delivered
 SHUTDOWN_GRACE_S = 30.0
+#: archived violations not yet enforced that are retried after one sync
+ENFORCE_BATCH = 10
 ARCHIVED_TYPES = (RoomMessageText, RoomMessageNotice, RoomMessageEmote, RoomEncryptedMedia, RoomMessageMedia)
 
 
@@ -141,6 +143,7 @@ class AuditorBot:
             if room.timeline.limited and room.timeline.prev_batch:
                 await self._backfill(room_id, room.timeline.prev_batch, room.timeline.events)
         await self._retry_pending()
+        await self._enforce_due()
 
     async def _backfill(self, room_id: str, prev_batch: str, seen: list[Event]) -> None:
         """Fetch the events a limited timeline left out, back to the first one archived already."""
@@ -342,7 +345,12 @@ class AuditorBot:
             # plaintext uploads were judged by the module on upload; only ciphertext escaped it
             if attachment is not None and isinstance(event, RoomEncryptedMedia):
                 verdict = await self._judge(event.event_id, attachment.data)
-        violation = None if verdict is None or verdict.allowed else f"{verdict.rule}: {verdict.detected}"
+        violation = None
+        enforcement = None
+        if verdict is not None and not verdict.allowed:
+            assert isinstance(event, RoomEncryptedMedia)
+            violation = f"{verdict.rule}: {verdict.detected}"
+            enforcement = Enforcement(media=_media_urls(event), reason=verdict.reason or "")
         message = Message(
             event_id=event.event_id,
             room_id=room.room_id,
@@ -354,6 +362,7 @@ class AuditorBot:
             msgtype=content.get("msgtype"),
             attachments=attachments,
             violation=violation,
+            enforcement=enforcement,
         )
         try:
             added = self.archive.add(message)
@@ -363,9 +372,20 @@ class AuditorBot:
         if added:
             log.info("archived %s from %s in %s", event.event_id, event.sender, room.room_id)
         if added and verdict is not None and not verdict.allowed:
-            # enforced once, when first archived: the original stays in the archive as evidence
-            assert isinstance(event, RoomEncryptedMedia)
-            await self._enforce_media_rules(room, event, verdict)
+            # enforced at once; the archive records it, so a crash before it is done only delays it
+            # (``_enforce_due``); the original stays in the archive as evidence
+            self.violations_found += 1
+            log.warning(
+                "%s in %s breaks %s (detected %s, %d bytes): redacting",
+                event.event_id,
+                room.room_id,
+                verdict.rule,
+                verdict.detected,
+                verdict.size,
+            )
+            pending = self.archive.enforcement(event.event_id)
+            if pending is not None:
+                await self._enforce(pending)
 
     # -- media rules ------------------------------------------------------------------------------
 
@@ -381,49 +401,79 @@ class AuditorBot:
             log.exception("could not check the attachment of %s against the media rules", event_id)
             return None
 
-    async def _enforce_media_rules(
-        self, room: MatrixRoom, event: RoomEncryptedMedia, verdict: Verdict
-    ) -> None:
-        """Redact the refused attachment, quarantine its server copy, tell the sender why."""
-        self.violations_found += 1
-        log.warning(
-            "%s in %s breaks %s (detected %s, %d bytes): redacting",
-            event.event_id,
-            room.room_id,
-            verdict.rule,
-            verdict.detected,
-            verdict.size,
-        )
-        redaction = await self.client.room_redact(
-            room.room_id, event.event_id, reason=f"Media policy: {verdict.rule} ({verdict.detected})"
-        )
-        redacted = isinstance(redaction, RoomRedactResponse)
-        if not redacted:
-            log.error("redacting %s failed: %s", event.event_id, redaction)
-        quarantined = await self._quarantine_all(event)
-        quarantine = None if self.config.admin_token is None else quarantined
-        body = media_notice(event.sender, event.body or "attachment", verdict, redacted, quarantine)
-        await self.send(
-            room.room_id, {"msgtype": "m.notice", "body": body, "m.mentions": {"user_ids": [event.sender]}}
-        )
+    async def _enforce_due(self) -> None:
+        """Enforce archived violations whose enforcement failed or was cut short (a crash
+        between archiving and enforcing): after every sync, the first one after a start
+        included, so events a restart replays (their redactions too) are archived first."""
+        try:
+            due = self.archive.unenforced(ENFORCE_BATCH)
+        except Exception:
+            log.exception("listing the violations still to enforce failed")
+            return
+        for pending in due:
+            log.info(
+                "enforcing the media rules on %s again (attempt %d)",
+                pending.message.event_id,
+                pending.attempts + 1,
+            )
+            await self._enforce(pending)
 
-    async def _quarantine_all(self, event: RoomEncryptedMedia) -> bool:
+    async def _enforce(self, pending: PendingEnforcement) -> None:
+        """Redact the refused attachment, quarantine its server copies, tell the sender why;
+        record the outcome in the archive. Idempotent: a message the archive knows as
+        redacted (by this bot before a crash, its sender or a moderator) is not redacted
+        again and its sender gets no (second) notice; quarantining again is harmless. A
+        failed redaction or quarantine leaves it due again after a back-off."""
+        message = pending.message
+        event_id = message.event_id
+        notified = False
+        enforced = False
+        try:
+            rule, _, detected = (message.violation or "").partition(": ")
+            already = message.redacted
+            redacted = already
+            if not already:
+                response = await self.client.room_redact(
+                    message.room_id, event_id, reason=f"Media policy: {rule} ({detected})"
+                )
+                redacted = isinstance(response, RoomRedactResponse)
+                if not redacted:
+                    log.error("redacting %s failed: %s", event_id, response)
+            quarantined = await self._quarantine_all(event_id, pending.enforcement.media)
+            quarantine = None if self.config.admin_token is None else quarantined
+            if not already and not pending.notified:
+                name = message.attachments[0].name if message.attachments else "attachment"
+                body = media_notice(message.sender, name, pending.enforcement.reason, redacted, quarantine)
+                content = {"msgtype": "m.notice", "body": body, "m.mentions": {"user_ids": [message.sender]}}
+                try:
+                    await self.send(message.room_id, content, check=True)
+                    notified = True
+                except Exception as error:
+                    log.error("telling the sender of %s failed: %r", event_id, error)
+            enforced = redacted and quarantine is not False
+        except Exception:
+            log.exception("enforcing the media rules on %s failed", event_id)
+        try:
+            self.archive.record_enforcement(event_id, enforced=enforced, notified=notified)
+        except Exception:
+            log.exception("recording the enforcement of %s failed", event_id)
+            return
+        if not enforced:
+            log.warning("the media rules on %s are not enforced yet; retrying later", event_id)
+
+    async def _quarantine_all(self, event_id: str, media: tuple[str, ...]) -> bool:
         """Quarantine the file and its thumbnail (both may carry the payload); True when all worked."""
         if self.config.admin_token is None:
             return False
-        info = event.source.get("content", {}).get("info") or {}
-        thumbnail = (info.get("thumbnail_file") or {}).get("url") if isinstance(info, dict) else None
         ok = True
-        for mxc in (event.url, thumbnail):
-            if not isinstance(mxc, str) or not mxc.startswith("mxc://"):
-                continue
+        for mxc in media:
             try:
                 await asyncio.to_thread(self._quarantine, mxc)
-                log.info("quarantined the media of %s", event.event_id)
+                log.info("quarantined the media of %s", event_id)
             except Exception as error:
                 ok = False
                 self.quarantine_failures += 1
-                log.error("quarantining the media of %s failed: %r", event.event_id, error)
+                log.error("quarantining the media of %s failed: %r", event_id, error)
         return ok
 
     def _quarantine(self, mxc: str) -> None:
@@ -494,10 +544,20 @@ class AuditorBot:
                 await self._on_redaction(room, decrypted)
 
 
-def media_notice(sender: str, name: str, verdict: Verdict, redacted: bool, quarantined: bool | None) -> str:
-    """What the sender of a refused attachment is told; ``quarantined`` None: no admin token."""
+def _media_urls(event: RoomEncryptedMedia) -> tuple[str, ...]:
+    """The server's copies of an encrypted attachment: the file and its thumbnail."""
+    info = event.source.get("content", {}).get("info") or {}
+    thumbnail = (info.get("thumbnail_file") or {}).get("url") if isinstance(info, dict) else None
+    return tuple(mxc for mxc in (event.url, thumbnail) if isinstance(mxc, str) and mxc.startswith("mxc://"))
+
+
+def media_notice(sender: str, name: str, reason: str, redacted: bool, quarantined: bool | None) -> str:
+    """What the sender of a refused attachment is told (``reason``: the verdict's);
+    ``quarantined`` None: no admin token."""
     done = "was removed" if redacted else "breaks the media rules, but removing it failed"
-    body = f"{sender}: your attachment “{name}” {done}. {verdict.reason}."
+    body = f"{sender}: your attachment “{name}” {done}."
+    if reason:
+        body += f" {reason}."
     if quarantined is None:
         body += " The server copy was not quarantined: the auditor bot has no admin token configured."
     elif not quarantined:

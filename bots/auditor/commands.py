@@ -941,9 +941,11 @@ class CommandRunner:
         stats = self.archive.stats()
         health = self.health()
         oldest = _when(stats.oldest_ts) if stats.oldest_ts is not None else "-"
+        waiting = stats.unenforced_violations
+        unenforced = f" ({waiting} not yet enforced)" if waiting else ""
         lines = [
             f"archived messages: {stats.messages} "
-            f"(redacted {stats.redacted}, policy violations {stats.violations}, "
+            f"(redacted {stats.redacted}, policy violations {stats.violations}{unenforced}, "
             f"attachments {stats.attachments})",
             f"undecryptable messages: {health.undecryptable_pending} waiting for keys, "
             f"{health.undecryptable_seen} seen since start",

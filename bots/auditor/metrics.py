@@ -78,6 +78,11 @@ class BotCollector(Collector):
             ("archived_messages", "Messages in the archive", stats.messages),
             ("archived_redacted_messages", "Archived messages that were redacted", stats.redacted),
             ("archived_policy_violations", "Archived messages that broke a policy rule", stats.violations),
+            (
+                "archived_unenforced_violations",
+                "Archived policy violations not yet enforced (redaction or quarantine failed; retried)",
+                stats.unenforced_violations,
+            ),
             ("archived_attachments", "Attachments in the archive", stats.attachments),
             (
                 "archived_attachment_bytes",

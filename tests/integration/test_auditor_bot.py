@@ -33,7 +33,7 @@ from nio import (
     SyncResponse,
 )
 
-from bots.auditor.archive import Archive
+from bots.auditor.archive import Archive, Attachment, Enforcement, Message
 from bots.auditor.bot import open_archive
 from bots.auditor.config import load_config
 from bots.auditor.consultation_log import ConsultationLog
@@ -163,6 +163,15 @@ async def new_client(
 
 async def wait_member(client: AsyncClient, room_id: str, user_id: str, timeout: float = 20.0) -> None:
     await sync_until(client, lambda: user_id in client.rooms[room_id].users, timeout)
+
+
+async def room_with_the_bot(client: AsyncClient, bot_id: str) -> str:
+    """A new room of ``client``'s, once the module seated the bot and its device is known (so
+    the megolm session of the first message is shared with it)."""
+    room_id = await create_room(client)
+    await wait_member(client, room_id, bot_id)
+    await sync_until(client, lambda: True)
+    return room_id
 
 
 async def open_direct_chat(client: AsyncClient, bot_id: str) -> str:
@@ -431,6 +440,29 @@ def scrape(port: int) -> str:
         return response.read().decode()
 
 
+async def redacted_and_told(
+    client: AsyncClient, room_id: str, event_id: str, bot_id: str
+) -> RoomMessageNotice:
+    """Sync until the bot redacted ``event_id`` and posted its notice (the only one); the notice."""
+
+    def enforced(events: list[Event]) -> bool:
+        redacted = any(isinstance(e, RedactionEvent) and e.redacts == event_id for e in events)
+        told = any(isinstance(e, RoomMessageNotice) and e.sender == bot_id for e in events)
+        return redacted and told
+
+    events = await timeline_until(client, room_id, enforced)
+    (redaction,) = [e for e in events if isinstance(e, RedactionEvent)]
+    assert redaction.sender == bot_id
+    (notice,) = [e for e in events if isinstance(e, RoomMessageNotice)]
+    return notice
+
+
+def assert_quarantined(client: AsyncClient, mxc: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        download(client, mxc)
+    assert refused.value.code == 404
+
+
 async def test_attachment_breaking_the_media_rules_is_redacted_quarantined_and_kept(hs, bot_setup, tmp_path):
     bot, _names, directory = bot_setup
     bot_id = hs.user_id(BOT_LOCALPART)
@@ -460,22 +492,11 @@ async def test_attachment_breaking_the_media_rules_is_redacted_quarantined_and_k
         exe = await upload_encrypted(alice, program, "report.pdf")
         exe["info"]["mimetype"] = exe["file"]["mimetype"] = "application/pdf"
         exe_event = await send(alice, room_id, exe)
-
-        def enforced(events: list[Event]) -> bool:
-            redacted = any(isinstance(e, RedactionEvent) and e.redacts == exe_event for e in events)
-            told = any(isinstance(e, RoomMessageNotice) and e.sender == bot_id for e in events)
-            return redacted and told
-
-        events = await timeline_until(alice, room_id, enforced)
-        (redaction,) = [e for e in events if isinstance(e, RedactionEvent)]
-        assert redaction.sender == bot_id
-        (notice,) = [e for e in events if isinstance(e, RoomMessageNotice)]
+        notice = await redacted_and_told(alice, room_id, exe_event, bot_id)
         assert alice.user_id in notice.body and "report.pdf" in notice.body
         assert "application/x-executable" in notice.body and "allowed: application/pdf" in notice.body
         assert "not quarantined" not in notice.body
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            download(alice, exe["file"]["url"])
-        assert refused.value.code == 404
+        assert_quarantined(alice, exe["file"]["url"])
         assert download_decrypted(alice, image["file"]) == photo  # the allowed photo is left alone
 
         metrics = scrape(metrics_port)
@@ -493,9 +514,59 @@ async def test_attachment_breaking_the_media_rules_is_redacted_quarantined_and_k
         assert kept is not None and kept.violation == "media.type: application/x-executable"
         assert kept.redacted_by == bot_id and kept.redacted_at is not None
         assert archive.read_attachment(exe_event, 0) == program  # the evidence stays
+        assert archive.enforcement(exe_event) is None  # recorded as enforced: not done again
         allowed = archive.get(photo_event)
         assert allowed is not None and allowed.violation is None and not allowed.redacted
     bot.reconfigure(policy_file=None, admin_token_file=None, metrics_port=None)
+
+
+async def test_a_violation_archived_just_before_a_crash_is_enforced_after_the_restart(
+    hs, bot_setup, tmp_path
+):
+    """Killed between archiving a refused attachment and enforcing it: the replayed event is
+    archived already, yet the restarted bot redacts and quarantines it and tells the sender."""
+    bot, _names, directory = bot_setup
+    bot_id = hs.user_id(BOT_LOCALPART)
+    admin_token, _device = hs.register_enrolled_user(f"ops-{uuid.uuid4().hex[:6]}", "pw-ops", admin=True)
+    (directory / "admin-token").write_text(admin_token)
+    bot.reconfigure(admin_token_file="admin-token")
+    bot.start()
+    alice = await new_client(hs, "alice", tmp_path)
+    try:
+        room_id = await room_with_the_bot(alice, bot_id)
+        assert bot.stop() == 0
+        program = media_corpus.padded(media_corpus.elf(), 4096)
+        exe = await upload_encrypted(alice, program, "tool.pdf")
+        exe_event = await send(alice, room_id, exe)
+        # what the bot had done when it was killed: archived the file as a violation, nothing more
+        with bot_archive(directory) as archive:
+            archive.add(
+                Message(
+                    exe_event,
+                    room_id,
+                    alice.user_id,
+                    alice.device_id,
+                    int(time.time() * 1000),
+                    "tool.pdf",
+                    msgtype="m.file",
+                    attachments=[Attachment("tool.pdf", "application/pdf", program)],
+                    violation="media.type: application/x-executable",
+                    enforcement=Enforcement(media=[exe["file"]["url"]], reason="not allowed here"),
+                )
+            )
+        bot.start()
+        notice = await redacted_and_told(alice, room_id, exe_event, bot_id)
+        assert "“tool.pdf” was removed. not allowed here." in notice.body
+        assert_quarantined(alice, exe["file"]["url"])
+    finally:
+        await alice.close()
+
+    assert bot.stop() == 0
+    assert "Traceback" not in bot.log(), bot.log()
+    with bot_archive(directory) as archive:
+        assert archive.enforcement(exe_event) is None and archive.stats().unenforced_violations == 0
+        assert archive.get(exe_event).redacted_by == bot_id
+    bot.reconfigure(admin_token_file=None)
 
 
 async def test_a_message_its_sender_deleted_stays_in_the_archive_marked_redacted(hs, bot_setup, tmp_path):
@@ -505,9 +576,7 @@ async def test_a_message_its_sender_deleted_stays_in_the_archive_marked_redacted
     alice = await new_client(hs, "alice", tmp_path)
     revisor = await new_client(hs, "revisor", tmp_path, names["auditor"])
     try:
-        room_id = await create_room(alice)
-        await wait_member(alice, room_id, bot_id)
-        await sync_until(alice, lambda: True)
+        room_id = await room_with_the_bot(alice, bot_id)
         said = await send(alice, room_id, {"msgtype": "m.text", "body": "the ploverdeleted canary is here"})
         dm = await open_direct_chat(revisor, bot_id)
         show = f'!show {said} ref:AZ-7 reason:"deleted message"'
@@ -575,9 +644,7 @@ async def test_the_archive_purges_what_is_older_than_the_audit_lifetime(hs, bot_
     bot.start()
     alice = await new_client(hs, "alice", tmp_path)
     try:
-        room_id = await create_room(alice)
-        await wait_member(alice, room_id, bot_id)
-        await sync_until(alice, lambda: True)
+        room_id = await room_with_the_bot(alice, bot_id)
         said = await send(alice, room_id, {"msgtype": "m.text", "body": "the ternpurge canary"})
         attachment = await upload_encrypted(alice, media_corpus.jpeg(), "tern.jpg")
         with_file = await send(alice, room_id, attachment)

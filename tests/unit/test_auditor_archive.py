@@ -17,6 +17,7 @@ from bots.auditor.archive import (
     ArchiveError,
     Attachment,
     CorruptRecordError,
+    Enforcement,
     KeyLoadError,
     Message,
     WrongKeyError,
@@ -512,8 +513,9 @@ def test_a_policy_violation_is_kept_with_the_original_and_counted(archive: Archi
 def test_an_archive_of_the_first_schema_gains_the_violation_column(path: Path) -> None:
     with Archive(path, KEY) as archive:
         archive.add(Message("$old", ROOM, ALICE, "PHONE1", T0, "from before"))
-    # as the first version left it: no violation column, schema version 1
+    # as the first version left it: no violation column, no enforcements, schema version 1
     db = raw(path)
+    db.execute("DROP TABLE enforcements")
     db.execute("ALTER TABLE messages DROP COLUMN violation")
     db.execute("UPDATE archive_schema_version SET version = 1")
     db.close()
@@ -523,3 +525,93 @@ def test_an_archive_of_the_first_schema_gains_the_violation_column(path: Path) -
         assert migrated.stats().violations == 1
     (version,) = raw(path).execute("SELECT version FROM archive_schema_version").fetchone()
     assert version == len(archive_module.MIGRATIONS)
+
+
+# -- enforcing policy violations -----------------------------------------------------------------
+
+EXE = "media.type: application/x-executable"
+REFUSAL = Enforcement(
+    media=("mxc://polizei.example/file1", "mxc://polizei.example/thumb1"),
+    reason="type application/x-executable is not allowed; allowed: application/pdf",
+)
+
+
+def violating(event_id: str, ts: int, enforcement: Enforcement | None = REFUSAL) -> Message:
+    attachment = Attachment("report.pdf", "application/pdf", b"\x7fELF payload")
+    return message(
+        event_id, ts, "report.pdf", attachments=[attachment], violation=EXE, enforcement=enforcement
+    )
+
+
+def test_a_violation_is_due_for_enforcement_until_recorded_as_enforced(archive: Archive) -> None:
+    archive.add_many([violating("$exe", T0), message("$fine", T0 + 1, "all quiet")])
+    (pending,) = archive.unenforced()
+    assert pending.message.event_id == "$exe" and pending.message.violation == EXE
+    assert pending.message.attachments[0].name == "report.pdf"
+    assert (pending.enforcement, pending.notified, pending.attempts) == (REFUSAL, False, 0)
+    assert archive.enforcement("$exe") == pending and archive.enforcement("$fine") is None
+    assert archive.stats().unenforced_violations == 1
+    # replayed after a restart: archived already, and still due
+    assert not archive.add(violating("$exe", T0))
+    assert [p.message.event_id for p in archive.unenforced()] == ["$exe"]
+
+    archive.record_enforcement("$exe", enforced=True, notified=True)
+    assert archive.unenforced() == [] and archive.enforcement("$exe") is None
+    assert archive.stats().unenforced_violations == 0
+    assert archive.stats().violations == 1
+    with pytest.raises(KeyError):
+        archive.record_enforcement("$fine", enforced=True)
+
+
+def test_a_failed_enforcement_is_due_again_after_a_growing_back_off(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive.add(violating("$exe", T0))
+    archive.add(violating("$exe2", T0 + 1, enforcement=None))
+    archive.record_enforcement("$exe", enforced=False, notified=True)
+    # not due during the back-off, but still pending; the other one goes first meanwhile
+    assert [p.message.event_id for p in archive.unenforced()] == ["$exe2"]
+    assert archive.enforcement("$exe").attempts == 1
+    assert archive.enforcement("$exe2").enforcement == Enforcement()
+    monkeypatch.setattr(archive, "_clock", lambda: NOW + archive_module.RETRY_FIRST_MS)
+    due = archive.unenforced(limit=1)
+    assert [(p.message.event_id, p.notified, p.attempts) for p in due] == [("$exe2", False, 0)]
+    assert [p.message.event_id for p in archive.unenforced()] == ["$exe2", "$exe"]
+    archive.record_enforcement("$exe", enforced=False)  # the second failure waits twice as long
+    assert archive.enforcement("$exe").notified  # told once stays told
+    monkeypatch.setattr(archive, "_clock", lambda: NOW + 3 * archive_module.RETRY_FIRST_MS - 1)
+    assert [p.message.event_id for p in archive.unenforced()] == ["$exe2"]
+    monkeypatch.setattr(archive, "_clock", lambda: NOW + 3 * archive_module.RETRY_FIRST_MS)
+    assert [p.message.event_id for p in archive.unenforced()] == ["$exe2", "$exe"]
+    archive.record_enforcement("$exe", enforced=True)
+    assert archive.enforcement("$exe") is None
+
+
+def test_the_purge_takes_the_enforcement_records_along(archive: Archive) -> None:
+    day = 86_400_000
+    archive.add_many([violating("$old", T0), violating("$new", T0 + 2 * day)])
+    assert archive.purge_older_than(T0 + day) == 1
+    assert [p.message.event_id for p in archive.unenforced()] == ["$new"]
+    assert archive.stats().unenforced_violations == 1
+
+
+def test_what_enforcing_needs_is_not_in_the_database_in_clear(archive: Archive, path: Path) -> None:
+    archive.add(violating("$exe", T0))
+    archive.close()
+    at_rest = b"".join(p.read_bytes() for p in path.parent.iterdir() if p.is_file())
+    assert b"mxc://" not in at_rest and b"file1" not in at_rest and b"allowed:" not in at_rest
+
+
+def test_violations_of_an_earlier_schema_count_as_enforced(path: Path) -> None:
+    """Versions before the enforcements table enforced a violation when they archived it."""
+    with Archive(path, KEY) as archive:
+        archive.add(violating("$old", T0))
+    db = raw(path)
+    db.execute("DROP TABLE enforcements")
+    db.execute("UPDATE archive_schema_version SET version = 2")
+    db.close()
+    with Archive(path, KEY) as migrated:
+        assert migrated.unenforced() == [] and migrated.enforcement("$old") is None
+        migrated.add(violating("$new", T0 + 1))
+        assert [p.message.event_id for p in migrated.unenforced()] == ["$new"]
+        assert migrated.stats().violations == 2

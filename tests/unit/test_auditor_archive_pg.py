@@ -26,7 +26,9 @@ from tests.unit.test_auditor_archive import (  # noqa: F401 - collected again, o
     OTHER_KEY,
     T0,
     message,
+    test_a_failed_enforcement_is_due_again_after_a_growing_back_off,
     test_a_policy_violation_is_kept_with_the_original_and_counted,
+    test_a_violation_is_due_for_enforcement_until_recorded_as_enforced,
     test_add_is_idempotent_by_event_id,
     test_add_many_counts_new_messages_in_one_batch,
     test_add_many_is_all_or_nothing,
@@ -44,6 +46,7 @@ from tests.unit.test_auditor_archive import (  # noqa: F401 - collected again, o
     test_snippet_shows_the_text_around_the_first_hit,
     test_stats_describe_the_archive,
     test_text_that_is_not_valid_unicode_is_kept_as_received,
+    test_the_purge_takes_the_enforcement_records_along,
 )
 from tests.unit.test_auditor_commands import _raw as raw_config
 

@@ -509,3 +509,13 @@ def test_show_tells_when_a_message_was_redacted_and_which_rule_it_broke(runner):
 def test_health_says_whether_media_is_checked_and_quarantined(runner, health, fragment):
     runner.health = lambda: health
     assert fragment in runner.handle("@rev:x.test", "!health").body
+
+
+def test_health_counts_violations_not_yet_enforced(runner):
+    violation = "media.type: application/x-executable"
+    runner.archive.add(
+        Message("$exe", "!ops:x.test", "@bob:x.test", "DEV2", NOW - DAY_MS, "tool.pdf", violation=violation)
+    )
+    assert "policy violations 1 (1 not yet enforced)" in runner.handle("@rev:x.test", "!health").body
+    runner.archive.record_enforcement("$exe", enforced=True)
+    assert "policy violations 1, " in runner.handle("@rev:x.test", "!health").body

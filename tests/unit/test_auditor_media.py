@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import socket
 import urllib.request
 from pathlib import Path
@@ -76,7 +76,10 @@ def test_a_wrong_policy_file_names_the_key(tmp_path, document, fragment):
         (media_corpus.padded(media_corpus.elf(), 4096), "application/x-executable", False),
         (media_corpus.pe(), "application/vnd.microsoft.portable-executable", False),
         (media_corpus.shell_script(), "text/x-shellscript", False),
-        (os.urandom(8192), "application/octet-stream", True),  # ciphertext in ciphertext: opaque, as upstream
+        # ciphertext in ciphertext: opaque, as upstream. A fixed buffer: about one
+        # random buffer in 80 reads to libmagic as some type (still allowed, as
+        # random-looking), which would make the detected type flaky here.
+        (random.Random(0).randbytes(8192), "application/octet-stream", True),
     ],
 )
 def test_decrypted_attachments_get_the_modules_verdict(rules, data, detected, allowed):
@@ -248,7 +251,7 @@ def test_the_sender_is_told_what_was_found_what_is_allowed_and_what_was_done(
     rules, redacted, quarantined, fragments
 ):
     verdict = check_attachment(rules, media_corpus.elf())
-    body = media_notice("@alice:x.test", "report.pdf", verdict, redacted, quarantined)
+    body = media_notice("@alice:x.test", "report.pdf", verdict.reason, redacted, quarantined)
     assert body.startswith("@alice:x.test: your attachment “report.pdf”")
     assert "allowed: application/pdf" in body
     for fragment in fragments:
