@@ -20,6 +20,7 @@ from tests import e2ee
 from tests.conftest import Account
 from tests.integration.test_canary import server_bytes
 from tests.integration.test_decision_log import decisions_for
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +95,6 @@ def members(hs: Homeserver, user: Account, room_id: str) -> dict[str, str]:
     status, body = hs.request("GET", f"/_matrix/client/v3/rooms/{room_id}/members", token=user.token)
     assert status == 200, body
     return {event["state_key"]: event["content"]["membership"] for event in body["chunk"]}
-
-
-def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.3)
 
 
 def invited_rooms(hs: Homeserver, user: Account) -> set[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from urllib.parse import quote
@@ -20,6 +19,7 @@ from tests import e2ee, media_corpus
 from tests.integration.test_media_remote import download
 from tests.integration.test_media_types import media_rows, stored_files, upload
 from tests.integration.test_retention_rooms import create, wait_for_system_user
+from tests.waiting import wait_for
 
 DEVICE_S = 4
 
@@ -69,13 +69,6 @@ def metric(hs: Homeserver, name: str) -> float:
         text = response.read().decode()
     match = re.search(rf"^{re.escape(name)}{{[^}}]*}} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.3)
 
 
 async def test_expired_content_leaves_the_clients_and_the_media_store(short_lived, make_user, tmp_path):

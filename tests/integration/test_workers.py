@@ -30,6 +30,7 @@ from devtools.workers import WorkerDeployment, WorkerSpec
 from synapse_police_policy.config import MEGOLM
 from synapse_police_policy.decisions import DECISION_LOGGER
 from tests import media_corpus
+from tests.waiting import wait_for
 
 GENERIC = "generic_worker1"
 BACKGROUND = "background_worker"
@@ -140,13 +141,6 @@ def decisions(log: Path) -> list[dict[str, Any]]:
         for line in log.read_text().splitlines()
         if f" - {DECISION_LOGGER.name} - " in line
     ]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.25)
 
 
 def decided_where(
