@@ -437,7 +437,11 @@ class AuditorBot:
                     message.room_id, event_id, reason=f"Media policy: {rule} ({detected})"
                 )
                 redacted = isinstance(response, RoomRedactResponse)
-                if not redacted:
+                if redacted:
+                    # recorded now, not when the redaction comes back in a later sync: a stop
+                    # before that sync must not leave the archive saying it was never removed
+                    self.archive.mark_redacted(event_id, now_ms(), self.client.user_id)
+                else:
                     log.error("redacting %s failed: %s", event_id, response)
             quarantined = await self._quarantine_all(event_id, pending.enforcement.media)
             quarantine = None if self.config.admin_token is None else quarantined

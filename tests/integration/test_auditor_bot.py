@@ -113,6 +113,20 @@ def bot_setup(
         yield setup
 
 
+@pytest.fixture(autouse=True)
+def bot_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the shared bot, even a failed one: the bot stopped and its config as
+    before, so one failure does not turn into failures of the tests after it."""
+    if "bot_setup" not in request.fixturenames:
+        yield
+        return
+    bot = request.getfixturevalue("bot_setup")[0]
+    before = bot.config_file.read_text()
+    with stopped_afterwards(bot):
+        yield
+    bot.config_file.write_text(before)
+
+
 @pytest.fixture
 def export_setup(
     export_hs: Homeserver, tmp_path: Path, postgres: PostgresCluster | None
@@ -517,7 +531,6 @@ async def test_attachment_breaking_the_media_rules_is_redacted_quarantined_and_k
         assert archive.enforcement(exe_event) is None  # recorded as enforced: not done again
         allowed = archive.get(photo_event)
         assert allowed is not None and allowed.violation is None and not allowed.redacted
-    bot.reconfigure(policy_file=None, admin_token_file=None, metrics_port=None)
 
 
 async def test_a_violation_archived_just_before_a_crash_is_enforced_after_the_restart(
@@ -566,7 +579,6 @@ async def test_a_violation_archived_just_before_a_crash_is_enforced_after_the_re
     with bot_archive(directory) as archive:
         assert archive.enforcement(exe_event) is None and archive.stats().unenforced_violations == 0
         assert archive.get(exe_event).redacted_by == bot_id
-    bot.reconfigure(admin_token_file=None)
 
 
 async def test_a_message_its_sender_deleted_stays_in_the_archive_marked_redacted(hs, bot_setup, tmp_path):
