@@ -122,9 +122,11 @@ def bot_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     bot = request.getfixturevalue("bot_setup")[0]
     before = bot.config_file.read_text()
-    with stopped_afterwards(bot):
-        yield
-    bot.config_file.write_text(before)
+    try:
+        with stopped_afterwards(bot):
+            yield
+    finally:
+        bot.config_file.write_text(before)
 
 
 @pytest.fixture
