@@ -7,12 +7,16 @@ user. Synapse needs UTF8 and the C collation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from devtools.homeserver import free_port
 
 PG_BIN = Path(os.environ.get("POLICE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DB_USER = "synapse"
@@ -93,3 +97,14 @@ class PostgresCluster:
             self._run_as_owner(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[PostgresCluster]:
+    """A new cluster on a free loopback port, stopped and removed when the block ends."""
+    cluster = PostgresCluster(free_port())
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -14,7 +14,7 @@ import attrs
 import pytest
 
 from devtools.homeserver import Homeserver, HomeserverSpec, free_port
-from devtools.postgres import PostgresCluster
+from devtools.postgres import PostgresCluster, running_cluster
 
 USE_POSTGRES = os.environ.get("POLICE_TEST_POSTGRES") == "1"
 
@@ -34,12 +34,19 @@ def postgres() -> Iterator[PostgresCluster | None]:
     if not USE_POSTGRES:
         yield None
         return
-    cluster = PostgresCluster(free_port())
-    cluster.start()
-    try:
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(postgres: PostgresCluster | None) -> Iterator[PostgresCluster]:
+    """For tests that need PostgreSQL on either run: the session's cluster with
+    POLICE_TEST_POSTGRES=1, else one of the module's own."""
+    if postgres is not None:
+        yield postgres
+        return
+    with running_cluster() as own:
+        yield own
 
 
 StartHomeserver = Callable[..., Homeserver]

@@ -41,20 +41,6 @@ DEVICE_SWEEP_S = 8
 
 
 @pytest.fixture(scope="module")
-def cluster(postgres: PostgresCluster | None) -> Iterator[PostgresCluster]:
-    """The session's cluster with POLICE_TEST_POSTGRES=1, else one of our own."""
-    if postgres is not None:
-        yield postgres
-        return
-    own = PostgresCluster(free_port())
-    own.start()
-    try:
-        yield own
-    finally:
-        own.stop()
-
-
-@pytest.fixture(scope="module")
 def deployment(
     cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerDeployment]:

@@ -18,7 +18,6 @@ from bots.auditor.archive import ArchiveError, Attachment, WrongKeyError
 from bots.auditor.archive_pg import PostgresArchive
 from bots.auditor.bot import open_archive
 from bots.auditor.config import parse_config
-from devtools.homeserver import free_port
 from devtools.postgres import PG_BIN, PostgresCluster
 from tests.unit.test_auditor_archive import (  # noqa: F401 - collected again, on PostgreSQL
     KEY,
@@ -54,16 +53,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="PostgreSQL 15 binaries are not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    server = PostgresCluster(free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
