@@ -68,17 +68,11 @@ class BotProcess:
                 config[key] = value
         self.config_file.write_text(yaml.safe_dump(config))
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, args: tuple[str, ...] = ()) -> None:
         """Start the bot and wait for a new ``ready`` line (earlier starts logged theirs too)."""
         ready_before = self.log().count(self.ready)
-        with self.log_file.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module, "-c", str(self.config_file)],
-                cwd=REPO,
-                env=repo_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self._spawn(args)
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while self.log().count(self.ready) <= ready_before:
             if self.process.poll() is not None:
@@ -86,6 +80,29 @@ class BotProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"the bot was not ready within {timeout}s:\n{self.log()}")
             time.sleep(0.1)
+
+    def start_refused(self, timeout: float = 60.0, args: tuple[str, ...] = ()) -> tuple[int, str]:
+        """Start the bot expecting it to exit before it is ready: its exit status and what it
+        logged in this run."""
+        logged_before = len(self.log())
+        self._spawn(args)
+        assert self.process is not None
+        try:
+            status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"the bot did not exit within {timeout}s:\n{self.log()}") from None
+        return status, self.log()[logged_before:]
+
+    def _spawn(self, args: tuple[str, ...]) -> None:
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module, "-c", str(self.config_file), *args],
+                cwd=REPO,
+                env=repo_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self) -> None:
         """SIGKILL: no chance to finish anything (what a crash or power loss does)."""

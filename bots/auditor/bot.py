@@ -58,9 +58,15 @@ ARCHIVED_TYPES = (RoomMessageText, RoomMessageNotice, RoomMessageEmote, RoomEncr
 
 
 class AuditorBot:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reset_identity: bool = False) -> None:
         self.config = config
-        self.session = Session(config, device_name="auditor bot", log=log)
+        self.session = Session(
+            config,
+            device_name="auditor bot",
+            log=log,
+            main_key=config.archive_key,
+            reset_identity=reset_identity,
+        )
         self.client = self.session.client
         self.archive = open_archive(config)
         self.consultations = ConsultationLog(config.log_path)

@@ -130,12 +130,14 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
                 f"audit_lifetime: {audit_lifetime}s differs from retention.audit_lifetime "
                 f"({policy_lifetime}s) in policy_file; leave it out to use the module's"
             )
+    store_dir, identity_file = common.store_paths(raw, base)
     return Config(
         homeserver_url=url,
         user_id=user_id,
         password=password,
         device_id=device_id,
-        store_dir=common.path(raw, "store_dir", base),
+        store_dir=store_dir,
+        identity_file=identity_file,
         archive_path=archive_path,
         archive_key=key,
         log_path=log_path,

@@ -25,7 +25,11 @@ _DURATION = re.compile(r"^(\d+)\s*([a-z])\Z")
 
 
 #: the settings of the bot's account and device, which every bot has
-ACCOUNT_KEYS = frozenset({"homeserver_url", "user_id", "password", "password_file", "device_id", "store_dir"})
+ACCOUNT_KEYS = frozenset(
+    {"homeserver_url", "user_id", "password", "password_file", "device_id", "store_dir", "identity_file"}
+)
+#: where the cross-signing identity is kept when ``identity_file`` is not set
+IDENTITY_FILE = "cross-signing-identity.json"
 
 
 class ConfigError(Exception):
@@ -44,6 +48,8 @@ class Account:
     device_id: str
     #: nio's E2EE store and the saved access token
     store_dir: Path
+    #: the cross-signing identity's private keys, sealed with the bot's main key
+    identity_file: Path
 
 
 def fail(key: str, expected: str, found: Any) -> ConfigError:
@@ -81,6 +87,16 @@ def path(raw: Mapping[str, Any], key: str, base: Path, *, strip: bool = False) -
     assert value is not None
     found = Path(value).expanduser()
     return found if found.is_absolute() else base / found
+
+
+def store_paths(raw: Mapping[str, Any], base: Path, *, strip: bool = False) -> tuple[Path, Path]:
+    """``store_dir`` and ``identity_file`` (by default in the store; set it elsewhere to keep
+    the identity when the store is lost)."""
+    store = path(raw, "store_dir", base, strip=strip)
+    identity = (
+        path(raw, "identity_file", base, strip=strip) if "identity_file" in raw else store / IDENTITY_FILE
+    )
+    return store, identity
 
 
 def exactly_one(

@@ -1,6 +1,7 @@
 """The ``python -m bots.<name> -c <config>`` entry both bots share: run until SIGTERM or SIGINT.
 
-Exit status: 0 stopped by a signal, 2 the configuration is wrong, 1 the bot failed.
+Exit status: 0 stopped by a signal, 2 the configuration is wrong, 1 the bot failed
+(an identity that disagrees with the server's among them, said in one line).
 Logging goes to stderr and says what the bot does, never a secret or message
 content; nio's debug messages only with ``-v``.
 """
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from .config import ConfigError
+from .identity import RESET_FLAG, IdentityError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -44,15 +46,20 @@ def run_main(
     *,
     name: str,
     load_config: Callable[[str], ConfigT],
-    make_bot: Callable[[ConfigT], Bot],
+    make_bot: Callable[[ConfigT, bool], Bot],
 ) -> int:
     """Parse the arguments, set up logging, load the config and run the bot ``name``.
 
-    ``make_bot`` imports the bot itself, so a wrong configuration is reported before
-    nio and the bot's storage are even loaded."""
+    ``make_bot(config, reset_identity)`` imports the bot itself, so a wrong configuration
+    is reported before nio and the bot's storage are even loaded."""
     parser = argparse.ArgumentParser(prog=f"python -m bots.{name}", description=f"Run the {name} bot.")
     parser.add_argument("-c", "--config", required=True, help="the bot's YAML configuration")
     parser.add_argument("-v", "--verbose", action="store_true", help="log nio's debug messages too")
+    parser.add_argument(
+        RESET_FLAG,
+        action="store_true",
+        help="replace the bot's cross-signing identity on the server with a new one (users see the change)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -67,12 +74,15 @@ def run_main(
         print(f"{args.config}: {error}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        bot = make_bot(config)
+        bot = make_bot(config, args.reset_identity)
     except Exception as error:
         print(f"cannot start the {name} bot: {error}", file=sys.stderr)
         return EXIT_FAILED
     try:
         asyncio.run(_run(bot))
+    except IdentityError as error:
+        logging.getLogger(f"bots.{name}").error("cannot start the %s bot: %s", name, error)
+        return EXIT_FAILED
     except Exception:
         logging.getLogger(f"bots.{name}").exception("the %s bot failed", name)
         return EXIT_FAILED

@@ -10,6 +10,10 @@ nio itself, which saves it before the callbacks ran): a bot killed half-way
 through a response sees the same events again after the restart, and nothing
 it had not finished is lost. Each bot decides where its token lives (see
 ``SyncTokens``) and makes handling an event twice harmless.
+
+After every login the device is checked to be signed by the bot's
+cross-signing identity (``bots.common.identity``): clients that exclude
+insecure devices talk only to such devices.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from nio import (
     AsyncClient,
@@ -34,6 +39,7 @@ from nio import (
 )
 
 from .config import Account
+from .identity import IdentityError, IdentityFile, ServerIdentity, ensure_identity
 
 #: the long-poll timeout of /sync (ms)
 SYNC_TIMEOUT_MS = 30_000
@@ -76,9 +82,15 @@ class Session:
         *,
         device_name: str,
         log: logging.Logger,
+        main_key: bytes,
+        reset_identity: bool = False,
         client_class: type[AsyncClient] = AsyncClient,
     ) -> None:
+        """``main_key`` seals the cross-signing identity at rest (the bot's state or archive key);
+        ``reset_identity`` replaces the identity on the server once, at this start."""
         self.account = account
+        self.identity = IdentityFile(account.identity_file, account.user_id, main_key)
+        self.reset_identity = reset_identity
         self.device_name = device_name
         self.log = log
         account.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -105,19 +117,33 @@ class Session:
         return self.account.store_dir / CREDENTIALS
 
     async def login(self) -> None:
-        """Restore the saved access token, or log in with the password on the enrolled device."""
+        """Restore the saved access token, or log in with the password on the enrolled device;
+        then the device's keys on the server and its signature by the bot's identity."""
+        if not await self._restore():
+            await self._password_login()
+        if await self._forget_earlier_device():
+            await self._password_login()
+        await self._upload_keys()
+        await self._ensure_identity()
+
+    async def _restore(self) -> bool:
+        """Log in with the saved access token, if there is one and it still works."""
         account = self.account
         saved = self._load_credentials()
-        if saved is not None:
-            self.client.restore_login(account.user_id, account.device_id, saved)
-            whoami = await self.client.whoami()
-            if isinstance(whoami, WhoamiResponse) and whoami.device_id == account.device_id:
-                self.log.info("restored the login of device %s", account.device_id)
-                await self._upload_keys()
-                return
-            why = whoami if isinstance(whoami, ErrorResponse) else "another device"
-            self.log.info("the saved access token no longer works (%s); logging in again", why)
-            self.client.access_token = ""
+        if saved is None:
+            return False
+        self.client.restore_login(account.user_id, account.device_id, saved)
+        whoami = await self.client.whoami()
+        if isinstance(whoami, WhoamiResponse) and whoami.device_id == account.device_id:
+            self.log.info("restored the login of device %s", account.device_id)
+            return True
+        why = whoami if isinstance(whoami, ErrorResponse) else "another device"
+        self.log.info("the saved access token no longer works (%s); logging in again", why)
+        self.client.access_token = ""
+        return False
+
+    async def _password_login(self) -> None:
+        account = self.account
         self.client.device_id = account.device_id
         response = await self.client.login(account.password, device_name=self.device_name)
         if not isinstance(response, LoginResponse):
@@ -126,7 +152,34 @@ class Session:
             raise RuntimeError(f"the server gave device {response.device_id}, not {account.device_id}")
         self._save_credentials(response.access_token)
         self.log.info("logged in as %s on device %s", response.user_id, response.device_id)
-        await self._upload_keys()
+
+    async def _forget_earlier_device(self) -> bool:
+        """A new E2EE store (the old one lost) for a device whose keys of the lost store are
+        still on the server: delete that device, with its keys and one-time keys (the server
+        refuses new one-time keys under the old IDs), so that a login makes it anew. True
+        when it was deleted: the access token went with it."""
+        olm = self.client.olm
+        assert olm is not None, "the E2EE store is loaded at login"
+        if olm.account.shared:
+            return False  # this store's keys were uploaded: what the server holds is its own
+        server = _NioKeysServer(self.client, self.account)
+        device_id = self.account.device_id
+        found = ServerIdentity.from_query(
+            await server.query(self.account.user_id), self.account.user_id, device_id
+        )
+        if (
+            found.device_keys is None
+            or found.device_ed25519(device_id) == olm.account.identity_keys["ed25519"]
+        ):
+            return False  # nothing there yet, or our own keys (uploaded before a crash)
+        await server.delete_device(device_id)
+        self.credentials.unlink(missing_ok=True)
+        self.log.warning(
+            "the E2EE store is new, but the server held keys of device %s from an earlier store: "
+            "deleted that device (its old keys) and logging in again on it",
+            device_id,
+        )
+        return True
 
     def _load_credentials(self) -> str | None:
         """The saved access token, if it is for this account and device."""
@@ -152,6 +205,19 @@ class Session:
         if self.client.should_upload_keys:
             response = await self.client.keys_upload()
             self.log.info("uploaded device keys: %s", type(response).__name__)
+
+    async def _ensure_identity(self) -> None:
+        """The device signed by the bot's cross-signing identity; a reset happens once."""
+        assert self.client.olm is not None, "the E2EE store is loaded at login"
+        await ensure_identity(
+            _NioKeysServer(self.client, self.account),
+            self.identity,
+            device_id=self.account.device_id,
+            device_ed25519=self.client.olm.account.identity_keys["ed25519"],
+            reset=self.reset_identity,
+            log=self.log,
+        )
+        self.reset_identity = False
 
     # -- waiting ----------------------------------------------------------------------------------
 
@@ -249,6 +315,65 @@ class Session:
         if self.client.should_claim_keys:
             await self.client.keys_claim(self.client.get_users_for_key_claiming())
         await self.client.send_to_device_messages()
+
+
+class _NioKeysServer:
+    """The cross-signing requests on the bot's nio client (nio has no API for them)."""
+
+    def __init__(self, client: AsyncClient, account: Account) -> None:
+        self.client = client
+        self.account = account
+
+    async def query(self, user_id: str) -> dict[str, Any]:
+        return await self._post("/_matrix/client/v3/keys/query", {"device_keys": {user_id: []}})
+
+    async def upload_signing_keys(self, body: Mapping[str, Any]) -> None:
+        await self._with_password("POST", "/_matrix/client/v3/keys/device_signing/upload", body)
+
+    async def delete_device(self, device_id: str) -> None:
+        await self._with_password("DELETE", f"/_matrix/client/v3/devices/{quote(device_id, safe='')}", {})
+
+    async def _with_password(self, method: str, path: str, body: Mapping[str, Any]) -> None:
+        """A request that the server may guard with user-interactive auth: then again with the
+        bot's password (replacing cross-signing keys, deleting a device)."""
+        status, answer = await self._request(path, body, method)
+        if status == 401 and "flows" in answer:
+            auth = {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": self.account.user_id},
+                "password": self.account.password,
+                "session": answer.get("session"),
+            }
+            status, answer = await self._request(path, {**body, "auth": auth}, method)
+        _check(path, status, answer)
+
+    async def upload_signatures(self, body: Mapping[str, Any]) -> None:
+        path = "/_matrix/client/v3/keys/signatures/upload"
+        failures = (await self._post(path, body)).get("failures")
+        if failures:
+            raise IdentityError(f"{path}: the server refused the device's signature: {failures}")
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        status, answer = await self._request(path, body)
+        _check(path, status, answer)
+        return answer
+
+    async def _request(
+        self, path: str, body: Mapping[str, Any], method: str = "POST"
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {self.client.access_token}", "Content-Type": "application/json"}
+        async with await self.client.send(method, path, json.dumps(body), headers) as response:
+            try:
+                answer = await response.json(content_type=None)
+            except ValueError:
+                answer = {}
+            return response.status, answer if isinstance(answer, dict) else {}
+
+
+def _check(path: str, status: int, answer: Mapping[str, Any]) -> None:
+    """Raise for a refused request, with the server's code and message (never the request)."""
+    if status != 200:
+        raise IdentityError(f"{path}: HTTP {status} {answer.get('errcode', '')}: {answer.get('error', '')}")
 
 
 __all__ = ["CREDENTIALS", "Session", "StoreSyncTokens", "SyncTokens"]

@@ -13,10 +13,10 @@ from ..common.main import Bot, run_main
 from .config import Config, load_config
 
 
-def _bot(config: Config) -> Bot:
+def _bot(config: Config, reset_identity: bool) -> Bot:
     from .bot import DispatchBot  # nio and the E2EE store: only once the configuration is good
 
-    return DispatchBot(config)
+    return DispatchBot(config, reset_identity=reset_identity)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

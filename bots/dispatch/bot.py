@@ -89,9 +89,16 @@ class _StateSyncTokens:
 class DispatchBot:
     """The session, the event callbacks and the two timed loops around ``Handlers``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reset_identity: bool = False) -> None:
         self.config = config
-        self.session = Session(config, device_name="dispatch bot", log=log, client_class=_Client)
+        self.session = Session(
+            config,
+            device_name="dispatch bot",
+            log=log,
+            main_key=config.state_key,
+            reset_identity=reset_identity,
+            client_class=_Client,
+        )
         self.client = self.session.client
         self.state = State(config.state_path, config.state_key)
         self.tokens = _StateSyncTokens(self.state)

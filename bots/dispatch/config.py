@@ -173,12 +173,14 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
     ack_unit = raw.get("ack_unit", "m")
     if ack_unit not in ("s", "m"):
         raise fail("ack_unit", "'m' (ack:<n> in minutes) or 's' (seconds, for tests)", ack_unit)
+    store_dir, identity_file = common.store_paths(raw, base, strip=True)
     return Config(
         homeserver_url=url,
         user_id=user_id,
         password=common.password(raw, base, strip=True),
         device_id=device_id,
-        store_dir=common.path(raw, "store_dir", base, strip=True),
+        store_dir=store_dir,
+        identity_file=identity_file,
         state_path=common.path(raw, "state_path", base, strip=True),
         state_key=common.key(raw, "state_key", base, "state key", strip=True),
         control_rooms=tuple(rooms),

@@ -65,8 +65,16 @@ def sync_body(next_batch: str, *bodies: str) -> dict[str, Any]:
 
 def new_session(store_dir: Path) -> tuple[Session, ScriptedClient, StoreSyncTokens]:
     """A session as the auditor builds it, its store loaded as a login would."""
-    account = Account("http://localhost:1", "@auditor:x.test", "pw", "AUDITOR-BOT", store_dir)
-    session = Session(account, device_name="test", log=logging.getLogger("test"), client_class=ScriptedClient)
+    account = Account(
+        "http://localhost:1", "@auditor:x.test", "pw", "AUDITOR-BOT", store_dir, store_dir / "identity.json"
+    )
+    session = Session(
+        account,
+        device_name="test",
+        log=logging.getLogger("test"),
+        main_key=bytes(32),
+        client_class=ScriptedClient,
+    )
     client = session.client
     assert isinstance(client, ScriptedClient)
     client.restore_login(account.user_id, account.device_id, "token")  # loads the store, as a login does
