@@ -154,24 +154,27 @@ class Session:
         self.log.info("logged in as %s on device %s", response.user_id, response.device_id)
 
     async def _forget_earlier_device(self) -> bool:
-        """A new E2EE store (the old one lost) for a device whose keys of the lost store are
-        still on the server: delete that device, with its keys and one-time keys (the server
-        refuses new one-time keys under the old IDs), so that a login makes it anew. True
-        when it was deleted: the access token went with it."""
+        """Make the device's keys on the server this store's, where a store or a device was lost.
+
+        A new E2EE store (the old one lost) for a device whose old keys are still on the
+        server: delete that device with its keys and one-time keys (the server refuses new
+        one-time keys under the old IDs), so that a login makes it anew; True then, as the
+        access token went with it. A device deleted on the server (its keys with it) while
+        the store kept them: upload them again."""
         olm = self.client.olm
         assert olm is not None, "the E2EE store is loaded at login"
-        if olm.account.shared:
-            return False  # this store's keys were uploaded: what the server holds is its own
         server = _NioKeysServer(self.client, self.account)
-        device_id = self.account.device_id
-        found = ServerIdentity.from_query(
-            await server.query(self.account.user_id), self.account.user_id, device_id
-        )
-        if (
-            found.device_keys is None
-            or found.device_ed25519(device_id) == olm.account.identity_keys["ed25519"]
-        ):
-            return False  # nothing there yet, or our own keys (uploaded before a crash)
+        user_id, device_id = self.account.user_id, self.account.device_id
+        found = ServerIdentity.from_query(await server.query(user_id), user_id, device_id)
+        if found.device_keys is None:
+            if olm.account.shared:
+                self.log.warning(
+                    "the server has no keys of device %s (it was deleted): uploading them again", device_id
+                )
+                olm.account.shared = False
+            return False
+        if olm.account.shared or found.device_ed25519(device_id) == olm.account.identity_keys["ed25519"]:
+            return False  # the server holds this store's keys (or another's: refused later)
         await server.delete_device(device_id)
         self.credentials.unlink(missing_ok=True)
         self.log.warning(

@@ -182,6 +182,28 @@ def test_the_operator_resets_the_identity_once_and_it_is_kept(hs: Homeserver, bo
     assert _server(hs, bot)["master"] == keys.master_public
 
 
+def test_a_device_deleted_on_the_server_gets_its_keys_back(
+    hs: Homeserver, bot: BotProcess, make_user
+) -> None:
+    """An operator (or a sweep) deletes the bot's device, keys and all; the bot's store still
+    has them: its next start uploads them again, signed as before."""
+    admin = make_user("admin", admin=True)
+    user = hs.user_id(BOT_LOCALPART)
+    before = _server(hs, bot)
+    status, body = hs.request(
+        "DELETE", f"/_synapse/admin/v2/users/{user}/devices/{BOT_DEVICE}", token=admin.token
+    )
+    assert status == 200, body
+    bot.start(timeout=60)
+    bot.stop()
+    assert "the server has no keys of device AUDITOR-BOT (it was deleted): uploading them again" in bot.log()
+    after = _server(hs, bot)
+    assert after["device"]["keys"] == before["device"]["keys"]
+    keys = _identity(bot).load()
+    assert keys is not None
+    _assert_signed_by(after, keys, user)
+
+
 def test_device_keys_replaced_on_the_server_are_not_signed(hs: Homeserver, bot: BotProcess) -> None:
     """Someone with the bot's access token uploads other keys for its device: the bot refuses
     to vouch for them."""
