@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint format install clean
+NODE_STAMP := tests/strict_client/node_modules/.package-lock.json
+
+.PHONY: run test bench lint format install clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,9 +21,16 @@ run: $(STAMP)
 	bash devtools/system-packages.sh run
 	$(PY) -m devtools.run
 
-## Run the whole test suite against real Synapse (POLICE_TEST_POSTGRES=1 for PostgreSQL).
-test: $(STAMP)
+system-packages:
 	bash devtools/system-packages.sh
+
+# The strict E2EE client of the tests (matrix-js-sdk in Node, tests/strict_client.py).
+$(NODE_STAMP): tests/strict_client/package-lock.json tests/strict_client/package.json | system-packages
+	npm ci --prefix tests/strict_client --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+## Run the whole test suite against real Synapse (POLICE_TEST_POSTGRES=1 for PostgreSQL).
+test: $(STAMP) system-packages $(NODE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Benchmarks (not tests): prints a table of ratios measured in one run.
@@ -37,4 +46,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache tests/strict_client/node_modules

@@ -27,6 +27,11 @@ if [ "$purpose" = "test" ]; then
     if [ ! -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
         missing+=(nginx-light)
     fi
+    # node and npm: the strict E2EE client of the tests (matrix-js-sdk in Node,
+    # tests/strict_client/; `make test` installs its npm packages)
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        missing+=(nodejs npm)
+    fi
     # docker-compose: validates docker-compose.yml without a Docker engine
     # (tests/unit/test_deployment_files.py runs `docker-compose config`)
     if ! command -v docker-compose >/dev/null 2>&1; then

@@ -351,7 +351,7 @@ def test_element_web_config_closes_what_the_policy_closes() -> None:
     assert config.get("jitsi") is None
     assert not config.get("bug_report_endpoint_url")
     # MSC4153: keys only to, and messages only from, devices cross-signed by their owner (the
-    # bots are; tests/integration/test_strict_clients.py)
+    # bots are; tests/integration/test_bots_with_strict_clients.py)
     assert config["features"]["feature_exclude_insecure_devices"] is True
 
 
