@@ -48,6 +48,21 @@ def bot_account(
     }
 
 
+def auditor_config(
+    hs: Homeserver, directory: Path, localpart: str, device_id: str, auditors: list[str]
+) -> dict[str, Any]:
+    """The auditor bot's account (``bot_account``) and the rest of a minimal config: a new
+    archive key in ``directory``, the archive and the consultation log beside it."""
+    (directory / "archive.key").write_text(os.urandom(32).hex())
+    return {
+        **bot_account(hs, directory, localpart, device_id, label="auditor bot"),
+        "archive_path": "archive.sqlite",
+        "archive_key_file": "archive.key",
+        "log_path": "consultations.sqlite",
+        "auditors": auditors,
+    }
+
+
 class BotProcess:
     """One bot's process; ``ready`` is the log line that says it synced and handles events."""
 

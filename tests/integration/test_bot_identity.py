@@ -7,7 +7,6 @@ The tests run in file order on one bot account (the server keeps its identity be
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import yaml
 from bots.common.cross_signing import CrossSigningKeys, key_of, public_key, sign, verify
 from bots.common.identity import IdentityFile
 from devtools.homeserver import Homeserver
-from tests.bots import BotProcess, bot_account, stopped_afterwards
+from tests.bots import BotProcess, auditor_config, stopped_afterwards
 
 BOT_LOCALPART = "auditor-bot"
 BOT_DEVICE = "AUDITOR-BOT"
@@ -35,14 +34,9 @@ def bot(hs: Homeserver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bo
     """The auditor bot with the identity kept beside the store, not in it (as the operator
     guide advises), so a lost store can be shown on its own."""
     directory = tmp_path_factory.mktemp("identity-bot")
-    (directory / "archive.key").write_text(os.urandom(32).hex())
     config = {
-        **bot_account(hs, directory, BOT_LOCALPART, BOT_DEVICE, label="auditor bot"),
+        **auditor_config(hs, directory, BOT_LOCALPART, BOT_DEVICE, [hs.user_id("revisor")]),
         "identity_file": "identity/cross-signing.json",
-        "archive_path": "archive.sqlite",
-        "archive_key_file": "archive.key",
-        "log_path": "consultations.sqlite",
-        "auditors": [hs.user_id("revisor")],
     }
     (directory / "auditor.yaml").write_text(yaml.safe_dump(config))
     process = BotProcess(

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from devtools.homeserver import Homeserver
-from tests.bots import BotProcess, bot_account, stopped_afterwards
+from tests.bots import BotProcess, auditor_config, bot_account, stopped_afterwards
 from tests.strict_client import Message, StrictClient, strict_login
 
 SERVER = "strictbots"
@@ -74,14 +74,7 @@ def bots(
         "ack_deadline": "5m",
     }
     auditor_dir = tmp_path_factory.mktemp("auditor-bot")
-    (auditor_dir / "archive.key").write_text(os.urandom(32).hex())
-    auditor = {
-        **bot_account(hs, auditor_dir, AUDITOR_BOT, "AUDITOR-BOT", label="auditor bot"),
-        "archive_path": "archive.sqlite",
-        "archive_key_file": "archive.key",
-        "log_path": "consultations.sqlite",
-        "auditors": [users["revisor"]],
-    }
+    auditor = auditor_config(hs, auditor_dir, AUDITOR_BOT, "AUDITOR-BOT", [users["revisor"]])
     processes: dict[str, BotProcess] = {}
     for name, directory, config, ready in (
         ("dispatch", dispatch_dir, dispatch, "dispatch bot ready"),
