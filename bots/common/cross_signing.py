@@ -61,7 +61,7 @@ def verify(obj: Mapping[str, Any], user_id: str, public: str) -> bool:
     return True
 
 
-def key_of(cross_signing_key: Mapping[str, Any] | None) -> str | None:
+def key_of(cross_signing_key: Any) -> str | None:
     """The one Ed25519 public key of a cross-signing key object as the server lists it."""
     if not isinstance(cross_signing_key, Mapping):
         return None

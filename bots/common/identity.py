@@ -143,12 +143,20 @@ class ServerIdentity:
     device_keys: Mapping[str, Any] | None
 
     @classmethod
-    def from_query(cls, body: Mapping[str, Any], user_id: str, device_id: str) -> ServerIdentity:
-        devices = (body.get("device_keys") or {}).get(user_id) or {}
+    def from_query(cls, body: Any, user_id: str, device_id: str) -> ServerIdentity:
+        """The parts of a ``/keys/query`` answer about ``user_id``; whatever is missing or not
+        shaped as the spec says counts as absent (and is then refused or replaced)."""
+
+        def part(name: str) -> Any:
+            section = body.get(name) if isinstance(body, Mapping) else None
+            return section.get(user_id) if isinstance(section, Mapping) else None
+
+        devices = part("device_keys")
+        device = devices.get(device_id) if isinstance(devices, Mapping) else None
         return cls(
-            master=key_of((body.get("master_keys") or {}).get(user_id)),
-            self_signing=key_of((body.get("self_signing_keys") or {}).get(user_id)),
-            device_keys=devices.get(device_id),
+            master=key_of(part("master_keys")),
+            self_signing=key_of(part("self_signing_keys")),
+            device_keys=device if isinstance(device, Mapping) else None,
         )
 
     def device_ed25519(self, device_id: str) -> str | None:

@@ -59,10 +59,12 @@ def _identity(bot: BotProcess) -> IdentityFile:
     )
 
 
-def _server(hs: Homeserver, bot: BotProcess) -> dict[str, Any]:
+def _server(
+    hs: Homeserver, bot: BotProcess, localpart: str = BOT_LOCALPART, device_id: str = BOT_DEVICE
+) -> dict[str, Any]:
     """What any client learns from ``/keys/query`` about the bot."""
     token = json.loads((_directory(bot) / "store" / "credentials.json").read_text())["access_token"]
-    user = hs.user_id(BOT_LOCALPART)
+    user = hs.user_id(localpart)
     status, body = hs.request(
         "POST", "/_matrix/client/v3/keys/query", {"device_keys": {user: []}}, token=token
     )
@@ -70,7 +72,7 @@ def _server(hs: Homeserver, bot: BotProcess) -> dict[str, Any]:
     return {
         "master": key_of(body["master_keys"].get(user)),
         "self_signing": body["self_signing_keys"].get(user),
-        "device": body["device_keys"][user][BOT_DEVICE],
+        "device": body["device_keys"][user][device_id],
     }
 
 
@@ -198,6 +200,22 @@ def test_a_device_deleted_on_the_server_gets_its_keys_back(
     _assert_signed_by(after, keys, user)
 
 
+def test_a_self_signing_key_saved_but_never_uploaded_is_uploaded_next_time(
+    hs: Homeserver, bot: BotProcess
+) -> None:
+    """A crash between saving a new self-signing key and uploading it: same master key, the
+    file's self-signing key, which the next start uploads and signs the device with."""
+    file = _identity(bot)
+    kept = file.load()
+    assert kept is not None
+    newer = kept.with_new_self_signing_key()
+    file.save(newer)
+    bot.start(timeout=60)
+    bot.stop()
+    assert bot.log().count("uploaded the kept cross-signing identity") == 1
+    _assert_signed_by(_server(hs, bot), newer, hs.user_id(BOT_LOCALPART))
+
+
 def test_device_keys_replaced_on_the_server_are_not_signed(hs: Homeserver, bot: BotProcess) -> None:
     """Someone with the bot's access token uploads other keys for its device: the bot refuses
     to vouch for them."""
@@ -220,3 +238,22 @@ def test_device_keys_replaced_on_the_server_are_not_signed(hs: Homeserver, bot: 
     assert status == 1
     assert "the keys of device AUDITOR-BOT on the server are not the ones in this bot's store" in log
     assert not verify(_server(hs, bot)["device"], user, _identity(bot).load().self_signing_public)
+
+
+def test_an_identity_saved_but_never_uploaded_is_uploaded_at_the_next_start(
+    hs: Homeserver, tmp_path: Path
+) -> None:
+    """A crash between making the identity and uploading it: the server has none, the file
+    has one; the bot uploads the file's instead of making another."""
+    localpart, device_id = "auditor-bot-2", "AUDITOR-BOT-2"
+    config = auditor_config(hs, tmp_path, localpart, device_id, [hs.user_id("revisor")])
+    (tmp_path / "auditor.yaml").write_text(yaml.safe_dump(config))
+    bot = BotProcess("bots.auditor", tmp_path / "auditor.yaml", tmp_path / "bot.log", "auditor bot ready")
+    kept = CrossSigningKeys.generate()
+    _identity(bot).save(kept)
+    with stopped_afterwards(bot):
+        bot.start(timeout=60)
+        bot.stop()
+    assert "uploaded the kept cross-signing identity" in bot.log()
+    assert "made a cross-signing identity" not in bot.log()
+    _assert_signed_by(_server(hs, bot, localpart, device_id), kept, hs.user_id(localpart))

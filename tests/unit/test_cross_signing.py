@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bots.common.cross_signing import CrossSigningKeys, canonical, key_of, sign, verify
-from bots.common.identity import FORMAT, IdentityError, IdentityFile
+from bots.common.identity import FORMAT, IdentityError, IdentityFile, ServerIdentity
 
 USER = "@dispatch-bot:polizei.example"
 DEVICE = {
@@ -171,3 +171,48 @@ def test_a_file_that_is_not_json_is_an_identity_error(tmp_path: Path) -> None:
     file.path.write_bytes(b"\xff\x00 not json")
     with pytest.raises(IdentityError, match="cannot read"):
         file.load()
+
+
+# -- what the server says ---------------------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=20), inner, max_size=3),
+    max_leaves=20,
+)
+
+
+@given(
+    body=_JSON
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            name: _JSON
+            | st.fixed_dictionaries({USER: _JSON | st.fixed_dictionaries({"DISPATCH-BOT": _JSON})})
+            for name in ("master_keys", "self_signing_keys", "device_keys")
+        },
+    )
+)
+def test_any_keys_query_answer_reads_as_present_or_absent_never_a_crash(body) -> None:
+    found = ServerIdentity.from_query(body, USER, "DISPATCH-BOT")
+    assert found.master is None or isinstance(found.master, str)
+    assert found.device_keys is None or isinstance(found.device_keys, dict)
+    assert found.device_ed25519("DISPATCH-BOT") is None or isinstance(
+        found.device_ed25519("DISPATCH-BOT"), str
+    )
+
+
+def test_a_keys_query_answer_is_read_as_the_spec_shapes_it() -> None:
+    keys = CrossSigningKeys.generate()
+    body = keys.upload_body(USER)
+    answer = {
+        "master_keys": {USER: body["master_key"]},
+        "self_signing_keys": {USER: body["self_signing_key"]},
+        "device_keys": {USER: {"DISPATCH-BOT": DEVICE}},
+    }
+    found = ServerIdentity.from_query(answer, USER, "DISPATCH-BOT")
+    assert (found.master, found.self_signing) == (keys.master_public, keys.self_signing_public)
+    assert found.device_ed25519("DISPATCH-BOT") == "abc"
+    assert ServerIdentity.from_query(answer, "@other:polizei.example", "DISPATCH-BOT") == ServerIdentity(
+        None, None, None
+    )
