@@ -186,9 +186,12 @@ async def ensure_identity(
         keys = CrossSigningKeys.generate()
         file.save(keys)  # first, so a crash before the upload re-uploads the same identity
         await server.upload_signing_keys(keys.upload_body(user_id))
-        log.info(
-            "%s a cross-signing identity (master key %s)", "reset" if reset else "made", keys.master_public
+        what = (
+            f"replaced the cross-signing identity ({RESET_FLAG})"
+            if reset
+            else "made a cross-signing identity"
         )
+        log.info("%s (master key %s)", what, keys.master_public)
         found = ServerIdentity.from_query(await server.query(user_id), user_id, device_id)
     elif keys is None:
         raise IdentityError(
@@ -225,7 +228,9 @@ async def ensure_identity(
     if verify(device, user_id, keys.self_signing_public):
         log.info("device %s is signed by cross-signing identity %s", device_id, keys.master_public)
         return keys
-    if f"ed25519:{keys.self_signing_public}" in (device.get("signatures") or {}).get(user_id, {}):
+    signatures = device.get("signatures")
+    ours = signatures.get(user_id) if isinstance(signatures, Mapping) else None
+    if isinstance(ours, Mapping) and f"ed25519:{keys.self_signing_public}" in ours:
         # a signature of earlier keys of this device ID (a lost store): the server keeps the first
         # signature by a self-signing key for good, so the identity gets a new self-signing key
         keys = keys.with_new_self_signing_key()
@@ -237,4 +242,12 @@ async def ensure_identity(
     return keys
 
 
-__all__ = ["FORMAT", "RESET_FLAG", "IdentityError", "IdentityFile", "KeysServer", "ensure_identity"]
+__all__ = [
+    "FORMAT",
+    "RESET_FLAG",
+    "IdentityError",
+    "IdentityFile",
+    "KeysServer",
+    "ServerIdentity",
+    "ensure_identity",
+]

@@ -173,6 +173,10 @@ def test_the_operator_resets_the_identity_once_and_it_is_kept(hs: Homeserver, bo
     keys = _identity(bot).load()
     assert keys is not None and keys.master_public != thiefs
     _assert_signed_by(_server(hs, bot), keys, hs.user_id(BOT_LOCALPART))
+    assert (
+        f"replaced the cross-signing identity (--reset-identity) (master key {keys.master_public})"
+        in bot.log()
+    )
     bot.start(timeout=60)  # a plain start afterwards keeps the new identity
     bot.stop()
     assert _server(hs, bot)["master"] == keys.master_public
