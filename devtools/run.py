@@ -63,6 +63,15 @@ def dev_spec() -> HomeserverSpec:
         module_config=module_config,
         console_log=True,
         for_tests=False,
+        # a developer trying Element and a phone next to the bots' own logins; Synapse's
+        # default (5 per address, then one per ~5.5 min) locks them out within minutes
+        extra={
+            "rc_login": {
+                "address": {"per_second": 0.2, "burst_count": 30},
+                "account": {"per_second": 0.2, "burst_count": 15},
+                "failed_attempts": {"per_second": 0.1, "burst_count": 10},
+            }
+        },
     )
 
 
