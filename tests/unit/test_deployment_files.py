@@ -353,6 +353,10 @@ def test_element_web_config_closes_what_the_policy_closes() -> None:
     # MSC4153: keys only to, and messages only from, devices cross-signed by their owner (the
     # bots are; tests/integration/test_bots_with_strict_clients.py)
     assert config["features"]["feature_exclude_insecure_devices"] is True
+    # the force's login page: its logo, no links to element.io or social media, no welcome page
+    assert config["branding"]["auth_footer_links"] == []
+    assert (REPO_ROOT / "config" / "element-web" / config["branding"]["auth_header_logo_url"]).is_file()
+    assert config["embedded_pages"]["login_for_welcome"] is True
 
 
 # -- Element iOS ----------------------------------------------------------------------
