@@ -452,7 +452,9 @@ def _check_bot_entrypoint(tmp_path: Path) -> None:
         "BOT_PASSWORD": "test-password",
         "POLICE_SECRET_FILES": f"BOT_PASSWORD={secret_file}",
     }
-    script = str(REPO_ROOT / "docker" / "bots" / "entrypoint.sh")
+    # a copy: the clone may lie in a directory the other user cannot enter (mode 0700)
+    script = str(shutil.copy(REPO_ROOT / "docker" / "bots" / "entrypoint.sh", tmp_path / "entrypoint.sh"))
+    Path(script).chmod(0o755)
     probe = 'printf "%s" "${BOT_PASSWORD:-unset}"'
     result = subprocess.run(
         [*command, "sh", script, "sh", "-c", probe], env=env, capture_output=True, text=True, timeout=30
