@@ -35,11 +35,20 @@ from nio import (
 from nio.crypto.attachments import decrypt_attachment
 
 from ..common.session import Session, StoreSyncTokens
-from .archive import Archive, Attachment, Enforcement, Message, PendingEnforcement, now_ms
+from .archive import (
+    Archive,
+    ArchivedMessage,
+    Attachment,
+    Enforcement,
+    Message,
+    PendingEnforcement,
+    now_ms,
+)
 from .commands import CommandRunner, Delivery, ExportJob, ExportStore, HealthStats, Reply, parse_command
 from .config import Config
 from .consultation_log import ConsultationLog
 from .export import generate_signing_key, key_fingerprint, load_signing_key
+from .notices import media_notice
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -452,9 +461,7 @@ class AuditorBot:
             quarantined = await self._quarantine_all(event_id, pending.enforcement.media)
             quarantine = None if self.config.admin_token is None else quarantined
             if not already and not pending.notified:
-                name = message.attachments[0].name if message.attachments else "attachment"
-                body = media_notice(message.sender, name, pending.enforcement.reason, redacted, quarantine)
-                content = {"msgtype": "m.notice", "body": body, "m.mentions": {"user_ids": [message.sender]}}
+                content = self._media_notice(message, rule, detected, redacted, quarantine)
                 try:
                     await self.send(message.room_id, content, check=True)
                     notified = True
@@ -470,6 +477,30 @@ class AuditorBot:
             return
         if not enforced:
             log.warning("the media rules on %s are not enforced yet; retrying later", event_id)
+
+    def _media_notice(
+        self, message: ArchivedMessage, rule: str, detected: str, redacted: bool, quarantined: bool | None
+    ) -> dict[str, Any]:
+        """The notice to the sender, with the rules as configured now (their name as the room shows it)."""
+        attachment = message.attachments[0] if message.attachments else None
+        room = self.client.rooms.get(message.room_id)
+        limit = allowed = None
+        if self.config.media is not None:
+            from .media_rules import size_limit  # imports Synapse: only with media rules
+
+            limit, allowed = size_limit(self.config.media, detected), tuple(self.config.media.allowed)
+        return media_notice(
+            message.sender,
+            (room.user_name(message.sender) if room is not None else None) or message.sender,
+            attachment.name if attachment is not None else "attachment",
+            rule,
+            detected,
+            size=attachment.size if attachment is not None else None,
+            limit=limit,
+            allowed=allowed,
+            redacted=redacted,
+            quarantined=quarantined,
+        )
 
     async def _quarantine_all(self, event_id: str, media: tuple[str, ...]) -> bool:
         """Quarantine the file and its thumbnail (both may carry the payload); True when all worked."""
@@ -561,20 +592,6 @@ def _media_urls(event: RoomEncryptedMedia) -> tuple[str, ...]:
     return tuple(mxc for mxc in (event.url, thumbnail) if isinstance(mxc, str) and mxc.startswith("mxc://"))
 
 
-def media_notice(sender: str, name: str, reason: str, redacted: bool, quarantined: bool | None) -> str:
-    """What the sender of a refused attachment is told (``reason``: the verdict's);
-    ``quarantined`` None: no admin token."""
-    done = "was removed" if redacted else "breaks the media rules, but removing it failed"
-    body = f"{sender}: your attachment “{name}” {done}."
-    if reason:
-        body += f" {reason}."
-    if quarantined is None:
-        body += " The server copy was not quarantined: the auditor bot has no admin token configured."
-    elif not quarantined:
-        body += " Quarantining the server copy failed (the bot's log says why)."
-    return body
-
-
 def open_archive(config: Config, *, create: bool = True) -> Archive:
     """The archive the config names: SQLite at archive_path, or PostgreSQL."""
     if config.archive_postgres is not None:
@@ -600,4 +617,4 @@ def _signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-__all__ = ["AuditorBot", "media_notice", "open_archive"]
+__all__ = ["AuditorBot", "open_archive"]

@@ -23,7 +23,7 @@ from synapse.config._base import ConfigError as SynapseConfigError
 from synapse_police_policy.config import MediaConfig, PolicyConfig, parse_config
 from synapse_police_policy.filetype import sniff
 from synapse_police_policy.homeserver_file import HomeserverFileError, read_homeserver_config
-from synapse_police_policy.media import allowed_list, check_file
+from synapse_police_policy.media import allowed_list, canonical, check_file
 
 #: how the module is named in a homeserver.yaml's ``modules:`` list
 MODULE_NAME = "synapse_police_policy.PolicePolicy"
@@ -106,4 +106,10 @@ def allowed_summary(rules: MediaConfig) -> str:
     return allowed_list(rules)
 
 
-__all__ = ["PolicyFileError", "Verdict", "allowed_summary", "check_attachment", "load_policy"]
+def size_limit(rules: MediaConfig, detected: str) -> int:
+    """The largest size allowed for content detected as ``detected``: its type's limit, else
+    (ciphertext, unrecognised) ``encrypted_max_size``, as ``check_file`` judges it."""
+    return rules.allowed.get(canonical(detected), rules.encrypted_max_size)
+
+
+__all__ = ["PolicyFileError", "Verdict", "allowed_summary", "check_attachment", "load_policy", "size_limit"]

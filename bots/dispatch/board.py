@@ -8,11 +8,12 @@ plain-text fallback. Long lists are cut, so the board stays well below the
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, tzinfo
 
 import attrs
 
+from .clock import clock, clock_zoned
 from .commands import STATUS_CODES
 from .config import Unit
 from .state import AlertView, Incident
@@ -34,10 +35,8 @@ class BoardData:
     alerts: Sequence[AlertView]
     #: user ID -> short name for the board
     label: Callable[[str], str] = lambda user_id: user_id
-
-
-def clock(at: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(at))
+    #: the zone of the board's times (``Config.timezone``); its title names it
+    zone: tzinfo = UTC
 
 
 def age(at: float, now: float) -> str:
@@ -86,13 +85,13 @@ def _rows(data: BoardData, now: float) -> tuple[list[list[str]], list[list[str]]
     alerts: list[list[str]] = []
     for alert in data.alerts:
         acked = [
-            f"{data.label(a.user_id)} {clock(a.acked_at)} ({a.via})"
+            f"{data.label(a.user_id)} {clock(a.acked_at, data.zone)} ({a.via})"
             for a in sorted(alert.acknowledged, key=lambda a: a.acked_at or 0)
             if a.acked_at is not None
         ]
         missing = [data.label(a.user_id) for a in alert.missing]
         next_step = (
-            f"re-alert {clock(alert.due_at)}"
+            f"re-alert {clock(alert.due_at, data.zone)}"
             if alert.due_at and missing
             else ("escalated" if missing else "")
         )
@@ -117,7 +116,7 @@ SECTIONS = (
 
 def render(data: BoardData, now: float) -> tuple[str, str]:
     """The board as (plain text, HTML)."""
-    title = f"Dispatch board - updated {clock(now)}"
+    title = f"Dispatch board - updated {clock_zoned(now, data.zone)}"
     plain = [title]
     parts = [f"<h4>{html.escape(title)}</h4>"]
     for (name, header), rows in zip(SECTIONS, _rows(data, now), strict=True):

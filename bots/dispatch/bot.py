@@ -164,6 +164,7 @@ class DispatchBot:
             await self.chat.ensure_unit_rooms()
         except Exception:
             log.exception("setting up the unit rooms failed")
+        await self.handlers.pin_boards()
         self._ready.set()
         self.handlers.wake.set()
         log.info(

@@ -20,6 +20,8 @@ from nio import (
     JoinError,
     MatrixRoom,
     RoomCreateResponse,
+    RoomGetStateEventResponse,
+    RoomPutStateResponse,
     RoomResolveAliasResponse,
     RoomSendResponse,
     UploadResponse,
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 MAX_SEND_ATTEMPTS = 5
 #: an encrypted upload is tried this often (a fresh key each time)
 UPLOAD_ATTEMPTS = 3
+PINNED_EVENTS = "m.room.pinned_events"
 
 
 def pill(user_id: str, label: str | None = None) -> str:
@@ -50,12 +53,19 @@ def message(
     mentions: tuple[str, ...] | list[str] = (),
     notice: bool = False,
     reply_to: str | None = None,
+    author: str | None = None,
 ) -> dict[str, Any]:
     """Message content; mentioned users get pills and ``m.mentions`` (Element notifies them).
 
-    ``text`` may contain ``{@user:server}`` placeholders, shown as pills in HTML."""
+    ``text`` may contain ``{@user:server}`` placeholders, shown as pills in HTML. ``author``
+    (who gave the command this message is the result of) is named in plain text and never
+    mentioned: their own command must not raise their mention badge."""
+    mentioned = sorted({user for user in mentions if user != author})
     plain, rich = text, html.escape(text).replace("\n", "<br>")
-    for user_id in mentions:
+    if author is not None:
+        plain = plain.replace("{" + author + "}", localpart(author))
+        rich = rich.replace(html.escape("{" + author + "}"), html.escape(localpart(author)))
+    for user_id in mentioned:
         plain = plain.replace("{" + user_id + "}", localpart(user_id))
         rich = rich.replace(html.escape("{" + user_id + "}"), pill(user_id))
     content: dict[str, Any] = {
@@ -63,7 +73,7 @@ def message(
         "body": plain,
         "format": "org.matrix.custom.html",
         "formatted_body": rich,
-        "m.mentions": {"user_ids": sorted(set(mentions))},
+        "m.mentions": {"user_ids": mentioned},
     }
     if reply_to:
         content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
@@ -71,8 +81,22 @@ def message(
 
 
 def rendered_notice(plain: str, rich: str) -> dict[str, Any]:
-    """A notice already rendered as text and HTML (the board): nobody is notified."""
-    return {"msgtype": "m.notice", "body": plain, "format": "org.matrix.custom.html", "formatted_body": rich}
+    """A notice already rendered as text and HTML (the board): nobody is notified, also not
+    by the names on it (an empty ``m.mentions`` turns off the legacy name-matching rules)."""
+    return {
+        "msgtype": "m.notice",
+        "body": plain,
+        "format": "org.matrix.custom.html",
+        "formatted_body": rich,
+        "m.mentions": {},
+    }
+
+
+def pinned_with(pinned: list[Any], event_id: str, previous: str | None) -> list[str]:
+    """``m.room.pinned_events`` with ``event_id`` pinned (last, as Element pins) in place of
+    ``previous``; the pins of others stay, in their order."""
+    kept = [pin for pin in pinned if isinstance(pin, str) and pin not in (event_id, previous)]
+    return [*kept, event_id]
 
 
 def replacement(event_id: str, new: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +121,8 @@ class Chat:
         #: one send at a time: the outbox keeps its order, a board edit does not overtake it
         self._send_lock = asyncio.Lock()
         self._send_failures: dict[int, int] = {}
+        #: rooms where pinning was refused (logged once each)
+        self._pin_refused: set[str] = set()
 
     def room(self, room_id: str) -> MatrixRoom | None:
         """The room as the last sync left it (None: not joined, or not synced yet)."""
@@ -219,6 +245,43 @@ class Chat:
         async with self._send_lock:
             return await self._send(room_id, content)
 
+    async def pin(self, room_id: str, event_id: str, previous: str | None = None) -> bool:
+        """Pin ``event_id`` (the board) instead of ``previous``, keeping the pins of others.
+
+        Sending ``m.room.pinned_events`` needs power: the bot has it in rooms it created (their
+        creator), usually not in rooms it was invited to (state_default 50, the bot 0); there
+        the refusal is logged once and the board stays unpinned. False when not pinned."""
+        try:
+            current = await self.client.room_get_state_event(room_id, PINNED_EVENTS)
+            if isinstance(current, RoomGetStateEventResponse):
+                pinned = current.content.get("pinned")
+                pinned = pinned if isinstance(pinned, list) else []
+            elif current.status_code == "M_NOT_FOUND":
+                pinned = []
+            else:  # unknown pins must not be overwritten
+                log.warning("reading the pinned events of %s failed: %s", room_id, current.status_code)
+                return False
+            wanted = pinned_with(pinned, event_id, previous)
+            if wanted == pinned:
+                return True
+            response = await self.client.room_put_state(room_id, PINNED_EVENTS, {"pinned": wanted})
+        except Exception as error:
+            log.warning("pinning the board in %s failed: %r", room_id, error)
+            return False
+        if isinstance(response, RoomPutStateResponse):
+            log.info("pinned the board %s in %s", event_id, room_id)
+            self._pin_refused.discard(room_id)
+            return True
+        if room_id not in self._pin_refused:
+            self._pin_refused.add(room_id)
+            log.warning(
+                "the board in %s is not pinned (%s): the bot needs the power level to send %s there",
+                room_id,
+                response.status_code,
+                PINNED_EVENTS,
+            )
+        return False
+
     async def post_encrypted_file(self, room_id: str, data: bytes, name: str, mimetype: str) -> bool:
         """Upload ``data`` encrypted and post it as a file; False when every upload failed."""
         for attempt in range(
@@ -264,4 +327,4 @@ class Chat:
         return response.event_id
 
 
-__all__ = ["Chat", "message", "pill", "rendered_notice", "replacement"]
+__all__ = ["Chat", "message", "pill", "pinned_with", "rendered_notice", "replacement"]

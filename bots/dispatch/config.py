@@ -7,16 +7,19 @@ the settings every bot has are read by ``bots.common.config``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import attrs
 
 from ..common import config as common
 from ..common.config import ACCOUNT_KEYS, USER_ID, Account, ConfigError, fail
+from .clock import DEFAULT_ZONE, zone
 
 _ROOM = re.compile(r"^[!#][^:\s]+:[A-Za-z0-9.\-:\[\]]+\Z")
 #: unit names are typed in commands: one word, not a number (numbers are incidents)
@@ -34,6 +37,7 @@ KEYS = ACCOUNT_KEYS | {
     "ack_deadline",
     "ack_unit",
     "max_alerts",
+    "timezone",
 }
 UNIT_KEYS = frozenset({"name", "call_sign", "supervisor", "members"})
 
@@ -65,6 +69,8 @@ class Config(Account):
     ack_unit: int = 60
     #: how often an addressee is alerted at most (the first alert included)
     max_alerts: int = 3
+    #: the zone of every time the bot prints (Element shows local time; the host may run in UTC)
+    timezone: ZoneInfo = attrs.field(factory=lambda: zone(DEFAULT_ZONE))
 
     def has_role(self, user_id: str, role: str) -> bool:
         """Unit members are officers and unit supervisors supervisors, listed under roles or not."""
@@ -155,6 +161,15 @@ def _positive_int(raw: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
+def _timezone(raw: Mapping[str, Any]) -> ZoneInfo:
+    """A name the system's time zone database knows; a typo stops the bot rather than print wrong times."""
+    value = raw.get("timezone", DEFAULT_ZONE)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return zone(value.strip())
+    raise fail("timezone", f"an IANA time zone such as {DEFAULT_ZONE!r}", value)
+
+
 def parse_config(raw: Any, base: Path | None = None) -> Config:
     """Check a parsed YAML document; relative paths are relative to ``base``."""
     base = base or Path.cwd()
@@ -189,6 +204,7 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         ack_deadline=parse_duration(raw.get("ack_deadline", "5m"), "ack_deadline"),
         ack_unit=_UNITS_S[ack_unit],
         max_alerts=_positive_int(raw, "max_alerts", 3),
+        timezone=_timezone(raw),
     )
 
 

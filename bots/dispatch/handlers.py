@@ -20,6 +20,7 @@ from nio import RoomMessageText, RoomMessageUnknown
 
 from . import board, commands, escalation
 from .chat import Chat, message, rendered_notice, replacement
+from .clock import clock, clock_zoned
 from .commands import (
     Alert,
     Assign,
@@ -179,7 +180,7 @@ class Handlers:
             f"🚨 Incident #{incident.id} (prio {incident.prio}): {incident.title}",
             f"Location: {incident.location or 'unknown'}",
             "Units: " + (", ".join(f"{u.call_sign} ({u.name})" for u in units) or "none yet"),
-            f"Opened by {{{sender}}} at {board.clock(incident.created_at)}.",
+            f"Opened by {{{sender}}} at {clock_zoned(incident.created_at, self.config.timezone)}.",
         ]
         return "\n".join(lines)
 
@@ -207,9 +208,9 @@ class Handlers:
         incident = self.state.incident(number)
         assert incident is not None
         card = self._card(incident, units, event.sender)
-        await self.chat.post(incident_room, message(card, mentions=(event.sender, *members)))
+        await self.chat.post(incident_room, message(card, mentions=members, author=event.sender))
         await self.chat.post(
-            room_id, message(card, mentions=(event.sender,), notice=True, reply_to=event.event_id)
+            room_id, message(card, notice=True, reply_to=event.event_id, author=event.sender)
         )
         self.board_dirty.set()
 
@@ -235,7 +236,9 @@ class Handlers:
             incident.id, now, event.sender, "assign" if isinstance(command, Assign) else "release", text
         )
         if incident.room_id:
-            await self.chat.post(incident.room_id, message(text + ".", mentions=unit.members))
+            await self.chat.post(
+                incident.room_id, message(text + ".", mentions=unit.members, author=event.sender)
+            )
         await self.chat.answer(room_id, event.event_id, text + ".")
         self.board_dirty.set()
 
@@ -246,9 +249,7 @@ class Handlers:
         if incident.room_id:
             await self.chat.post(
                 incident.room_id,
-                message(
-                    f"Situation report #{incident.id} by {{{sender}}}: {command.text}", mentions=(sender,)
-                ),
+                message(f"Situation report #{incident.id} by {{{sender}}}: {command.text}", author=sender),
             )
         await self.chat.answer(room_id, event.event_id, f"Situation report added to incident #{incident.id}.")
 
@@ -262,7 +263,7 @@ class Handlers:
             note = f"Incident #{incident.id} closed by {{{sender}}}" + (
                 f": {command.text}" if command.text else "."
             )
-            await self.chat.post(incident.room_id, message(note, mentions=(sender,), notice=True))
+            await self.chat.post(incident.room_id, message(note, notice=True, author=sender))
         await self._post_diary(room_id, incident.id)
         self.board_dirty.set()
 
@@ -359,7 +360,7 @@ class Handlers:
             self.state.add_diary(
                 incident_id, now, event.sender, "alert", f"A{alert_id} to {len(addressees)}: {command.text}"
             )
-        due = board.clock(now + period)
+        due = clock_zoned(now + period, self.config.timezone)
         for alert_room, users in _by_room(addressees.values()).items():
             names = " ".join("{" + user + "}" for user in users)
             text = (
@@ -367,7 +368,7 @@ class Handlers:
                 f"For: {names}\nAcknowledge with ✅ or reply 'ack' / 'quittiert' by {due}."
             )
             await self.chat.post(
-                alert_room, message(text, mentions=(event.sender, *users)), alert_id=alert_id
+                alert_room, message(text, mentions=users, author=event.sender), alert_id=alert_id
             )
         await self.chat.answer(
             room_id,
@@ -406,7 +407,7 @@ class Handlers:
         for alert in alerts:
             missing = ", ".join(localpart(a.user_id) for a in alert.missing)
             lines.append(f"  A{alert.id} {alert.text} - missing {missing}")
-        await self.chat.post(room_id, message("\n".join(lines), mentions=(event.sender, user)))
+        await self.chat.post(room_id, message("\n".join(lines), mentions=(user,), author=event.sender))
 
     # -- acknowledgements, status, escalation ---------------------------------------------------------
 
@@ -453,7 +454,7 @@ class Handlers:
                 notify = (duty,) if duty else dispatchers
                 mark = "🔴" if code == 0 else "🟠"
                 text = f"{mark} Status {code} ({meaning}) from {{{sender}}} - {self.directory.label(sender)}"
-                await self.chat.post(control_room, message(text, mentions=(sender, *notify)))
+                await self.chat.post(control_room, message(text, mentions=notify, author=sender))
         self.board_dirty.set()
 
     async def escalate_due(self, now: float) -> float | None:
@@ -513,14 +514,23 @@ class Handlers:
             locations=self.state.locations(),
             alerts=self.state.board_alerts(time.time() - BOARD_KEEP_S),
             label=self.directory.label,
+            zone=self.config.timezone,
         )
         return rendered_notice(*board.render(data, time.time()))
 
     async def _post_board(self, room_id: str) -> None:
-        """`!status`: a new board message, the one edited from now on."""
+        """`!status`: a new board message, the one edited from now on, pinned in place of
+        the previous one (a board that scrolls away is not looked at)."""
+        previous = self.state.boards().get(room_id)
         event_id = await self.chat.send_now(room_id, self._board_content())
         if event_id is not None:
             self.state.set_board(room_id, event_id)
+            await self.chat.pin(room_id, event_id, previous)
+
+    async def pin_boards(self) -> None:
+        """Pin each board at start: boards posted before pinning existed, or unpinned meanwhile."""
+        for room_id, event_id in self.state.boards().items():
+            await self.chat.pin(room_id, event_id)
 
     async def refresh_boards(self) -> None:
         """Edit every board message to what the state says now."""
@@ -536,10 +546,12 @@ class Handlers:
         incident = self.state.incident(incident_id)
         assert incident is not None
         entries = self.state.diary(incident_id)
+        zone = self.config.timezone
         lines = [
-            f"📓 Diary of incident #{incident.id}: {incident.title} ({'open' if incident.open else 'closed'})"
+            f"📓 Diary of incident #{incident.id}: {incident.title} "
+            f"({'open' if incident.open else 'closed'}), times {zone.key}"
         ]
-        lines += [f"{board.clock(e.at)} {localpart(e.author)} [{e.kind}] {e.text}" for e in entries]
+        lines += [f"{clock(e.at, zone)} {localpart(e.author)} [{e.kind}] {e.text}" for e in entries]
         await self.chat.post(room_id, message("\n".join(lines), notice=True))
         document = {
             "incident": {

@@ -509,9 +509,12 @@ async def test_attachment_breaking_the_media_rules_is_redacted_quarantined_and_k
         exe["info"]["mimetype"] = exe["file"]["mimetype"] = "application/pdf"
         exe_event = await send(alice, room_id, exe)
         notice = await redacted_and_told(alice, room_id, exe_event, bot_id)
-        assert alice.user_id in notice.body and "report.pdf" in notice.body
-        assert "application/x-executable" in notice.body and "allowed: application/pdf" in notice.body
-        assert "not quarantined" not in notice.body
+        formatted = notice.source["content"]["formatted_body"]
+        assert f'<a href="https://matrix.to/#/{alice.user_id}">' in formatted
+        assert "<code>report.pdf</code>" in formatted and "<code>application/x-executable</code>" in formatted
+        assert "Allowed types: application (`pdf`)" in notice.body
+        assert notice.source["content"]["m.mentions"] == {"user_ids": [alice.user_id]}
+        assert "not quarantined" not in notice.body and "encrypted" not in notice.body
         assert_quarantined(alice, exe["file"]["url"])
         assert download_decrypted(alice, image["file"]) == photo  # the allowed photo is left alone
 
@@ -571,7 +574,7 @@ async def test_a_violation_archived_just_before_a_crash_is_enforced_after_the_re
             )
         bot.start()
         notice = await redacted_and_told(alice, room_id, exe_event, bot_id)
-        assert "“tool.pdf” was removed. not allowed here." in notice.body
+        assert "`tool.pdf` was removed. Its content is `application/x-executable`" in notice.body
         assert_quarantined(alice, exe["file"]["url"])
     finally:
         await alice.close()

@@ -1,22 +1,34 @@
 """The dispatch bot against a real Synapse, with a dispatcher and four officers as nio
 E2EE clients: an incident with two units, an alert acknowledged by reaction and by
-reply and escalated for the rest, the board edited in place, officer statuses with a
+reply and escalated for the rest, the board edited in place and pinned, no result of a
+command mentioning its author, times in Europe/Berlin, officer statuses with a
 status 0 alert, a refused officer command, a restart by SIGKILL during an open alert,
 and the incident closed with its diary (a message and an encrypted JSON file)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from nio import AsyncClient, Event, RoomEncryptedFile, RoomMessageNotice, RoomMessageText, SyncResponse
+from nio import (
+    AsyncClient,
+    Event,
+    RoomEncryptedFile,
+    RoomGetStateEventResponse,
+    RoomMessageNotice,
+    RoomMessageText,
+    SyncResponse,
+)
 
 from devtools.homeserver import Homeserver
 from tests.bots import BotProcess, bot_account, stopped_afterwards
@@ -140,6 +152,25 @@ def setup(hs: Homeserver, tmp_path: Path) -> Iterator[tuple[BotProcess, dict[str
         yield bot, {"names": names, "users": users}
 
 
+def not_mentioned(event: Event, user_id: str) -> bool:
+    """Neither in ``m.mentions`` nor a pill: the dispatcher's own command raises no badge."""
+    content = event.source.get("content", {})
+    return user_id not in content["m.mentions"].get("user_ids", []) and (
+        f"matrix.to/#/{user_id}" not in content.get("formatted_body", "")
+    )
+
+
+async def pinned(client: AsyncClient, room_id: str, event_id: str, timeout: float = 10.0) -> list[str]:
+    """The room's pinned events once ``event_id`` is among them (or the last seen at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.room_get_state_event(room_id, "m.room.pinned_events")
+        pins = response.content.get("pinned", []) if isinstance(response, RoomGetStateEventResponse) else []
+        if event_id in pins or time.monotonic() > deadline:
+            return pins
+        await asyncio.sleep(0.2)
+
+
 def relates_to(event: Event) -> dict[str, Any]:
     return event.source.get("content", {}).get("m.relates_to") or {}
 
@@ -172,6 +203,7 @@ async def test_dispatch_bot_end_to_end(hs, setup, tmp_path):
         # the board, then an incident with two units
         board_event = await command(dispatcher, control, "!status", bot_id, "Dispatch board")
         board_id = board_event.event_id
+        assert board_id in await pinned(dispatcher.client, control, board_id)
         typo = await command(dispatcher, control, "!incident new Einbruch units:alpah", bot_id, "no unit")
         assert "alpha" in typo.body and "Did you mean" in typo.body
         card = await command(
@@ -182,6 +214,7 @@ async def test_dispatch_bot_end_to_end(hs, setup, tmp_path):
             "Incident #1",
         )
         assert "Adler 1" in card.body and "Bussard 2" in card.body and "Hauptstraße 5" in card.body
+        assert not_mentioned(card, users["dispatcher"])
         for officer in officers:
             await officer.wait_joined(2)
         incident_room = ""
@@ -193,11 +226,14 @@ async def test_dispatch_bot_end_to_end(hs, setup, tmp_path):
         )
         sent_at = dispatcher.sent_at["!alert 1 Zugriff vorbereiten ack:5"]
         assert "sent to 4" in answer.body
+        due = datetime.fromtimestamp(sent_at / 1000 + 5, ZoneInfo("Europe/Berlin")).strftime("%H:%M:%S %Z")
+        assert f"acknowledgement due by {due}." in answer.body, answer.body
         alerts: dict[str, Event] = {}
         for officer in officers:
             room_id, alert = await officer.wait(from_bot(bot_id, text="Alert A1"))
             assert alert.decrypted and "Zugriff vorbereiten" in alert.body
             assert officer.user_id in alert.source["content"]["m.mentions"]["user_ids"]
+            assert not_mentioned(alert, users["dispatcher"])
             alerts[officer.user_id] = alert
             incident_room = room_id
         await send(
@@ -332,6 +368,16 @@ async def test_dispatch_bot_end_to_end(hs, setup, tmp_path):
         )
         assert names["dispatcher"] in not_dispatcher.body
         await command(dispatcher, control, "!help", bot_id, "!incident new <title>")
+        # a new board takes the old one's pin
+        mark = len(dispatcher.events)
+        await send(dispatcher.client, control, {"msgtype": "m.text", "body": "!status"})
+        _, new_board = await dispatcher.wait(
+            lambda room_id, event: (
+                from_bot(bot_id, control, "Dispatch board")(room_id, event) and not relates_to(event)
+            ),
+            since=mark,
+        )
+        assert await pinned(dispatcher.client, control, new_board.event_id) == [new_board.event_id]
         await command(dispatcher, control, "!s 2", bot_id, "only officers")
 
         # a situation report, then the incident is closed with its diary

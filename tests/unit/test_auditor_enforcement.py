@@ -101,7 +101,10 @@ async def test_a_violation_left_unenforced_by_a_crash_is_enforced_after_the_next
     assert server.redactions == ["$exe"]
     assert server.quarantined == ["mxc://x.test/file", "mxc://x.test/thumb"]
     (notice,) = server.notices
-    assert f"{ALICE}: your attachment “{SECRET_NAME}” was removed. not allowed." == notice
+    assert notice == (
+        f"{ALICE}: your attachment `{SECRET_NAME}` was removed. "
+        "Its content is `application/x-executable`, a type not allowed here."
+    )
     assert bot.archive.enforcement("$exe") is None
     await bot._enforce_due()
     assert server.redactions == ["$exe"] and len(server.notices) == 1
@@ -153,7 +156,7 @@ async def test_a_failed_quarantine_is_retried_without_a_second_redaction_or_noti
     server.quarantine_fails = True
     await bot._enforce_due()
     (notice,) = server.notices
-    assert "Quarantining the server copy failed" in notice
+    assert "Quarantining its copy on the server failed and is tried again." in notice
     assert bot.archive.enforcement("$exe") is not None and bot.quarantine_failures == 2
     # the bot's redaction arrives with the next sync
     bot.archive.mark_redacted("$exe", NOW, "@auditor:x.test")

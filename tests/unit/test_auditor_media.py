@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import socket
 import urllib.request
 from pathlib import Path
@@ -11,11 +12,11 @@ import pytest
 import yaml
 
 from bots.auditor.archive import Archive, Attachment, Message
-from bots.auditor.bot import media_notice
 from bots.auditor.commands import HealthStats
 from bots.auditor.config import ConfigError, parse_config
-from bots.auditor.media_rules import PolicyFileError, check_attachment, load_policy
+from bots.auditor.media_rules import PolicyFileError, check_attachment, load_policy, size_limit
 from bots.auditor.metrics import BotCollector, serve_metrics
+from bots.auditor.notices import media_notice
 from tests import media_corpus
 from tests.unit.test_auditor_commands import _raw as raw_config
 
@@ -238,23 +239,88 @@ def test_config_archive_backend_errors(tmp_path, changes, fragment):
 # -- the notice to the sender ---------------------------------------------------------------------
 
 
+def _notice(rules, rule="media.type", detected="application/x-executable", name="report.pdf", **changes):
+    arguments = {
+        "size": 4096,
+        "limit": size_limit(rules, detected),
+        "allowed": tuple(rules.allowed),
+        "redacted": True,
+        "quarantined": True,
+        **changes,
+    }
+    return media_notice("@alice:x.test", "Alice Adler", name, rule, detected, **arguments)
+
+
+def _outside_code(formatted: str) -> str:
+    """The HTML with its <code> elements and the pill's link target taken out."""
+    return re.sub(r"<code>.*?</code>|href=\"[^\"]*\"", "", formatted)
+
+
 @pytest.mark.parametrize(
     ("redacted", "quarantined", "fragments"),
     [
-        (True, True, ["was removed.", "application/x-executable"]),
-        (True, None, ["was removed.", "not quarantined: the auditor bot has no admin token"]),
-        (True, False, ["Quarantining the server copy failed"]),
-        (False, True, ["removing it failed"]),
+        (True, True, ["was removed.", "`application/x-executable`"]),
+        (True, None, ["was removed.", "not quarantined (the auditor bot has no admin token)"]),
+        (True, False, ["Quarantining its copy on the server failed and is tried again."]),
+        (False, True, ["removing it failed and is tried again"]),
     ],
 )
 def test_the_sender_is_told_what_was_found_what_is_allowed_and_what_was_done(
     rules, redacted, quarantined, fragments
 ):
     verdict = check_attachment(rules, media_corpus.elf())
-    body = media_notice("@alice:x.test", "report.pdf", verdict.reason, redacted, quarantined)
-    assert body.startswith("@alice:x.test: your attachment “report.pdf”")
-    assert "allowed: application/pdf" in body
+    content = _notice(rules, verdict.rule, verdict.detected, redacted=redacted, quarantined=quarantined)
+    body = content["body"]
+    assert body.startswith("Alice Adler: your attachment `report.pdf`")
+    assert "Allowed types: application (`pdf`), audio (`mp4`, `mpeg`, `ogg`), image (`heic`" in body
+    assert content["m.mentions"] == {"user_ids": ["@alice:x.test"]}
     for fragment in fragments:
         assert fragment in body
     if quarantined:
         assert "quarantin" not in body
+
+
+def test_the_notice_is_short_and_claims_nothing_the_rules_do_not_say(rules):
+    body = _notice(rules)["body"]
+    assert "encrypted" not in body and "MiB" not in body  # no sizes, no "encrypted attachments allowed"
+    assert len(body) < 300
+
+
+def test_names_and_types_are_code_and_the_sender_a_pill_so_element_links_nothing(rules):
+    content = _notice(rules, detected="application/vnd.microsoft.portable-executable", name="lageskript.sh")
+    formatted = content["formatted_body"]
+    assert formatted.startswith('<a href="https://matrix.to/#/@alice:x.test">Alice Adler</a>: ')
+    assert "<code>lageskript.sh</code>" in formatted
+    assert "<code>application/vnd.microsoft.portable-executable</code>" in formatted
+    outside = _outside_code(formatted)
+    assert ".sh" not in outside and "vnd." not in outside and "@alice" not in outside
+    assert "`lageskript.sh`" in content["body"]
+    assert "`application/vnd.microsoft.portable-executable`" in content["body"]
+
+
+def test_a_hostile_file_name_stays_one_short_code_span(rules):
+    content = _notice(rules, name="a`b <i>x</i>\n" + "y" * 200)
+    assert "<i>" not in content["formatted_body"] and "&lt;i&gt;" in content["formatted_body"]
+    (name,) = re.findall(r"<code>(a`.*?)</code>", content["formatted_body"])
+    assert len(name) < 120 and name.endswith("…")
+    assert "`a'b <i>x</i> yyy" in content["body"] and "\n" not in content["body"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "detected", "size", "fragment"),
+    [
+        (
+            "media.too_large",
+            "image/png",
+            31 * 1024**2,
+            "Its content (`image/png`, 31.0 MiB) is larger than the 30.0 MiB allowed.",
+        ),
+        ("media.too_large", "application/octet-stream", 600 * 1024**2, "larger than the 500.0 MiB allowed."),
+        ("media.empty", "application/x-empty", 0, "Empty files are not allowed."),
+        ("media.other", "image/png", 1, "It breaks the media rule `media.other`."),
+    ],
+)
+def test_other_rules_say_why_in_one_sentence(rules, rule, detected, size, fragment):
+    body = _notice(rules, rule, detected, size=size)["body"]
+    assert fragment in body
+    assert "Allowed types" not in body
