@@ -79,6 +79,10 @@ class DevicesConfig:
     login_networks: tuple[IPNetwork, ...] = ()
     #: seconds between two sweeps for non-enrolled devices and expired enrollments
     sweep_interval: int = 60
+    #: stock-client logins of ``auto_approve_users`` from these networks are
+    #: enrolled at once, without an operator's approval
+    auto_approve_networks: tuple[IPNetwork, ...] = ()
+    auto_approve_users: frozenset[str] = frozenset()
 
 
 #: MIME types the media section may name: what libmagic reports for photos,
@@ -162,6 +166,15 @@ class AuditorConfig:
 
 
 @attrs.frozen
+class DirectoryConfig:
+    """Section ``directory``: the user directory (the search behind Element's "Start chat")."""
+
+    #: users left out of every search result, besides the retention system user
+    #: and the auditor bot (always left out); they stay visible as room members
+    hidden_users: frozenset[str] = frozenset()
+
+
+@attrs.frozen
 class PolicyConfig:
     rooms: RoomsConfig = RoomsConfig()
     federation: FederationConfig = FederationConfig()
@@ -169,6 +182,7 @@ class PolicyConfig:
     devices: DevicesConfig = DevicesConfig()
     media: MediaConfig = MediaConfig()
     auditor: AuditorConfig = AuditorConfig()
+    directory: DirectoryConfig = DirectoryConfig()
 
 
 def _fail(path: tuple[str, ...], expected: str, found: Any) -> ConfigError:
@@ -286,9 +300,46 @@ def _network(value: Any, path: tuple[str, ...]) -> IPNetwork:
     raise _fail(path, "a network in CIDR notation such as '10.8.0.0/16'", value)
 
 
+def _user_id(value: Any, path: tuple[str, ...]) -> str:
+    if isinstance(value, str) and _USER_ID.match(value):
+        return value
+    raise _fail(path, "a user ID such as '@dispatch-bot:police.example'", value)
+
+
+def _parse_auto_approve(section: Mapping[str, Any]) -> dict[str, Any]:
+    """``auto_approve_networks`` and ``auto_approve_users`` come together."""
+    networks_path, users_path = ("devices", "auto_approve_networks"), ("devices", "auto_approve_users")
+    networks = _list_of(section.get("auto_approve_networks", []), networks_path, _network)
+    users = _list_of(section.get("auto_approve_users", []), users_path, _user_id)
+    if networks and not users:
+        raise _fail(
+            users_path,
+            "the user IDs (the dispatchers) whose logins from devices.auto_approve_networks "
+            "are enrolled at once",
+            section.get("auto_approve_users", []),
+        )
+    if users and not networks:
+        raise _fail(
+            networks_path,
+            "the networks (CIDR, the control-room LAN) from which the logins of "
+            "devices.auto_approve_users are enrolled at once",
+            section.get("auto_approve_networks", []),
+        )
+    return {"auto_approve_networks": tuple(networks), "auto_approve_users": frozenset(users)}
+
+
 def _parse_devices(raw: Any) -> DevicesConfig:
     section = _mapping(
-        raw, ("devices",), {"enrollment_required", "approval_window", "login_networks", "sweep_interval"}
+        raw,
+        ("devices",),
+        {
+            "enrollment_required",
+            "approval_window",
+            "login_networks",
+            "sweep_interval",
+            "auto_approve_networks",
+            "auto_approve_users",
+        },
     )
     defaults = DevicesConfig()
     return DevicesConfig(
@@ -304,6 +355,7 @@ def _parse_devices(raw: Any) -> DevicesConfig:
         sweep_interval=parse_duration(section["sweep_interval"], ("devices", "sweep_interval"))
         if "sweep_interval" in section
         else defaults.sweep_interval,
+        **_parse_auto_approve(section),
     )
 
 
@@ -394,9 +446,17 @@ def _parse_auditor(raw: Any) -> AuditorConfig:
     return AuditorConfig(user_id=user_id)
 
 
+def _parse_directory(raw: Any) -> DirectoryConfig:
+    section = _mapping(raw, ("directory",), {"hidden_users"})
+    if "hidden_users" not in section:
+        return DirectoryConfig()
+    users = _list_of(section["hidden_users"], ("directory", "hidden_users"), _user_id)
+    return DirectoryConfig(hidden_users=frozenset(users))
+
+
 def parse_config(raw: Any) -> PolicyConfig:
     """Turn the module's YAML config into a ``PolicyConfig`` or raise ``ConfigError``."""
-    top = _mapping(raw, (), {"rooms", "federation", "retention", "devices", "media", "auditor"})
+    top = _mapping(raw, (), {"rooms", "federation", "retention", "devices", "media", "auditor", "directory"})
     return PolicyConfig(
         rooms=_parse_rooms(top.get("rooms")),
         federation=_parse_federation(top.get("federation")),
@@ -404,4 +464,5 @@ def parse_config(raw: Any) -> PolicyConfig:
         devices=_parse_devices(top.get("devices")),
         media=_parse_media(top.get("media")),
         auditor=_parse_auditor(top.get("auditor")),
+        directory=_parse_directory(top.get("directory")),
     )

@@ -25,6 +25,11 @@ DENIALS = Counter(
     "Requests and events refused by the police policy module, by rule",
     labelnames=["rule", "server_name"],
 )
+REWRITES = Counter(
+    "police_policy_rewrites",
+    "Settings of room creation requests the police policy module replaced by its own values, by rule",
+    labelnames=["rule", "server_name"],
+)
 
 #: Values quoted from requests are cut to this length in reasons and logs.
 _QUOTE_LIMIT = 64
@@ -85,6 +90,22 @@ class DecisionLog:
             entry["event"] = event
         if media is not None:
             entry["media"] = media
+        DECISION_LOGGER.info(json.dumps(entry, sort_keys=True))
+
+    def rewrite(
+        self, rule: str, reason: str, *, user: str | None, device: str | None = None, room: str | None = None
+    ) -> None:
+        """A setting of a request the module replaced by the policy's value
+        instead of refusing the request (decision "rewrite"; not a denial)."""
+        REWRITES.labels(rule=rule, server_name=self._server_name).inc()
+        entry = {
+            "rule": rule,
+            "decision": "rewrite",
+            "user": user,
+            "device": device,
+            "room": room,
+            "reason": reason,
+        }
         DECISION_LOGGER.info(json.dumps(entry, sort_keys=True))
 
     def record(self, action: str, *, actor: str, user: str, device: str | None, **details: Any) -> None:

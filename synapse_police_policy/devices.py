@@ -12,11 +12,12 @@ from typing import Any
 
 import attrs
 from synapse.api.errors import Codes, SynapseError
+from synapse.config._base import ConfigError
 from synapse.events import EventBase
 from synapse.module_api import ModuleApi
 from synapse.types import Requester
 
-from . import enrollment
+from . import enrollment, login_page
 from .config import DevicesConfig
 from .decisions import DecisionLog, Denial
 from .enrollment import ENROLLED, EXPIRED, REVOKED, Enrollment, InvalidInput, PendingLogin
@@ -34,6 +35,8 @@ APPROVAL_BINDING_SECONDS = 60.0
 SWEEP_BATCH = 500
 SWEEP_MAX_BATCHES = 20
 SWEEP_ACTOR = "sweep"
+#: who approved a login of devices.auto_approve_users from devices.auto_approve_networks
+AUTO_APPROVE_ACTOR = "auto_approve"
 
 
 def now_ms() -> int:
@@ -65,6 +68,13 @@ class DeviceEnrollment:
     def __init__(
         self, config: DevicesConfig, api: ModuleApi, store: EnrollmentStore, log: DecisionLog
     ) -> None:
+        for user_id in sorted(config.auto_approve_users):
+            if not api.is_mine(user_id):
+                raise ConfigError(
+                    f"devices.auto_approve_users: expected users of this server ({api.server_name}), "
+                    f"got {user_id!r}",
+                    path=("devices", "auto_approve_users"),
+                )
         self._config = config
         self._api = api
         self._store = store
@@ -108,14 +118,49 @@ class DeviceEnrollment:
             approval = await self._store.consume_approval(
                 user_id, ip, now, self._config.approval_window * 1000
             )
+            if approval is None and enrollment.auto_approves(
+                self._config.auto_approve_networks, self._config.auto_approve_users, user_id, ip
+            ):
+                approval = await self._store.record_auto_approval(
+                    user_id, ip, user_agent, AUTO_APPROVE_ACTOR, now
+                )
+                self._log.record(
+                    "auto_approve_login",
+                    actor=AUTO_APPROVE_ACTOR,
+                    user=user_id,
+                    device=None,
+                    request_id=approval.request_id,
+                    ip=ip,
+                )
             if approval is not None:
                 known = frozenset(await self._store.user_devices(user_id))
                 self._awaiting[user_id] = _AwaitingDevice(
                     approval, known, time.monotonic() + APPROVAL_BINDING_SECONDS
                 )
                 return None
-        pending = await self._store.record_pending(user_id, device_id, ip, user_agent, now)
-        return enrollment.device_not_enrolled(user_id, device_id, pending.request_id)
+        if device_id is not None:
+            pending = await self._store.record_pending(user_id, device_id, ip, user_agent, now)
+            return enrollment.device_not_enrolled(user_id, device_id, pending.request_id)
+        # A stock client: the answer links to a page that shows the request code
+        # (Element shows no server message at login, see AwaitingApproval).
+        token = enrollment.new_link_token()
+        pending = await self._store.record_pending(
+            user_id, None, ip, user_agent, now, enrollment.link_token_hash(token)
+        )
+        return enrollment.login_awaits_approval(
+            user_id, pending.request_id, login_page.link(self._api.public_baseurl, token)
+        )
+
+    async def pending_for_link(self, token: str) -> tuple[PendingLogin, str] | None:
+        """The request behind a login link and what its page shows, or None
+        for an unknown token or a request that is no longer open or approved."""
+        if not enrollment.is_link_token(token):
+            return None
+        pending = await self._store.pending_by_link(enrollment.link_token_hash(token))
+        if pending is None:
+            return None
+        shows = enrollment.link_shows(pending, now_ms(), self._config.approval_window * 1000)
+        return (pending, shows) if shows is not None else None
 
     async def on_user_login(self, user_id: str) -> None:
         """Synapse just created the device of a login; enroll it when the login

@@ -7,6 +7,7 @@ Synapse's callbacks, ``admin_api.py`` to HTTP requests.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import secrets
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+from synapse.api.errors import Codes
 
 from .config import IPNetwork
 from .decisions import Denial, quote
@@ -39,6 +41,12 @@ _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:(.+)$")
 #: Unicode categories a one-line label must not contain (non-breaking spaces are fine)
 _LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
 _REQUEST_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+#: The token of a login link: 32 random bytes, URL-safe base64 without padding.
+_LINK_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+#: ``limit_type`` of the awaiting-approval answer. Element Web has sentences
+#: for ``monthly_active_user`` and ``hs_blocked``; any other value gets its
+#: neutral "This homeserver has exceeded one of its resource limits."
+AWAITING_APPROVAL_LIMIT_TYPE = "police_device_approval"
 
 
 @attrs.frozen
@@ -94,6 +102,20 @@ def new_request_id() -> str:
     """Short enough to read out over the phone: XXXX-XXXX without 0/O/1/I."""
     chars = "".join(secrets.choice(_REQUEST_ID_ALPHABET) for _ in range(8))
     return f"{chars[:4]}-{chars[4:]}"
+
+
+def new_link_token() -> str:
+    """The secret part of a login link; only its hash is stored."""
+    return secrets.token_urlsafe(32)
+
+
+def link_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def is_link_token(value: str) -> bool:
+    """Whether ``value`` has the shape of a link token (anything else is not looked up)."""
+    return _LINK_TOKEN.fullmatch(value) is not None
 
 
 def validate_user_id(value: Any, server_name: str, field: str = "user_id") -> str:
@@ -188,6 +210,13 @@ def check_login_network(networks: Iterable[IPNetwork], ip: str) -> Denial | None
     )
 
 
+def auto_approves(networks: Iterable[IPNetwork], users: Iterable[str], user_id: str, ip: str) -> bool:
+    """Whether a stock-client login is enrolled without an operator
+    (``devices.auto_approve_networks`` and ``devices.auto_approve_users``)."""
+    address = parse_ip(ip)
+    return user_id in set(users) and address is not None and any(address in network for network in networks)
+
+
 def device_not_enrolled(user_id: str, device_id: str | None, request_id: str) -> Denial:
     if device_id is None:
         reason = (
@@ -201,6 +230,35 @@ def device_not_enrolled(user_id: str, device_id: str | None, request_id: str) ->
             f"devices may log in. Login request {request_id} is waiting for an operator."
         )
     return Denial(rule="devices.not_enrolled", reason=reason)
+
+
+@attrs.frozen
+class AwaitingApproval(Denial):
+    """A stock-client login refused until an operator approves its request.
+
+    Element Web shows every 401/403 of a login as "Incorrect username and/or
+    password" and never the server's message, except for
+    ``M_RESOURCE_LIMIT_EXCEEDED``: that one it shows with a link to the
+    ``admin_contact`` URI. The link leads to the page that shows the request
+    code (``login_page.py``); the rule, the reason and the log stay those of
+    ``devices.not_enrolled``."""
+
+    link: str = ""
+
+    def error_fields(self) -> dict[str, str]:
+        return {
+            "error": self.reason,
+            "admin_contact": self.link,
+            "limit_type": AWAITING_APPROVAL_LIMIT_TYPE,
+        }
+
+
+def login_awaits_approval(user_id: str, request_id: str, link: str) -> AwaitingApproval:
+    """A login that named no device, refused with a link to its request's page."""
+    denial = device_not_enrolled(user_id, None, request_id)
+    return AwaitingApproval(
+        rule=denial.rule, reason=denial.reason, errcode=Codes.RESOURCE_LIMIT_EXCEEDED, link=link
+    )
 
 
 def enrollment_ended(record: Enrollment) -> Denial:
@@ -232,6 +290,19 @@ def unusable_admin_device(user_id: str, device_id: str | None) -> Denial:
         reason=f"The admin API needs an access token of an enrolled device; device {quote(device_id)} of "
         f"{user_id} is not enrolled (see 'police-policy devices bootstrap')",
     )
+
+
+def link_shows(pending: PendingLogin, now_ms: int, window_ms: int) -> str | None:
+    """What the page of a login link shows: ``open`` (the request code) while
+    nobody decided, ``approved`` until the approval lapses; None (no page) once
+    the request is used, rejected or lapsed. Only stock-client requests have links."""
+    if pending.device_id is not None:
+        return None
+    if pending.state == OPEN and pending.created_at > now_ms - PENDING_OPEN_LIFETIME_MS:
+        return OPEN
+    if pending.state == APPROVED and (pending.decided_at or 0) > now_ms - window_ms:
+        return APPROVED
+    return None
 
 
 def candidate_devices_for_approval(

@@ -35,6 +35,8 @@ _PENDING_COLUMNS = (
 )
 #: Open requests kept per user; an older one lapses when a new one comes.
 MAX_OPEN_REQUESTS_PER_USER = 10
+#: Login links kept per request (each refused retry gets one).
+MAX_LINKS_PER_REQUEST = 5
 #: Decided and lapsed login requests are deleted after this long.
 PENDING_KEEP_MS = 30 * 24 * 3600 * 1000
 
@@ -186,9 +188,25 @@ def _devices_by_newest_token_txn(txn: Any, user_id: str, limit: int) -> list[str
 
 
 def _record_pending_txn(
+    txn: Any,
+    user_id: str,
+    device_id: str | None,
+    ip: str,
+    user_agent: str,
+    now: int,
+    link_hash: str | None = None,
+) -> PendingLogin:
+    """One open request per (user, device, address): a retry refreshes it.
+    ``link_hash``: the hash of a new login link to the request's page."""
+    pending = _open_or_new_pending_txn(txn, user_id, device_id, ip, user_agent, now)
+    if link_hash is not None:
+        _add_link_txn(txn, pending.request_id, link_hash, now)
+    return pending
+
+
+def _open_or_new_pending_txn(
     txn: Any, user_id: str, device_id: str | None, ip: str, user_agent: str, now: int
 ) -> PendingLogin:
-    """One open request per (user, device, address): a retry refreshes it."""
     txn.execute(
         f"SELECT {_PENDING_COLUMNS} FROM police_policy_pending_logins"
         " WHERE user_id = ? AND state = ? AND ip = ? AND (device_id = ? OR (device_id IS NULL AND ? IS NULL))"
@@ -219,6 +237,31 @@ def _record_pending_txn(
         tuple(pending.to_json().values()),
     )
     return pending
+
+
+def _add_link_txn(txn: Any, request_id: str, link_hash: str, now: int) -> None:
+    """Each refused login gets a link of its own; a request keeps its newest few."""
+    txn.execute(
+        "INSERT INTO police_policy_login_links (token_hash, request_id, created_at) VALUES (?, ?, ?)",
+        (link_hash, request_id, now),
+    )
+    txn.execute(
+        "SELECT token_hash FROM police_policy_login_links WHERE request_id = ?"
+        " ORDER BY created_at DESC, token_hash",
+        (request_id,),
+    )
+    for (stale,) in txn.fetchall()[MAX_LINKS_PER_REQUEST:]:
+        txn.execute("DELETE FROM police_policy_login_links WHERE token_hash = ?", (stale,))
+
+
+def _pending_by_link_txn(txn: Any, link_hash: str) -> PendingLogin | None:
+    txn.execute(
+        f"SELECT {_PENDING_COLUMNS} FROM police_policy_pending_logins WHERE request_id ="
+        " (SELECT request_id FROM police_policy_login_links WHERE token_hash = ?)",
+        (link_hash,),
+    )
+    row = txn.fetchone()
+    return _pending(row) if row else None
 
 
 def _get_pending_txn(txn: Any, request_id: str) -> PendingLogin | None:
@@ -288,6 +331,20 @@ def _consume_approval_txn(txn: Any, user_id: str, ip: str, now: int, window_ms: 
     return PendingLogin(**{**_pending(row).to_json(), "state": CONSUMED, "consumed_at": now})
 
 
+def _record_auto_approval_txn(
+    txn: Any, user_id: str, ip: str, user_agent: str, by: str, now: int
+) -> PendingLogin:
+    """A stock-client login approved by the config (``by``): a request that is
+    approved and used at once, bound to its device like an operator's approval."""
+    pending = PendingLogin(new_request_id(), user_id, None, ip, user_agent, now, now, CONSUMED, by, now, now)
+    txn.execute(
+        f"INSERT INTO police_policy_pending_logins ({_PENDING_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        tuple(pending.to_json().values()),
+    )
+    return pending
+
+
 def _users_binding_txn(txn: Any, since: int) -> list[str]:
     """Users whose approved login was let through since ``since`` and whose
     device is not enrolled yet (the login may be on another worker)."""
@@ -325,6 +382,12 @@ def _lapse_pending_txn(txn: Any, now: int, window_ms: int) -> int:
     txn.execute(
         "DELETE FROM police_policy_pending_logins WHERE state <> ? AND created_at <= ?",
         (OPEN, now - PENDING_KEEP_MS),
+    )
+    # A link works while its request is open or approved; older ones go.
+    txn.execute(
+        "DELETE FROM police_policy_login_links WHERE request_id NOT IN"
+        " (SELECT request_id FROM police_policy_pending_logins WHERE state IN (?, ?))",
+        (OPEN, APPROVED),
     )
     return lapsed
 
@@ -379,9 +442,20 @@ class EnrollmentStore:
         return await self._run("devices_by_newest_token", _devices_by_newest_token_txn, user_id, limit)
 
     async def record_pending(
-        self, user_id: str, device_id: str | None, ip: str, user_agent: str, now: int
+        self,
+        user_id: str,
+        device_id: str | None,
+        ip: str,
+        user_agent: str,
+        now: int,
+        link_hash: str | None = None,
     ) -> PendingLogin:
-        return await self._run("record_pending", _record_pending_txn, user_id, device_id, ip, user_agent, now)
+        return await self._run(
+            "record_pending", _record_pending_txn, user_id, device_id, ip, user_agent, now, link_hash
+        )
+
+    async def pending_by_link(self, link_hash: str) -> PendingLogin | None:
+        return await self._run("pending_by_link", _pending_by_link_txn, link_hash)
 
     async def list_pending(self, state: str | None, limit: int) -> list[PendingLogin]:
         return await self._run("list_pending", _list_pending_txn, state, limit)
@@ -393,6 +467,13 @@ class EnrollmentStore:
 
     async def consume_approval(self, user_id: str, ip: str, now: int, window_ms: int) -> PendingLogin | None:
         return await self._run("consume_approval", _consume_approval_txn, user_id, ip, now, window_ms)
+
+    async def record_auto_approval(
+        self, user_id: str, ip: str, user_agent: str, by: str, now: int
+    ) -> PendingLogin:
+        return await self._run(
+            "record_auto_approval", _record_auto_approval_txn, user_id, ip, user_agent, by, now
+        )
 
     async def users_binding(self, since: int) -> list[str]:
         return await self._run("users_binding", _users_binding_txn, since)

@@ -14,9 +14,9 @@ from synapse.events import EventBase
 from synapse.media._base import FileInfo
 from synapse.media.media_storage import ReadableFileWrapper
 from synapse.module_api import NOT_SPAM, ModuleApi
-from synapse.types import Requester
+from synapse.types import Requester, UserProfile
 
-from . import federation, media, retention, rooms
+from . import federation, login_page, media, retention, rooms
 from .admin_api import PREFIX, PoliceAdminResource
 from .config import PolicyConfig, parse_config
 from .decisions import DecisionLog, Denial
@@ -74,6 +74,8 @@ class PolicePolicy:
                     path=("auditor", "user_id"),
                 )
             self._seated.append(config.auditor.user_id)
+        #: service users never offered in user-directory searches ("Start chat")
+        self._hidden_from_directory = frozenset({*self._seated, *config.directory.hidden_users})
         self._recently_denied: OrderedDict[str, None] = OrderedDict()
 
         api.register_third_party_rules_callbacks(
@@ -89,12 +91,16 @@ class PolicePolicy:
             user_may_join_room=self.user_may_join_room,
             check_login_for_spam=self.check_login_for_spam,
             check_media_file_for_spam=self.check_media_file_for_spam,
+            check_username_for_spam=self.check_username_for_spam,
         )
         api.register_media_repository_callbacks(
             is_user_allowed_to_upload_media_of_size=self.is_user_allowed_to_upload_media_of_size
         )
         api.register_account_validity_callbacks(on_user_login=self.on_user_login)
         api.register_web_resource(PREFIX, PoliceAdminResource(api, self._devices))
+        api.register_web_resource(
+            login_page.PREFIX, login_page.LoginPageResource(self._devices, config.devices.approval_window)
+        )
         guard_remote_media(api, self.refuse_remote_media)
         guard_remote_knocks(api, self.refuse_remote_knock)
         count_history_purges(api, self._sweep.count_purge)
@@ -120,36 +126,40 @@ class PolicePolicy:
         return (Codes(denial.errcode), denial.error_fields())
 
     async def on_create_room(self, requester: Requester, request: dict[str, Any], is_admin: bool) -> None:
-        """Refuse creation requests that break the room policy, complete the rest.
+        """Make a creation request safe, or refuse it when that cannot be done.
 
-        This runs for server admins too (the spam checker's user_may_create_room
-        does not), so it is the one gate for room creation.
+        Settings the room rules would refuse get the policy's value (guest
+        access, history visibility, join rule, encryption: ``rooms.secure_initial_state``),
+        each change logged as a rewrite; a public room is refused. This runs for
+        server admins too (the spam checker's user_may_create_room does not), so
+        it is the one gate for room creation.
         """
-        problem = rooms.malformed_initial_state(request)
+        user, device = requester.user.to_string(), requester.device_id
+        problem = rooms.malformed_request(request)
         if problem is not None:
             raise SynapseError(400, problem, Codes.BAD_JSON)
         denial = rooms.check_room_creation(self._config.rooms, request)
-        if denial is not None:
-            self._decisions.deny(denial, user=requester.user.to_string(), device=requester.device_id)
-            raise denial.as_error()
         retention_policy = self._config.retention
         for entry in request.get("initial_state", []):
-            if entry.get("type") == retention.RETENTION:
-                denial = retention.check_retention_change(retention_policy, entry.get("content") or {})
-                if denial is not None:
-                    self._decisions.deny(denial, user=requester.user.to_string(), device=requester.device_id)
-                    raise denial.as_error()
+            if denial is None and entry["type"] == retention.RETENTION:
+                denial = retention.check_retention_change(retention_policy, entry["content"])
+        initial_state, rewrites = rooms.secure_initial_state(self._config.rooms, request)
+        creator_listed = not creators_have_unlimited_power(self._api, request.get("room_version"))
+        initial_state, power_denial = retention.seat_in_initial_state(
+            initial_state, user, self._seated, creator_listed
+        )
+        override = retention.power_override(request, user, self._seated, creator_listed=creator_listed)
+        denial = denial or power_denial or retention.check_seated_power(override, self._seated)
+        if denial is not None:
+            self._decisions.deny(denial, user=user, device=device)
+            raise denial.as_error()
         request["initial_state"] = [
-            *(e for e in request.get("initial_state", []) if e.get("type") != retention.RETENTION),
-            *rooms.missing_initial_state(self._config.rooms, request),
+            *(e for e in initial_state if e["type"] != retention.RETENTION),
             retention.retention_state(retention_policy),
         ]
-        request["power_level_content_override"] = retention.power_override(
-            request,
-            requester.user.to_string(),
-            self._seated,
-            creator_listed=not creators_have_unlimited_power(self._api, request.get("room_version")),
-        )
+        request["power_level_content_override"] = override
+        for rewrite in rewrites:
+            self._decisions.rewrite(rewrite.rule, rewrite.reason, user=user, device=device)
 
     async def check_event_for_spam(self, event: EventBase) -> SpamAnswer:
         if not self._api.is_mine(event.sender):
@@ -399,3 +409,9 @@ class PolicePolicy:
 
     async def user_may_publish_room(self, user_id: str, room_id: str) -> SpamAnswer:
         return self._refuse(rooms.check_directory_publication(), user=user_id, room=room_id)
+
+    async def check_username_for_spam(self, user_profile: UserProfile, requester_id: str) -> bool:
+        """The user directory (Element's "Start chat" search) leaves out the
+        service users: they are members of every room, not chat partners. They
+        stay visible as room members; a full user ID still finds their profile."""
+        return user_profile["user_id"] in self._hidden_from_directory

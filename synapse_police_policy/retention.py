@@ -38,14 +38,58 @@ def power_override(
     SYSTEM_POWER. Synapse replaces the default ``users`` map with the
     override's, so the creator is kept in it where the room version lists
     creators there (``creator_listed``, before version 12)."""
-    override = dict(request.get("power_level_content_override") or {})
-    users = dict(override.get("users") or {})
+    return seat_in_power_levels(
+        request.get("power_level_content_override") or {}, creator, seated, creator_listed
+    )
+
+
+def seat_in_power_levels(
+    levels: Any, creator: str, seated: Sequence[str], creator_listed: bool
+) -> dict[str, Any]:
+    """Power levels content with the seated users at SYSTEM_POWER (and the
+    creator at 100 where it is listed and the content leaves it out). Also for
+    an ``m.room.power_levels`` entry of ``initial_state``: Synapse then ignores
+    ``power_level_content_override`` and takes that entry as it is."""
+    content = dict(levels) if isinstance(levels, Mapping) else {}
+    users = content.get("users")
+    users = dict(users) if isinstance(users, Mapping) else {}
     if creator_listed:
         users.setdefault(creator, 100)
     for user in seated:
         users[user] = SYSTEM_POWER
-    override["users"] = users
-    return override
+    content["users"] = users
+    return content
+
+
+def seat_in_initial_state(
+    initial_state: Sequence[Any], creator: str, seated: Sequence[str], creator_listed: bool
+) -> tuple[list[Any], Denial | None]:
+    """A creation request's ``initial_state`` with the seated users put into
+    its room-level ``m.room.power_levels`` entries (Synapse takes such an entry
+    as it is and ignores ``power_level_content_override``), and the denial when
+    redacting would still need more power than they hold."""
+    result = list(initial_state)
+    for index, entry in enumerate(result):
+        if (
+            isinstance(entry, Mapping)
+            and entry.get("type") == POWER_LEVELS
+            and entry.get("state_key", "") == ""
+        ):
+            content = seat_in_power_levels(entry.get("content"), creator, seated, creator_listed)
+            result[index] = {**entry, "content": content}
+            denial = check_seated_power(content, seated)
+            if denial is not None:
+                return result, denial
+    return result, None
+
+
+def check_seated_power(content: Mapping[str, Any], seated: Sequence[str]) -> Denial | None:
+    """``check_power_levels`` for each user the policy seats."""
+    for user in seated:
+        denial = check_power_levels(content, user)
+        if denial is not None:
+            return denial
+    return None
 
 
 def check_retention_change(config: RetentionConfig, content: Mapping[str, Any]) -> Denial | None:

@@ -4,12 +4,21 @@ guests and never world-readable.
 Pure functions over plain data (the creation request, an event's type, state
 key and content) so each rule can be read and tested without a homeserver.
 The callbacks in ``module.py`` only feed them and act on the answer.
+
+Room creation is lenient where that is safe: stock clients ask for settings the
+policy refuses (Element sends ``guest_access: can_join`` with every room and
+direct chat, and ``join_rule: restricted`` for a room in a space), so the
+creation request gets the policy's value instead and the change is logged
+(``Rewrite``). Only a room asked to be public is refused. Changes to an
+existing room's settings stay refused (``check_event``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+import attrs
 
 from .config import MEGOLM, RoomsConfig
 from .decisions import Denial, quote
@@ -18,6 +27,7 @@ ENCRYPTION = "m.room.encryption"
 JOIN_RULES = "m.room.join_rules"
 GUEST_ACCESS = "m.room.guest_access"
 HISTORY_VISIBILITY = "m.room.history_visibility"
+POWER_LEVELS = "m.room.power_levels"
 
 #: Event types whose content is what users write: they must travel encrypted.
 #: (Reactions carry only an emoji key and stock clients send them in clear.)
@@ -86,6 +96,27 @@ def check_event(
     return None
 
 
+def policy_state(config: RoomsConfig) -> dict[str, tuple[str, str]]:
+    """The room-level settings the policy governs: event type -> (content key,
+    the value a new room gets when its request leaves it out or breaks the rule)."""
+    return {
+        ENCRYPTION: ("algorithm", MEGOLM),
+        JOIN_RULES: ("join_rule", "invite"),
+        GUEST_ACCESS: ("guest_access", "forbidden"),
+        HISTORY_VISIBILITY: ("history_visibility", config.default_history_visibility),
+    }
+
+
+@attrs.frozen
+class Rewrite:
+    """A setting of a creation request the module replaced by the policy's
+    value instead of refusing the request. ``reason`` says what was asked and
+    what the room gets; it goes to the decision log, not to the client."""
+
+    rule: str
+    reason: str
+
+
 def malformed_initial_state(request: Mapping[str, Any]) -> str | None:
     """What is wrong with the shape of ``initial_state``, if anything (Synapse
     itself answers some malformed entries with a 500)."""
@@ -104,8 +135,83 @@ def malformed_initial_state(request: Mapping[str, Any]) -> str | None:
     return None
 
 
+def malformed_request(request: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of a /createRoom request where Synapse would
+    answer with a 500 or the module could not read it (a 400 names the field)."""
+    problem = malformed_initial_state(request)
+    if problem is not None:
+        return problem
+    if "preset" in request and not isinstance(request["preset"], str):
+        return "preset: expected a string such as 'private_chat'"
+    if "visibility" in request and not isinstance(request["visibility"], str):
+        return "visibility: expected 'private'"
+    if "room_version" in request and not isinstance(request["room_version"], str):
+        return "room_version: expected a string such as '10'"
+    if "creation_content" in request and not isinstance(request["creation_content"], Mapping):
+        return "creation_content: expected an object"
+    override = request.get("power_level_content_override")
+    if override is not None:
+        if not isinstance(override, Mapping):
+            return "power_level_content_override: expected an object"
+        if not _users_map_ok(override):
+            return "power_level_content_override.users: expected an object of user IDs to power levels"
+    for index, event in enumerate(request.get("initial_state", [])):
+        if (
+            event["type"] == POWER_LEVELS
+            and event.get("state_key", "") == ""
+            and not _users_map_ok(event["content"])
+        ):
+            return f"initial_state[{index}].content.users: expected an object of user IDs to power levels"
+    contents = [
+        (f"initial_state[{i}].content", e["content"]) for i, e in enumerate(request.get("initial_state", []))
+    ]
+    contents += [
+        (key, request[key]) for key in ("power_level_content_override", "creation_content") if key in request
+    ]
+    for path, content in contents:
+        problem = _not_canonical(content, path)
+        if problem is not None:
+            return problem
+    return None
+
+
+#: canonical JSON's integer range (room versions 6 and later enforce it; in
+#: older ones a larger number stops Synapse's push rules with a 500)
+_CANONICAL_INT = 2**53 - 1
+#: how much of a deeply nested path an error names
+_PATH_LIMIT = 200
+
+
+def _not_canonical(value: Any, path: str) -> str | None:
+    """Where a value that becomes event content has a number canonical JSON
+    does not allow (a float, or an integer out of range)."""
+    pending = [(path, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        where = where if len(where) <= _PATH_LIMIT else where[: _PATH_LIMIT - 3] + "..."
+        if isinstance(item, int):
+            if abs(item) > _CANONICAL_INT:
+                return f"{where}: expected an integer between -(2**53 - 1) and 2**53 - 1, got {quote(item)}"
+        elif isinstance(item, float):
+            return f"{where}: expected an integer, got {quote(item)} (event content allows no fractions)"
+        elif isinstance(item, Mapping):
+            pending.extend((f"{where}[{quote(key)}]", child) for key, child in item.items())
+        elif isinstance(item, list):
+            pending.extend((f"{where}[{index}]", child) for index, child in enumerate(item))
+    return None
+
+
+def _users_map_ok(levels: Mapping[str, Any]) -> bool:
+    return levels.get("users") is None or isinstance(levels["users"], Mapping)
+
+
 def check_room_creation(config: RoomsConfig, request: Mapping[str, Any]) -> Denial | None:
-    """The rule for a /createRoom request, before the module completes it."""
+    """What no rewrite can make safe in a /createRoom request: a room asked to
+    be public. Such a room would be listed in the room directory and open to
+    anyone who finds it; an invite-only room in its place is not what the
+    creator chose, so the request is refused rather than quietly changed."""
     if request.get("visibility") == "public":
         return Denial(
             "rooms.public_room",
@@ -118,12 +224,37 @@ def check_room_creation(config: RoomsConfig, request: Mapping[str, Any]) -> Deni
             "Public rooms are not allowed: rooms on this server are invite-only "
             "(use preset 'private_chat' or 'trusted_private_chat').",
         )
-    for event in _room_level_initial_state(request):
-        content = event.get("content")
-        denial = check_state(config, event["type"], content if isinstance(content, Mapping) else {})
-        if denial is not None:
-            return denial
     return None
+
+
+def secure_initial_state(config: RoomsConfig, request: Mapping[str, Any]) -> tuple[list[Any], list[Rewrite]]:
+    """The ``initial_state`` a creation request gets, and what was changed in it.
+
+    Every room-level entry the room rules would refuse (``check_state``) gets
+    the policy's value in its place: guest access ``forbidden``, the configured
+    history visibility, join rule ``invite``, Megolm encryption. Each such
+    change is a ``Rewrite``. Then what the request left out is added
+    (``missing_initial_state``): Synapse's presets would otherwise give guests
+    ``can_join`` and the preset's join rule. Entries the rules do not govern
+    (other types, other state keys) are kept as they are and in order.
+    """
+    initial_state = request.get("initial_state")
+    entries = initial_state if isinstance(initial_state, list) else []
+    wanted = policy_state(config)
+    secured: list[Any] = []
+    rewrites: list[Rewrite] = []
+    for entry in entries:
+        if _is_room_level(entry):
+            content = entry.get("content")
+            denial = check_state(config, entry["type"], content if isinstance(content, Mapping) else {})
+            if denial is not None:
+                key, value = wanted[entry["type"]]
+                entry = {**entry, "content": {key: value}}
+                rewrites.append(
+                    Rewrite(denial.rule, f"{denial.reason} The room gets {quote(value)} instead.")
+                )
+        secured.append(entry)
+    return [*secured, *missing_initial_state(config, {"initial_state": secured})], rewrites
 
 
 def missing_initial_state(config: RoomsConfig, request: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -133,15 +264,9 @@ def missing_initial_state(config: RoomsConfig, request: Mapping[str, Any]) -> li
     leave encryption to the client; an explicit initial state wins over them.
     """
     present = {event["type"] for event in _room_level_initial_state(request)}
-    wanted = {
-        ENCRYPTION: {"algorithm": MEGOLM},
-        JOIN_RULES: {"join_rule": "invite"},
-        GUEST_ACCESS: {"guest_access": "forbidden"},
-        HISTORY_VISIBILITY: {"history_visibility": config.default_history_visibility},
-    }
     return [
-        {"type": event_type, "state_key": "", "content": content}
-        for event_type, content in wanted.items()
+        {"type": event_type, "state_key": "", "content": {key: value}}
+        for event_type, (key, value) in policy_state(config).items()
         if event_type not in present
     ]
 
@@ -154,15 +279,16 @@ def check_directory_publication() -> Denial:
     )
 
 
+def _is_room_level(event: Any) -> bool:
+    """A state event with state key "" (Synapse's default when it is left out)."""
+    return (
+        isinstance(event, Mapping) and isinstance(event.get("type"), str) and event.get("state_key", "") == ""
+    )
+
+
 def _room_level_initial_state(request: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """Well-formed room-level entries of ``initial_state``; Synapse rejects the rest itself."""
     initial_state = request.get("initial_state")
     if not isinstance(initial_state, list):
         return []
-    return [
-        event
-        for event in initial_state
-        if isinstance(event, Mapping)
-        and isinstance(event.get("type"), str)
-        and event.get("state_key", "") == ""
-    ]
+    return [event for event in initial_state if _is_room_level(event)]

@@ -83,6 +83,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # The links a refused stock-client login gets (its admin_contact): a
+        # page that shows the request code. Only a hash of the link's token is
+        # kept; a link works while its request is open or approved.
+        """
+        CREATE TABLE IF NOT EXISTS police_policy_login_links (
+            token_hash TEXT NOT NULL PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS police_policy_login_links_request"
+        " ON police_policy_login_links (request_id, created_at)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -73,7 +73,9 @@ def test_stock_client_goes_through_pending_and_approval(hs, make_user, admin):
     user = make_user("dispatcher")
     status, body = hs.try_login(user.localpart, user.password, headers={"User-Agent": ELEMENT_WEB})
     assert status == 403, body
-    assert body["errcode"] == "M_FORBIDDEN"
+    # The shape Element Web shows (test_enrollment_login_page.py has the page).
+    assert body["errcode"] == "M_RESOURCE_LIMIT_EXCEEDED"
+    assert "/_synapse/client/police/login-request/" in body["admin_contact"]
     assert "did not name an enrolled device" in body["error"]
     [request] = [entry for entry in pending(hs, admin.token) if entry["user_id"] == user.user_id]
     assert request["request_id"] in body["error"]

@@ -1,5 +1,7 @@
 """Room creation on a real Synapse: every room comes out encrypted, invite-only,
-closed to guests and not world-readable; requests that ask otherwise get 403."""
+closed to guests and not world-readable; settings that ask otherwise get the
+policy's value, public rooms get 403. Element's own requests:
+test_element_rooms.py."""
 
 from __future__ import annotations
 
@@ -81,56 +83,79 @@ def test_element_style_direct_chat_keeps_its_own_settings(hs, make_user):
     [
         ({"preset": "public_chat"}, "Public rooms are not allowed"),
         ({"visibility": "public"}, "room directory"),
+    ],
+    ids=["public_preset", "public_visibility"],
+)
+def test_public_rooms_are_refused(hs, make_user, request_body, rule_words):
+    user = make_user("creator")
+    status, body = create(hs, user.token, request_body)
+    assert status == 403, body
+    assert body["errcode"] == "M_FORBIDDEN"
+    assert rule_words in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "event_type", "content"),
+    [
         (
-            {"initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "public"}}]},
-            "Join rule 'public' is not allowed",
+            {"type": "m.room.join_rules", "content": {"join_rule": "public"}},
+            "m.room.join_rules",
+            {"join_rule": "invite"},
         ),
         (
-            {"initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]},
-            "Join rule 'knock' is not allowed",
+            {"type": "m.room.join_rules", "content": {"join_rule": "knock"}},
+            "m.room.join_rules",
+            {"join_rule": "invite"},
         ),
         (
-            {"initial_state": [{"type": "m.room.guest_access", "content": {"guest_access": "can_join"}}]},
-            "Guest access 'can_join' is not allowed",
+            {"type": "m.room.join_rules", "content": {"join_rule": ["public"]}},
+            "m.room.join_rules",
+            {"join_rule": "invite"},
         ),
         (
-            {
-                "initial_state": [
-                    {"type": "m.room.history_visibility", "content": {"history_visibility": "world_readable"}}
-                ]
-            },
-            "History visibility 'world_readable' is not allowed",
+            {"type": "m.room.guest_access", "content": {"guest_access": "can_join"}},
+            "m.room.guest_access",
+            {"guest_access": "forbidden"},
         ),
         (
-            {
-                "initial_state": [
-                    {"type": "m.room.encryption", "content": {"algorithm": "m.olm.v1.curve25519"}}
-                ]
-            },
-            "Encryption algorithm 'm.olm.v1.curve25519' is not allowed",
+            {"type": "m.room.history_visibility", "content": {"history_visibility": "world_readable"}},
+            "m.room.history_visibility",
+            {"history_visibility": "shared"},
         ),
         (
-            {"initial_state": [{"type": "m.room.encryption", "content": {}}]},
-            "Encryption algorithm None is not allowed",
+            {"type": "m.room.encryption", "content": {"algorithm": "m.olm.v1.curve25519"}},
+            "m.room.encryption",
+            {"algorithm": "m.megolm.v1.aes-sha2"},
+        ),
+        (
+            {"type": "m.room.encryption", "content": {}},
+            "m.room.encryption",
+            {"algorithm": "m.megolm.v1.aes-sha2"},
         ),
     ],
     ids=[
-        "public_preset",
-        "public_visibility",
         "public_join_rule",
         "knock_not_configured",
+        "join_rule_list",
         "guest_can_join",
         "world_readable",
         "other_algorithm",
         "no_algorithm",
     ],
 )
-def test_contradicting_requests_are_refused(hs, make_user, request_body, rule_words):
-    user = make_user("creator")
-    status, body = create(hs, user.token, request_body)
-    assert status == 403, body
-    assert body["errcode"] == "M_FORBIDDEN"
-    assert rule_words in body["error"]
+def test_initial_state_breaking_the_policy_gets_the_policy_value(
+    plain_synapse_defaults, make_user, entry, event_type, content
+):
+    hs = plain_synapse_defaults
+    user = make_user("creator", homeserver=hs)
+    status, body = create(hs, user.token, {"initial_state": [entry]})
+    assert status == 200, body
+    state = room_state(hs, user.token, body["room_id"])
+    assert state[event_type] == content
+    assert state["m.room.encryption"] == {"algorithm": "m.megolm.v1.aes-sha2"}
+    assert state["m.room.join_rules"] == {"join_rule": "invite"}
+    assert state["m.room.guest_access"] == {"guest_access": "forbidden"}
+    assert state["m.room.history_visibility"] == {"history_visibility": "shared"}
 
 
 def test_server_admins_cannot_create_public_rooms_either(hs, make_user):
@@ -160,8 +185,23 @@ def test_malformed_initial_state_is_a_clear_400(hs, make_user, initial_state, na
     assert named in body["error"]
 
 
-def test_join_rule_of_the_wrong_type_is_refused_not_a_crash(hs, make_user):
+@pytest.mark.parametrize(
+    ("request_body", "named"),
+    [
+        ({"preset": ["private_chat"]}, "preset: expected a string"),
+        ({"creation_content": ["m.space"]}, "creation_content: expected an object"),
+        ({"power_level_content_override": "all"}, "power_level_content_override: expected an object"),
+        (
+            {"room_version": "1", "power_level_content_override": {"x": 2**63}},
+            "expected an integer between",
+        ),
+    ],
+    ids=["preset_list", "creation_content_list", "override_string", "integer_too_large"],
+)
+def test_other_malformed_fields_are_a_clear_400(hs, make_user, request_body, named):
+    """Synapse answers each of these with a 500 on its own."""
     user = make_user("creator")
-    request = {"initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": ["public"]}}]}
-    status, body = create(hs, user.token, request)
-    assert status == 403 and "Join rule ['public'] is not allowed" in body["error"], body
+    status, body = create(hs, user.token, request_body)
+    assert status == 400, body
+    assert body["errcode"] == "M_BAD_JSON"
+    assert named in body["error"]

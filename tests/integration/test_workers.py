@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -208,7 +208,7 @@ def test_login_gate_holds_on_the_worker(
     # A stock client naming no device: refused too. Each refusal left a pending
     # request an operator could approve (the first one naming its device ID).
     status, body = via_proxy("POST", "/_matrix/client/v3/login", login_body(other, password, None))
-    assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+    assert status == 403 and body["errcode"] == "M_RESOURCE_LIMIT_EXCEEDED", body
     pending = main.query(
         "SELECT device_id FROM police_policy_pending_logins WHERE user_id = ?", (main.user_id(other),)
     )
@@ -365,6 +365,9 @@ def test_an_approved_login_on_the_worker_enrolls_its_device(
         "SELECT request_id FROM police_policy_pending_logins WHERE user_id = ?", (main.user_id(localpart),)
     )
     assert request_id in body["error"]
+    # The link in the answer (made on the worker) shows the code through the proxy.
+    status, page = via_proxy("GET", urlsplit(body["admin_contact"]).path)
+    assert status == 200 and f'id="request-code">{request_id}<' in page, page
     status, body = via_proxy(
         "POST", f"/_synapse/client/police/v1/pending/{request_id}/approve", {}, token=admin_token
     )

@@ -26,7 +26,7 @@ from synapse_police_policy.config import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY_FILE = REPO_ROOT / "config" / "police_policy.yaml"
 
-SECTIONS = ("rooms", "federation", "retention", "devices", "media", "auditor")
+SECTIONS = ("rooms", "federation", "retention", "devices", "media", "auditor", "directory")
 DURATION_EXPECTED = "expected a duration such as '7d' (units s, m, h, d, w)"
 SERVER_EXPECTED = "expected a Matrix server name such as 'polizei-by.example' or 'hs.example:8448'"
 
@@ -136,9 +136,20 @@ def test_unknown_top_level_key() -> None:
         ("rooms", ["allowed_join_rules", "default_history_visibility", "refuse_unencrypted_messages"]),
         ("federation", ["allowed_servers"]),
         ("retention", ["audit_lifetime", "device_lifetime", "sweep_interval", "system_user"]),
-        ("devices", ["approval_window", "enrollment_required", "login_networks", "sweep_interval"]),
+        (
+            "devices",
+            [
+                "approval_window",
+                "auto_approve_networks",
+                "auto_approve_users",
+                "enrollment_required",
+                "login_networks",
+                "sweep_interval",
+            ],
+        ),
         ("media", ["allowed", "daily_upload_quota", "encrypted_max_size"]),
         ("auditor", ["user_id"]),
+        ("directory", ["hidden_users"]),
     ],
 )
 def test_unknown_key_in_each_section(section: str, known: list[str]) -> None:
@@ -310,6 +321,53 @@ def test_bad_login_networks_name_the_entry(bad: Any, expected: str) -> None:
 @pytest.mark.parametrize("key", ["approval_window", "sweep_interval"])
 def test_bad_device_durations(key: str) -> None:
     assert config_error({"devices": {key: "soon"}}).startswith(f"devices.{key}: {DURATION_EXPECTED}")
+
+
+def test_auto_approve_networks_and_users() -> None:
+    devices = parse_config(
+        {
+            "devices": {
+                "auto_approve_networks": ["10.30.0.0/24"],
+                "auto_approve_users": ["@dispatcher:police.example", "@lagedienst:police.example"],
+            }
+        }
+    ).devices
+    assert [str(network) for network in devices.auto_approve_networks] == ["10.30.0.0/24"]
+    assert devices.auto_approve_users == {"@dispatcher:police.example", "@lagedienst:police.example"}
+    defaults = parse_config({}).devices
+    assert (defaults.auto_approve_networks, defaults.auto_approve_users) == ((), frozenset())
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            {"auto_approve_networks": ["10.30.0.0/24"]},
+            "devices.auto_approve_users: expected the user IDs (the dispatchers) whose logins from "
+            "devices.auto_approve_networks are enrolled at once, got []",
+        ),
+        (
+            {"auto_approve_users": ["@dispatcher:police.example"], "auto_approve_networks": []},
+            "devices.auto_approve_networks: expected the networks (CIDR, the control-room LAN) from "
+            "which the logins of devices.auto_approve_users are enrolled at once, got []",
+        ),
+        (
+            {"auto_approve_networks": ["10.30.0.0/24", "leitstelle"], "auto_approve_users": ["@d:p.example"]},
+            "devices.auto_approve_networks[1]: expected a network in CIDR notation",
+        ),
+        (
+            {"auto_approve_networks": ["10.30.0.0/24"], "auto_approve_users": ["@d:p.example", "dispatcher"]},
+            "devices.auto_approve_users[1]: expected a user ID such as '@dispatch-bot:police.example', "
+            "got 'dispatcher'",
+        ),
+        (
+            {"auto_approve_networks": "10.30.0.0/24", "auto_approve_users": ["@d:p.example"]},
+            "devices.auto_approve_networks: expected a list, got '10.30.0.0/24'",
+        ),
+    ],
+)
+def test_bad_auto_approve_names_the_key(section: dict[str, Any], expected: str) -> None:
+    assert config_error({"devices": section}).startswith(expected)
 
 
 def test_enrollment_required_must_be_a_bool() -> None:
@@ -547,3 +605,32 @@ def test_retention_unknown_key_lists_the_new_keys() -> None:
         "retention.sweep: unknown key; expected one of: "
         "audit_lifetime, device_lifetime, sweep_interval, system_user"
     )
+
+
+# --- directory ---------------------------------------------------------------
+
+
+def test_hidden_users() -> None:
+    config = parse_config(
+        {"directory": {"hidden_users": ["@dispatch-bot:police.example", "@x:peer.example:8448"]}}
+    )
+    assert config.directory.hidden_users == frozenset(
+        {"@dispatch-bot:police.example", "@x:peer.example:8448"}
+    )
+    assert parse_config({}).directory.hidden_users == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "@dispatch-bot:police.example",
+            "directory.hidden_users: expected a list, got '@dispatch-bot:police.example'",
+        ),
+        (["@ok:police.example", "dispatch-bot"], "directory.hidden_users[1]: expected a user ID such as "),
+        ([7], "directory.hidden_users[0]: expected a user ID such as '@dispatch-bot:police.example', got 7"),
+        (["@Upper:police.example"], "directory.hidden_users[0]: expected a user ID"),
+    ],
+)
+def test_hidden_users_errors_name_the_entry(value: Any, message: str) -> None:
+    assert config_error({"directory": {"hidden_users": value}}).startswith(message)

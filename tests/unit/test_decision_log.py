@@ -97,3 +97,31 @@ def test_counter_is_labelled_with_the_log_s_server_name() -> None:
 
     assert denials(rule, "hs-a.test") == before_a
     assert denials(rule, "hs-b.test") == before_b + 1
+
+
+def test_rewrite_is_logged_and_counted_apart_from_denials(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    rule, server = "rooms.guest_access", "hs-rewrite.test"
+    rewrites_before = (
+        REGISTRY.get_sample_value("police_policy_rewrites_total", {"rule": rule, "server_name": server})
+        or 0.0
+    )
+    denials_before = denials(rule, server)
+
+    DecisionLog(server).rewrite(
+        rule, "Guest access 'can_join' ... 'forbidden' instead.", user="@d:hs-rewrite.test", device="D1"
+    )
+
+    (record,) = decision_records(caplog)
+    assert json.loads(record.getMessage()) == {
+        "rule": rule,
+        "decision": "rewrite",
+        "user": "@d:hs-rewrite.test",
+        "device": "D1",
+        "room": None,
+        "reason": "Guest access 'can_join' ... 'forbidden' instead.",
+    }
+    assert REGISTRY.get_sample_value(
+        "police_policy_rewrites_total", {"rule": rule, "server_name": server}
+    ) == (rewrites_before + 1)
+    assert denials(rule, server) == denials_before, "a rewrite is not a denial"

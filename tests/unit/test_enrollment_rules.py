@@ -10,17 +10,28 @@ import pytest
 
 from synapse_police_policy.enrollment import (
     APPROVED,
+    CONSUMED,
     ENROLLED,
     EXPIRED,
     MAX_DEVICE_ID_LENGTH,
     MAX_LABEL_LENGTH,
+    OPEN,
+    PENDING_OPEN_LIFETIME_MS,
+    REJECTED,
     REVOKED,
     Enrollment,
     InvalidInput,
+    PendingLogin,
+    auto_approves,
     candidate_devices_for_approval,
     check_login_network,
     device_not_enrolled,
     enrollment_ended,
+    is_link_token,
+    link_shows,
+    link_token_hash,
+    login_awaits_approval,
+    new_link_token,
     new_request_id,
     parse_enrollment_body,
     parse_ip,
@@ -222,6 +233,22 @@ def test_check_login_network_refuses_and_names_the_address(ip: str) -> None:
     assert f"logins from {ip} are not allowed" in denial.reason
 
 
+@pytest.mark.parametrize(
+    ("user_id", "ip", "approved"),
+    [
+        ("@d:police.example", "10.20.3.4", True),
+        ("@d:police.example", "::ffff:10.20.3.4", True),
+        ("@d:police.example", "2001:db8::7", True),
+        ("@d:police.example", "10.21.0.1", False),
+        ("@d:police.example", "garbage", False),
+        ("@other:police.example", "10.20.3.4", False),
+    ],
+)
+def test_auto_approves_listed_users_inside_the_networks(user_id: str, ip: str, approved: bool) -> None:
+    assert auto_approves(NETWORKS, {"@d:police.example"}, user_id, ip) is approved
+    assert auto_approves((), {"@d:police.example"}, user_id, ip) is False
+
+
 # --- refusals and enrollment records ------------------------------------------------------------
 
 
@@ -236,6 +263,57 @@ def test_device_not_enrolled_quotes_the_request_id() -> None:
     assert "did not name an enrolled device" in unnamed.reason
     assert "log in again from the same network" in unnamed.reason
     assert named.reason != unnamed.reason
+
+
+def test_a_stock_client_login_awaits_approval_in_a_shape_element_shows() -> None:
+    """Element Web shows M_RESOURCE_LIMIT_EXCEEDED with a link to admin_contact;
+    every other 403 reads "Incorrect username and/or password"."""
+    link = "https://matrix.police.example/_synapse/client/police/login-request/abc"
+    denial = login_awaits_approval("@a:police.example", "ABCD-EFGH", link)
+    plain = device_not_enrolled("@a:police.example", None, "ABCD-EFGH")
+    assert (denial.rule, denial.reason, denial.http_status) == (plain.rule, plain.reason, 403)
+    assert denial.errcode == "M_RESOURCE_LIMIT_EXCEEDED"
+    assert denial.error_fields() == {
+        "error": plain.reason,
+        "admin_contact": link,
+        "limit_type": "police_device_approval",
+    }
+    assert link not in denial.reason, "the reason is logged; the link is not"
+
+
+def test_link_tokens() -> None:
+    tokens = {new_link_token() for _ in range(100)}
+    assert len(tokens) == 100
+    assert all(is_link_token(token) for token in tokens)
+    token = tokens.pop()
+    assert link_token_hash(token) == link_token_hash(token) != token
+    assert len(link_token_hash(token)) == 64
+    for bad in ["", token[:-1], token + "A", token[:-1] + "=", token[:-1] + "/", "ABCD-EFGH", "é" * 43]:
+        assert not is_link_token(bad), bad
+
+
+def pending_login(state: str, device_id: str | None = None, decided_at: int | None = None) -> PendingLogin:
+    return PendingLogin(
+        "ABCD-EFGH", "@a:police.example", device_id, "10.0.0.1", "x", NOW, NOW, state, None, decided_at
+    )
+
+
+@pytest.mark.parametrize(
+    ("pending", "now", "shows"),
+    [
+        (pending_login(OPEN), NOW + 1, OPEN),
+        (pending_login(OPEN), NOW + PENDING_OPEN_LIFETIME_MS - 1, OPEN),
+        (pending_login(OPEN), NOW + PENDING_OPEN_LIFETIME_MS, None),  # lapsed, the sweep not yet run
+        (pending_login(APPROVED, decided_at=NOW), NOW + 999, APPROVED),
+        (pending_login(APPROVED, decided_at=NOW), NOW + 1000, None),  # the approval window has passed
+        (pending_login(REJECTED, decided_at=NOW), NOW + 1, None),
+        (pending_login(CONSUMED, decided_at=NOW), NOW + 1, None),
+        (pending_login(EXPIRED), NOW + 1, None),
+        (pending_login(OPEN, "PHONE1"), NOW + 1, None),  # only stock-client requests have a page
+    ],
+)
+def test_what_a_login_link_shows(pending: PendingLogin, now: int, shows: str | None) -> None:
+    assert link_shows(pending, now, 1000) == shows
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from synapse_police_policy.enrollment import (
     REVOKED,
 )
 from synapse_police_policy.enrollment_store import (
+    MAX_LINKS_PER_REQUEST,
     MAX_OPEN_REQUESTS_PER_USER,
     PENDING_KEEP_MS,
     Conflict,
@@ -34,6 +35,8 @@ from synapse_police_policy.enrollment_store import (
     _end_enrollment_txn,
     _get_pending_txn,
     _lapse_pending_txn,
+    _pending_by_link_txn,
+    _record_auto_approval_txn,
     _record_pending_txn,
     _unenrolled_devices_txn,
     _users_binding_txn,
@@ -97,6 +100,7 @@ def test_migrate_creates_the_tables_and_is_idempotent(db: sqlite3.Connection) ->
         "police_policy_foreign_members",
         "police_policy_enrollments",
         "police_policy_pending_logins",
+        "police_policy_login_links",
     } <= tables(txn)
     assert versions(txn) == [schema.SCHEMA_VERSION]
     assert schema.migrate(txn) == schema.SCHEMA_VERSION
@@ -314,6 +318,62 @@ def test_lapse_pending(txn: sqlite3.Cursor) -> None:
     assert state_of(txn, unused.request_id) == EXPIRED
     assert state_of(txn, usable.request_id) == APPROVED
     assert state_of(txn, ancient.request_id) is None
+
+
+def test_an_auto_approval_is_used_at_once_and_binds_like_an_approval(txn: sqlite3.Cursor) -> None:
+    auto = _record_auto_approval_txn(txn, ALICE, IP, "Element", "auto_approve", NOW)
+    assert (auto.state, auto.decided_by, auto.decided_at, auto.consumed_at) == (
+        CONSUMED,
+        "auto_approve",
+        NOW,
+        NOW,
+    )
+    assert _get_pending_txn(txn, auto.request_id) == auto
+    assert _users_binding_txn(txn, NOW - 1) == [ALICE]
+    record = _bind_txn(txn, auto, "NEWDEVICE", NOW + 1)
+    assert (record.device_id, record.enrolled_by) == ("NEWDEVICE", "auto_approve")
+    assert _users_binding_txn(txn, NOW - 1) == []
+    assert _consume_approval_txn(txn, ALICE, IP, NOW + 2, WINDOW_MS) is None
+
+
+def links_of(txn: sqlite3.Cursor, request_id: str) -> list[str]:
+    txn.execute("SELECT token_hash FROM police_policy_login_links WHERE request_id = ?", (request_id,))
+    return sorted(row[0] for row in txn.fetchall())
+
+
+def test_each_refused_login_gets_a_link_to_its_request(txn: sqlite3.Cursor) -> None:
+    first = _record_pending_txn(txn, ALICE, None, IP, "x", NOW, "hash-1")
+    retry = _record_pending_txn(txn, ALICE, None, IP, "x", NOW + 1, "hash-2")
+    other = _record_pending_txn(txn, BOB, None, IP, "x", NOW, "hash-3")
+    assert retry.request_id == first.request_id
+    assert _pending_by_link_txn(txn, "hash-1") == _pending_by_link_txn(txn, "hash-2") == retry
+    assert _pending_by_link_txn(txn, "hash-3") == other
+    assert _pending_by_link_txn(txn, "hash-4") is None
+    assert links_of(txn, first.request_id) == ["hash-1", "hash-2"]
+
+
+def test_a_request_keeps_its_newest_links(txn: sqlite3.Cursor) -> None:
+    hashes = [f"hash-{n:02}" for n in range(MAX_LINKS_PER_REQUEST + 3)]
+    for n, link_hash in enumerate(hashes):
+        pending = _record_pending_txn(txn, ALICE, None, IP, "x", NOW + n, link_hash)
+    assert links_of(txn, pending.request_id) == hashes[-MAX_LINKS_PER_REQUEST:]
+    assert _pending_by_link_txn(txn, hashes[0]) is None
+
+
+def test_lapse_deletes_the_links_of_decided_and_lapsed_requests(txn: sqlite3.Cursor) -> None:
+    still_open = _record_pending_txn(txn, ALICE, None, IP, "x", NOW, "open")
+    approved = _record_pending_txn(txn, BOB, None, IP, "x", NOW, "approved")
+    _decide_txn(txn, approved.request_id, True, ADMIN, NOW + 1)
+    rejected = _record_pending_txn(txn, ALICE, None, "10.20.9.9", "x", NOW, "rejected")
+    _decide_txn(txn, rejected.request_id, False, ADMIN, NOW + 1)
+    consumed = _record_pending_txn(txn, BOB, None, "10.20.9.9", "x", NOW, "consumed")
+    _decide_txn(txn, consumed.request_id, True, ADMIN, NOW + 1)
+    assert _consume_approval_txn(txn, BOB, "10.20.9.9", NOW + 2, WINDOW_MS) is not None
+
+    _lapse_pending_txn(txn, NOW + 3, WINDOW_MS)
+    txn.execute("SELECT token_hash FROM police_policy_login_links")
+    assert sorted(row[0] for row in txn.fetchall()) == ["approved", "open"]
+    assert _pending_by_link_txn(txn, "open") == _get_pending_txn(txn, still_open.request_id)
 
 
 # --- queries on Synapse's tables ----------------------------------------------------------------

@@ -12,7 +12,7 @@ from synapse.config._base import ConfigError
 from synapse_police_policy.config import parse_config
 
 OPERATOR_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
-SECTIONS = ("rooms", "federation", "retention", "devices", "media", "auditor")
+SECTIONS = ("rooms", "federation", "retention", "devices", "media", "auditor", "directory")
 
 
 def known_keys(section: str) -> set[str]:

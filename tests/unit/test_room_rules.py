@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from synapse_police_policy import retention
 from synapse_police_policy.config import MEGOLM, RoomsConfig
 from synapse_police_policy.decisions import Denial, quote
 from synapse_police_policy.rooms import (
@@ -14,8 +17,12 @@ from synapse_police_policy.rooms import (
     check_room_creation,
     check_state,
     malformed_initial_state,
+    malformed_request,
     missing_initial_state,
+    secure_initial_state,
 )
+from tests import element_requests as element
+from tests.room_request_strategies import CONFIGS, POLICY_TYPES, REQUESTS
 
 DEFAULT = RoomsConfig()
 LENIENT = RoomsConfig(refuse_unencrypted_messages=False)
@@ -76,77 +83,202 @@ def test_public_visibility_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("event", "rule"),
+    ("event", "rule", "content"),
     [
-        (state("m.room.join_rules", {"join_rule": "public"}), "rooms.join_rules"),
-        (state("m.room.join_rules", {}), "rooms.join_rules"),
-        (state("m.room.guest_access", {"guest_access": "can_join"}), "rooms.guest_access"),
+        (state("m.room.join_rules", {"join_rule": "public"}), "rooms.join_rules", {"join_rule": "invite"}),
+        (state("m.room.join_rules", {}), "rooms.join_rules", {"join_rule": "invite"}),
+        (
+            state("m.room.join_rules", {"join_rule": "restricted", "allow": [{"room_id": "!s:hs.test"}]}),
+            "rooms.join_rules",
+            {"join_rule": "invite"},
+        ),
+        (
+            state("m.room.guest_access", {"guest_access": "can_join"}),
+            "rooms.guest_access",
+            {"guest_access": "forbidden"},
+        ),
         (
             state("m.room.history_visibility", {"history_visibility": "world_readable"}),
             "rooms.history_visibility",
+            {"history_visibility": "shared"},
         ),
-        (state("m.room.encryption", {"algorithm": "m.olm.v1.curve25519-aes-sha2"}), "rooms.encryption"),
-        (state("m.room.encryption", {}), "rooms.encryption"),
-        # the state_key may be left out: Synapse then uses ""
-        (state("m.room.join_rules", {"join_rule": "public"}, state_key=None), "rooms.join_rules"),
+        (
+            state("m.room.encryption", {"algorithm": "m.olm.v1.curve25519-aes-sha2"}),
+            "rooms.encryption",
+            {"algorithm": MEGOLM},
+        ),
+        (state("m.room.encryption", {}), "rooms.encryption", {"algorithm": MEGOLM}),
+        # the state_key may be left out: Synapse then uses "", and so does the rewrite
+        (
+            state("m.room.join_rules", {"join_rule": "public"}, state_key=None),
+            "rooms.join_rules",
+            {"join_rule": "invite"},
+        ),
     ],
 )
-def test_initial_state_breaking_the_policy_refused(event: dict[str, Any], rule: str) -> None:
-    assert creation_rule({"preset": "private_chat", "initial_state": [event]}) == rule
+def test_initial_state_breaking_the_policy_gets_the_policy_value(
+    event: dict[str, Any], rule: str, content: dict[str, Any]
+) -> None:
+    request = {"preset": "private_chat", "initial_state": [event]}
+    assert check_room_creation(DEFAULT, request) is None, "made safe, not refused"
+    secured, rewrites = secure_initial_state(DEFAULT, request)
+    assert secured[0] == {**event, "content": content}
+    assert [r.rule for r in rewrites] == [rule]
+    # the log line says what was asked, that it is not allowed, and what the room gets
+    assert check_state(DEFAULT, event["type"], event["content"]).reason in rewrites[0].reason
+    assert rewrites[0].reason.endswith(f"The room gets {quote(next(iter(content.values())))} instead.")
+    assert secured_is_safe(secured)
 
 
-def test_initial_state_is_checked_past_allowed_entries() -> None:
+def secured_is_safe(initial_state: list[Any], config: RoomsConfig = DEFAULT) -> bool:
+    """What Synapse makes of the entries (the last one of a type and state key
+    wins) is encrypted, invite-only, closed to guests, not world-readable."""
+    final: dict[str, Any] = {}
+    for entry in initial_state:
+        if isinstance(entry, dict) and entry.get("state_key", "") == "":
+            final[entry["type"]] = entry["content"]
+    return (
+        final.get("m.room.encryption", {}).get("algorithm") == MEGOLM
+        and final.get("m.room.join_rules", {}).get("join_rule") in config.allowed_join_rules
+        and final.get("m.room.guest_access", {}).get("guest_access") != "can_join"
+        and final.get("m.room.history_visibility", {}).get("history_visibility") != "world_readable"
+        and all(check_state(config, t, c) is None for t, c in final.items())
+    )
+
+
+def test_every_breaking_entry_is_rewritten_past_allowed_ones() -> None:
     request = {
         "initial_state": [
             state("m.room.name", {"name": "ok"}),
+            state("m.room.guest_access", {"guest_access": "can_join"}),
             state("m.room.join_rules", {"join_rule": "invite"}),
             state("m.room.guest_access", {"guest_access": "can_join"}),
         ]
     }
-    assert creation_rule(request) == "rooms.guest_access"
+    secured, rewrites = secure_initial_state(DEFAULT, request)
+    assert [r.rule for r in rewrites] == ["rooms.guest_access", "rooms.guest_access"]
+    assert secured[:4] == [
+        state("m.room.name", {"name": "ok"}),
+        state("m.room.guest_access", {"guest_access": "forbidden"}),
+        state("m.room.join_rules", {"join_rule": "invite"}),
+        state("m.room.guest_access", {"guest_access": "forbidden"}),
+    ]
+    assert by_type(secured[4:]) == {
+        "m.room.encryption": {"algorithm": MEGOLM},
+        "m.room.history_visibility": {"history_visibility": "shared"},
+    }
 
 
-@pytest.mark.parametrize("content", [None, "megolm", ["algorithm"], 42])
-def test_non_mapping_content_is_treated_as_empty(content: Any) -> None:
-    # an encryption event without a usable content has no algorithm: refused
-    assert creation_rule({"initial_state": [state("m.room.encryption", content)]}) == "rooms.encryption"
-    # for guest access an empty content is harmless
-    assert creation_rule({"initial_state": [state("m.room.guest_access", content)]}) is None
+def test_allowed_entries_are_kept_unchanged_and_not_logged() -> None:
+    entries = [
+        state("m.room.encryption", {"algorithm": MEGOLM, "rotation_period_ms": 604800000}),
+        state("m.room.history_visibility", {"history_visibility": "joined"}),
+        state("m.room.guest_access", {"guest_access": "forbidden"}),
+        state("m.room.join_rules", {"join_rule": "invite"}),
+    ]
+    secured, rewrites = secure_initial_state(DEFAULT, {"initial_state": entries})
+    assert secured == entries
+    assert rewrites == []
 
 
-@pytest.mark.parametrize(
-    "initial_state",
-    [
-        "not a list",
-        {"type": "m.room.join_rules"},
-        ["m.room.join_rules"],
-        [None],
-        [{"content": {"join_rule": "public"}}],
-        [{"type": None, "state_key": "", "content": {"join_rule": "public"}}],
-        [{"type": 7, "state_key": "", "content": {"algorithm": "none"}}],
-    ],
-)
-def test_malformed_initial_state_entries_are_ignored(initial_state: Any) -> None:
-    assert check_room_creation(DEFAULT, {"initial_state": initial_state}) is None
+def test_rewritten_history_visibility_follows_config() -> None:
+    request = {
+        "initial_state": [state("m.room.history_visibility", {"history_visibility": "world_readable"})]
+    }
+    secured, _ = secure_initial_state(RoomsConfig(default_history_visibility="joined"), request)
+    assert secured[0]["content"] == {"history_visibility": "joined"}
 
 
-@pytest.mark.parametrize(
-    "event",
-    [
-        state("m.room.join_rules", {"join_rule": "public"}, state_key="x"),
-        state("m.room.guest_access", {"guest_access": "can_join"}, state_key="@a:hs.test"),
-        state("m.room.encryption", {"algorithm": "none"}, state_key="sub"),
-        state("m.room.history_visibility", {"history_visibility": "world_readable"}, state_key=" "),
-    ],
-)
-def test_initial_state_with_non_empty_state_key_is_ignored(event: dict[str, Any]) -> None:
-    assert check_room_creation(DEFAULT, {"initial_state": [event]}) is None
+@pytest.mark.parametrize("event_type", ["m.room.join_rules", "m.room.guest_access", "m.room.encryption"])
+def test_entries_with_another_state_key_are_not_room_settings(event_type: str) -> None:
+    event = state(event_type, {"join_rule": "public", "guest_access": "can_join"}, state_key="other")
+    secured, rewrites = secure_initial_state(DEFAULT, {"initial_state": [event]})
+    assert secured[0] == event
+    assert rewrites == []
 
 
-def test_join_rule_allowed_by_config() -> None:
+def test_join_rule_allowed_by_config_is_kept() -> None:
     request = {"initial_state": [state("m.room.join_rules", {"join_rule": "knock"})]}
-    assert creation_rule(request) == "rooms.join_rules"
-    assert creation_rule(request, RoomsConfig(allowed_join_rules=frozenset({"invite", "knock"}))) is None
+    assert [r.rule for r in secure_initial_state(DEFAULT, request)[1]] == ["rooms.join_rules"]
+    knock = RoomsConfig(allowed_join_rules=frozenset({"invite", "knock"}))
+    secured, rewrites = secure_initial_state(knock, request)
+    assert rewrites == []
+    assert secured[0]["content"] == {"join_rule": "knock"}
+
+
+@pytest.mark.parametrize("join_rule", [["invite"], {"invite": True}, ("invite",), 1, None])
+def test_join_rule_that_is_not_a_string_is_rewritten_not_crashing(join_rule: Any) -> None:
+    request = {"initial_state": [state("m.room.join_rules", {"join_rule": join_rule})]}
+    secured, rewrites = secure_initial_state(DEFAULT, request)
+    assert secured[0]["content"] == {"join_rule": "invite"}
+    assert [r.rule for r in rewrites] == ["rooms.join_rules"]
+    # after creation the same value is refused
+    denial = check_event(DEFAULT, "m.room.join_rules", "", {"join_rule": join_rule})
+    assert denial is not None and denial.rule == "rooms.join_rules"
+
+
+def test_rewrite_reason_quotes_long_values_truncated() -> None:
+    request = {"initial_state": [state("m.room.encryption", {"algorithm": LONG_VALUE})]}
+    [rewrite] = secure_initial_state(DEFAULT, request)[1]
+    assert quote(LONG_VALUE) in rewrite.reason
+    assert LONG_VALUE not in rewrite.reason
+
+
+# --- Element Web's own requests ----------------------------------------------
+
+
+ELEMENT_MADE_SAFE = {
+    "new_room": (element.new_room("Einsatz 4711"), ["rooms.guest_access"]),
+    "new_room_unencrypted": (element.new_room("Lage", encrypted=False), ["rooms.guest_access"]),
+    "direct_chat": (element.direct_chat("@b:hs.test"), ["rooms.guest_access"]),
+    "direct_chat_peer_without_keys": (
+        element.direct_chat("@b:hs.test", encrypted=False),
+        ["rooms.guest_access"],
+    ),
+    "group_chat": (element.group_chat(["@b:hs.test", "@c:hs.test"]), ["rooms.guest_access"]),
+    "video_room": (element.video_room("Lagebild"), ["rooms.guest_access"]),
+    "call_room": (element.call_room("Funk"), ["rooms.guest_access"]),
+    "private_space": (element.private_space("Dienststelle"), ["rooms.guest_access"]),
+    "room_in_space": (
+        element.room_in_space("Schicht", "!space:hs.test", "hs.test"),
+        ["rooms.guest_access", "rooms.join_rules"],
+    ),
+    "first_space_room": (
+        element.first_space_room("General", "!space:hs.test", "hs.test"),
+        ["rooms.guest_access", "rooms.join_rules"],
+    ),
+    "knock_room": (element.knock_room("Anfragen"), ["rooms.guest_access", "rooms.join_rules"]),
+}
+
+
+@pytest.mark.parametrize("name", list(ELEMENT_MADE_SAFE))
+def test_element_requests_are_made_safe(name: str) -> None:
+    request, rules = ELEMENT_MADE_SAFE[name]
+    assert malformed_request(request) is None
+    assert check_room_creation(DEFAULT, request) is None
+    secured, rewrites = secure_initial_state(DEFAULT, request)
+    assert [r.rule for r in rewrites] == rules
+    assert secured_is_safe(secured)
+    # what Element set and the policy allows stays (the space's history, its parent)
+    for entry in request["initial_state"]:
+        if check_state(DEFAULT, entry["type"], entry["content"]) is None:
+            assert entry in secured
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        element.public_room("Offen", "offen"),
+        element.public_space("Alle", "alle"),
+        element.knock_room("Anfragen", listed=True),
+    ],
+    ids=["public_room", "public_space", "listed_knock_room"],
+)
+def test_element_public_rooms_are_refused(request_: dict[str, Any]) -> None:
+    denial = check_room_creation(DEFAULT, request_)
+    assert denial is not None
+    assert denial.rule == "rooms.public_room"
+    assert denial.reason.startswith("Public rooms are not allowed")
 
 
 # --- missing_initial_state ---------------------------------------------------
@@ -368,15 +500,6 @@ def test_directory_publication_always_refused() -> None:
     assert denial.errcode == "M_FORBIDDEN"
 
 
-@pytest.mark.parametrize("join_rule", [["invite"], {"invite": True}, ("invite",), 1, None])
-def test_join_rule_that_is_not_a_string_is_denied_not_crashing(join_rule: Any) -> None:
-    request = {"initial_state": [state("m.room.join_rules", {"join_rule": join_rule})]}
-    denial = check_room_creation(DEFAULT, request)
-    assert denial is not None
-    assert denial.rule == "rooms.join_rules"
-    assert check_event(DEFAULT, "m.room.join_rules", "", {"join_rule": join_rule}) == denial
-
-
 @pytest.mark.parametrize(
     ("request_body", "problem"),
     [
@@ -400,3 +523,186 @@ def test_malformed_initial_state_names_the_entry(request_body: dict, problem: st
 )
 def test_well_formed_initial_state_passes(request_body: dict) -> None:
     assert malformed_initial_state(request_body) is None
+
+
+@pytest.mark.parametrize(
+    ("request_body", "problem"),
+    [
+        ({"initial_state": None}, "initial_state: expected a list"),
+        ({"preset": ["private_chat"]}, "preset: expected a string"),
+        ({"preset": None}, "preset: expected a string"),
+        ({"visibility": {"private": True}}, "visibility: expected 'private'"),
+        ({"room_version": 10}, "room_version: expected a string"),
+        ({"creation_content": ["m.federate"]}, "creation_content: expected an object"),
+        ({"creation_content": None}, "creation_content: expected an object"),
+        ({"power_level_content_override": "all"}, "power_level_content_override: expected an object"),
+        ({"power_level_content_override": {"users": "x"}}, "power_level_content_override.users"),
+        (
+            {
+                "initial_state": [
+                    state("m.room.name", {}),
+                    state("m.room.power_levels", {"users": ["@a:hs.test"]}),
+                ]
+            },
+            "initial_state[1].content.users",
+        ),
+    ],
+)
+def test_malformed_request_names_the_field(request_body: dict, problem: str) -> None:
+    assert (malformed_request(request_body) or "").startswith(problem)
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {},
+        {"power_level_content_override": None},
+        {"power_level_content_override": {"users": None}},
+        {"power_level_content_override": {"users": {"@a:hs.test": 2**53 - 1, "@b:hs.test": -(2**53 - 1)}}},
+        {"initial_state": [state("m.room.power_levels", {"users": ["x"]}, state_key="other")]},
+        *(body for body, _ in ELEMENT_MADE_SAFE.values()),
+    ],
+)
+def test_well_formed_requests_pass(request_body: dict) -> None:
+    assert malformed_request(request_body) is None
+
+
+@pytest.mark.parametrize("content", [None, "megolm", ["algorithm"], 42])
+def test_non_mapping_content_is_treated_as_empty(content: Any) -> None:
+    """The module answers such entries with a 400 first; the rule still copes."""
+    secured, rewrites = secure_initial_state(
+        DEFAULT, {"initial_state": [state("m.room.encryption", content)]}
+    )
+    assert [r.rule for r in rewrites] == ["rooms.encryption"]
+    assert secured[0]["content"] == {"algorithm": MEGOLM}
+    _, rewrites = secure_initial_state(DEFAULT, {"initial_state": [state("m.room.guest_access", content)]})
+    assert rewrites == []  # for guest access an empty content is harmless
+
+
+@pytest.mark.parametrize(
+    "initial_state",
+    [
+        "not a list",
+        {"type": "m.room.join_rules"},
+        ["m.room.join_rules"],
+        [None],
+        [{"content": {"join_rule": "public"}}],
+        [{"type": None, "state_key": "", "content": {"join_rule": "public"}}],
+        [{"type": 7, "state_key": "", "content": {"algorithm": "none"}}],
+    ],
+)
+def test_malformed_initial_state_entries_are_passed_on_unread(initial_state: Any) -> None:
+    assert check_room_creation(DEFAULT, {"initial_state": initial_state}) is None
+    secured, rewrites = secure_initial_state(DEFAULT, {"initial_state": initial_state})
+    assert rewrites == []
+    if isinstance(initial_state, list):
+        assert secured[: len(initial_state)] == initial_state
+
+
+# --- power levels in initial_state --------------------------------------------
+
+
+SEATED = ["@policy:hs.test", "@auditor:hs.test"]
+
+
+def test_power_levels_in_initial_state_seat_the_service_users() -> None:
+    """Synapse ignores power_level_content_override when initial_state has power levels."""
+    levels = state("m.room.power_levels", {"users": {"@a:hs.test": 100, "@policy:hs.test": 0}, "ban": 50})
+    secured, denial = retention.seat_in_initial_state([levels], "@a:hs.test", SEATED, creator_listed=True)
+    assert denial is None
+    assert secured == [
+        state(
+            "m.room.power_levels",
+            {"users": {"@a:hs.test": 100, "@policy:hs.test": 100, "@auditor:hs.test": 100}, "ban": 50},
+        )
+    ]
+
+
+def test_power_levels_in_initial_state_keep_the_creator_where_listed() -> None:
+    levels = state("m.room.power_levels", {})
+    listed, _ = retention.seat_in_initial_state([levels], "@a:hs.test", SEATED, creator_listed=True)
+    assert listed[0]["content"]["users"]["@a:hs.test"] == 100
+    unlisted, _ = retention.seat_in_initial_state([levels], "@a:hs.test", SEATED, creator_listed=False)
+    assert "@a:hs.test" not in unlisted[0]["content"]["users"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [{"redact": 101}, {"events": {"m.room.redaction": 200}}, {"events_default": 150}, {"redact": "50"}],
+)
+def test_power_levels_in_initial_state_that_keep_the_service_users_from_redacting_are_refused(
+    content: dict[str, Any],
+) -> None:
+    _, denial = retention.seat_in_initial_state(
+        [state("m.room.power_levels", content)], "@a:hs.test", SEATED, creator_listed=True
+    )
+    assert denial is not None
+    assert denial.rule == "retention.system_user_power"
+
+
+@pytest.mark.parametrize(
+    ("levels", "refused"),
+    [({}, False), ({"events_default": 100}, False), ({"events_default": 101}, True), ({"redact": 150}, True)],
+)
+def test_power_override_is_checked_like_power_levels(levels: dict[str, Any], refused: bool) -> None:
+    override = retention.power_override(
+        {"power_level_content_override": levels}, "@a:hs.test", SEATED, creator_listed=False
+    )
+    assert (retention.check_seated_power(override, SEATED) is not None) == refused
+
+
+def test_other_entries_are_not_power_levels() -> None:
+    entries = [
+        state("m.room.power_levels", {"redact": 500}, state_key="x"),
+        state("m.room.name", {"name": "n"}),
+    ]
+    secured, denial = retention.seat_in_initial_state(entries, "@a:hs.test", SEATED, creator_listed=True)
+    assert (secured, denial) == (entries, None)
+
+
+# --- properties: the whole input surface of createRoom ------------------------
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(config=CONFIGS, request_=REQUESTS)
+def test_the_creation_rules_never_raise_and_leave_a_safe_room(config: RoomsConfig, request_: dict) -> None:
+    problem = malformed_request(request_)
+    denial = check_room_creation(config, request_)
+    secured, rewrites = secure_initial_state(config, request_)
+    seated, power_denial = retention.seat_in_initial_state(secured, "@a:hs.test", SEATED, creator_listed=True)
+    if problem is not None or denial is not None:
+        return  # the module answers 400 or 403 before anything is created
+    assert secured_is_safe(secured, config)
+    assert all(isinstance(r.reason, str) and len(r.reason) < 400 for r in rewrites)
+    # a second pass changes nothing: what the rule leaves is within the policy
+    again, more = secure_initial_state(config, {"initial_state": secured})
+    assert (again, more) == (secured, [])
+    if power_denial is None:
+        assert secured_is_safe(seated, config)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    text=st.text(min_size=1000, max_size=5000),
+    event_type=st.sampled_from(POLICY_TYPES),
+)
+def test_huge_values_are_quoted_short(text: str, event_type: str) -> None:
+    content = {
+        "join_rule": text,
+        "guest_access": "can_join",
+        "history_visibility": "world_readable",
+        "algorithm": text,
+    }
+    _, rewrites = secure_initial_state(DEFAULT, {"initial_state": [state(event_type, content)]})
+    assert len(rewrites) == 1
+    assert len(rewrites[0].reason) < 300
+
+
+def test_a_deeply_nested_number_is_named_in_a_short_message() -> None:
+    content: Any = 0.5
+    for _ in range(200):
+        content = {"level": content}
+    problem = malformed_request({"initial_state": [state("m.room.name", content)]})
+    assert problem is not None
+    assert problem.startswith("initial_state[0].content['level']['level']")
+    assert len(problem) < 300
