@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 import yaml
@@ -434,6 +435,18 @@ class Homeserver:
         if status != 200:
             raise SynapseError(f"registering {localpart!r} failed: HTTP {status} {body}")
         return body.get("access_token", "")
+
+    def exempt_from_rate_limits(self, user_id: str, admin_token: str) -> None:
+        """Lift Synapse's message rate limit for a bot (the admin API's per-user override):
+        a dispatch flow of a card, an alert and a board edit must not wait for 429s."""
+        status, body = self.request(
+            "POST",
+            f"/_synapse/admin/v1/users/{quote(user_id, safe='')}/override_ratelimit",
+            {"messages_per_second": 0, "burst_count": 0},
+            token=admin_token,
+        )
+        if status != 200:
+            raise SynapseError(f"lifting the rate limit of {user_id} failed: HTTP {status} {body}")
 
     def enroll(self, localpart: str, device_id: str, label: str = "test device") -> None:
         """Enroll a device straight in the database (``police-policy devices bootstrap``)."""

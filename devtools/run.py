@@ -102,11 +102,12 @@ def _enroll_demo_devices(homeserver: Homeserver) -> None:
         homeserver.enroll(localpart, demo_device(localpart), label=f"make run: {role}")
 
 
-def _write_admin_token(homeserver: Homeserver, password: str) -> None:
+def _write_admin_token(homeserver: Homeserver, password: str) -> str:
     answer = homeserver.login("admin", password, demo_device("admin"))
     path = VAR / "admin-token"
     path.write_text(answer["access_token"])
     path.chmod(0o600)
+    return answer["access_token"]
 
 
 def _write_secret_files(directory: Path, secret_files: dict[str, str | None]) -> None:
@@ -220,7 +221,9 @@ def main() -> int:
             ):
                 created.append(localpart)
         _enroll_demo_devices(homeserver)
-        _write_admin_token(homeserver, passwords["admin"])
+        admin_token = _write_admin_token(homeserver, passwords["admin"])
+        for bot_user in (BOT, DISPATCH_BOT):
+            homeserver.exempt_from_rate_limits(homeserver.user_id(bot_user), admin_token)
         audit_lifetime = (dev_spec().module_config or {}).get("retention", {}).get("audit_lifetime", "90d")
         bot = _start_bot(_write_bot_config(homeserver, passwords[BOT], audit_lifetime))
         dispatch_bot = _start_bot(
