@@ -32,6 +32,11 @@ if [ "$purpose" = "test" ]; then
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         missing+=(nodejs npm)
     fi
+    # chromium: the browser tests drive Element Web in it through Playwright
+    # (tests/browser/; Playwright's own browser download is never used)
+    if [ ! -x /usr/bin/chromium ]; then
+        missing+=(chromium)
+    fi
     # docker-compose: validates docker-compose.yml without a Docker engine
     # (tests/unit/test_deployment_files.py runs `docker-compose config`)
     if ! command -v docker-compose >/dev/null 2>&1; then
