@@ -63,6 +63,41 @@ def auditor_config(
     }
 
 
+def dispatch_config(
+    hs: Homeserver, directory: Path, localpart: str, device_id: str, dispatcher: str, officer: str
+) -> dict[str, Any]:
+    """The dispatch bot's account and a minimal config: a new state key in ``directory``,
+    the control room ``#leitstelle``, one dispatcher and unit ``alpha`` with one officer."""
+    (directory / "state.key").write_text(os.urandom(32).hex())
+    return {
+        **bot_account(hs, directory, localpart, device_id, label="dispatch bot"),
+        "state_path": "state.sqlite",
+        "state_key_file": "state.key",
+        "control_rooms": [f"#leitstelle:{hs.server_name}"],
+        "roles": {"dispatcher": [dispatcher]},
+        "units": [{"name": "alpha", "call_sign": "Adler 1", "members": [officer]}],
+        "ack_deadline": "5m",
+    }
+
+
+@contextlib.contextmanager
+def both_bots(
+    dispatch: tuple[Path, dict[str, Any]], auditor: tuple[Path, dict[str, Any]], timeout: float
+) -> Iterator[dict[str, BotProcess]]:
+    """Both bots started from their (directory, config), stopped afterwards even on failure."""
+    processes: dict[str, BotProcess] = {}
+    for name, (directory, config), ready in (
+        ("dispatch", dispatch, "dispatch bot ready"),
+        ("auditor", auditor, "auditor bot ready"),
+    ):
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        processes[name] = BotProcess(f"bots.{name}", directory / f"{name}.yaml", directory / "bot.log", ready)
+    with stopped_afterwards(processes["dispatch"]), stopped_afterwards(processes["auditor"]):
+        for process in processes.values():
+            process.start(timeout=timeout)
+        yield processes
+
+
 class BotProcess:
     """One bot's process; ``ready`` is the log line that says it synced and handles events."""
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -41,12 +40,11 @@ from typing import Any
 import attrs
 import pytest
 import pytest_asyncio
-import yaml
 from PIL import Image, ImageDraw
 
 from devtools.homeserver import Homeserver
 from tests import media_corpus
-from tests.bots import REPO, BotProcess, auditor_config, bot_account, repo_env, stopped_afterwards
+from tests.bots import REPO, BotProcess, auditor_config, both_bots, dispatch_config, repo_env
 from tests.browser.conftest import CALL_REPORT
 from tests.browser.element import (
     CHROMIUM,
@@ -146,16 +144,7 @@ def bots(
     the auditor bot with the repository's media rules and the operator's token for quarantine."""
     dispatcher, officer = hs.user_id("dispatcher"), hs.user_id("officer")
     dispatch_dir = tmp_path_factory.mktemp("dispatch-bot")
-    (dispatch_dir / "state.key").write_text(os.urandom(32).hex())
-    dispatch = {
-        **bot_account(hs, dispatch_dir, DISPATCH_BOT, "DISPATCH-BOT", label="dispatch bot"),
-        "state_path": "state.sqlite",
-        "state_key_file": "state.key",
-        "control_rooms": [f"#leitstelle:{hs.server_name}"],
-        "roles": {"dispatcher": [dispatcher]},
-        "units": [{"name": "alpha", "call_sign": "Adler 1", "members": [officer]}],
-        "ack_deadline": "5m",
-    }
+    dispatch = dispatch_config(hs, dispatch_dir, DISPATCH_BOT, "DISPATCH-BOT", dispatcher, officer)
     auditor_dir = tmp_path_factory.mktemp("auditor-bot")
     (auditor_dir / "admin-token").write_text(operator_token)
     auditor = {
@@ -163,16 +152,7 @@ def bots(
         "policy_file": str(REPO / "config" / "police_policy.yaml"),
         "admin_token_file": "admin-token",
     }
-    processes: dict[str, BotProcess] = {}
-    for name, directory, config, ready in (
-        ("dispatch", dispatch_dir, dispatch, "dispatch bot ready"),
-        ("auditor", auditor_dir, auditor, "auditor bot ready"),
-    ):
-        (directory / f"{name}.yaml").write_text(yaml.safe_dump(config))
-        processes[name] = BotProcess(f"bots.{name}", directory / f"{name}.yaml", directory / "bot.log", ready)
-    with stopped_afterwards(processes["dispatch"]), stopped_afterwards(processes["auditor"]):
-        for process in processes.values():
-            process.start(timeout=WAIT / 1000)
+    with both_bots((dispatch_dir, dispatch), (auditor_dir, auditor), timeout=WAIT / 1000) as processes:
         yield processes
 
 

@@ -15,7 +15,6 @@ auditor bot archived nothing (test_strict_client.py shows a plain nio device fai
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from devtools.homeserver import Homeserver
-from tests.bots import BotProcess, auditor_config, bot_account, stopped_afterwards
+from tests.bots import BotProcess, auditor_config, both_bots, dispatch_config
 from tests.strict_client import Message, StrictClient, strict_login
 
 SERVER = "strictbots"
@@ -63,28 +61,12 @@ def bots(
     operator gives it, and nothing about cross-signing: that they do themselves."""
     users = {role: hs.user_id(localpart) for role, (localpart, _) in people.items()}
     dispatch_dir = tmp_path_factory.mktemp("dispatch-bot")
-    (dispatch_dir / "state.key").write_text(os.urandom(32).hex())
-    dispatch = {
-        **bot_account(hs, dispatch_dir, DISPATCH_BOT, "DISPATCH-BOT", label="dispatch bot"),
-        "state_path": "state.sqlite",
-        "state_key_file": "state.key",
-        "control_rooms": [f"#leitstelle:{hs.server_name}"],
-        "roles": {"dispatcher": [users["dispatcher"]]},
-        "units": [{"name": "alpha", "call_sign": "Adler 1", "members": [users["officer"]]}],
-        "ack_deadline": "5m",
-    }
+    dispatch = dispatch_config(
+        hs, dispatch_dir, DISPATCH_BOT, "DISPATCH-BOT", users["dispatcher"], users["officer"]
+    )
     auditor_dir = tmp_path_factory.mktemp("auditor-bot")
     auditor = auditor_config(hs, auditor_dir, AUDITOR_BOT, "AUDITOR-BOT", [users["revisor"]])
-    processes: dict[str, BotProcess] = {}
-    for name, directory, config, ready in (
-        ("dispatch", dispatch_dir, dispatch, "dispatch bot ready"),
-        ("auditor", auditor_dir, auditor, "auditor bot ready"),
-    ):
-        (directory / f"{name}.yaml").write_text(yaml.safe_dump(config))
-        processes[name] = BotProcess(f"bots.{name}", directory / f"{name}.yaml", directory / "bot.log", ready)
-    with stopped_afterwards(processes["dispatch"]), stopped_afterwards(processes["auditor"]):
-        for process in processes.values():
-            process.start(timeout=WAIT)
+    with both_bots((dispatch_dir, dispatch), (auditor_dir, auditor), timeout=WAIT) as processes:
         yield processes
 
 
