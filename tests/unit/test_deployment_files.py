@@ -357,6 +357,9 @@ def test_element_web_config_closes_what_the_policy_closes() -> None:
     assert config["branding"]["auth_footer_links"] == []
     assert (REPO_ROOT / "config" / "element-web" / config["branding"]["auth_header_logo_url"]).is_file()
     assert config["embedded_pages"]["login_for_welcome"] is True
+    # no public room or space offered in Element's create dialogs (the module refuses them)
+    assert defaults["UIFeature.allowCreatingPublicRooms"] is False
+    assert defaults["UIFeature.allowCreatingPublicSpaces"] is False
 
 
 # -- Element iOS ----------------------------------------------------------------------
