@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import sqlite3
 import subprocess
@@ -40,7 +39,7 @@ from bots.auditor.consultation_log import ConsultationLog
 from devtools.homeserver import Homeserver, free_port
 from devtools.postgres import PG_BIN, PostgresCluster
 from tests import media_corpus
-from tests.bots import REPO, BotProcess, bot_account, repo_env, stopped_afterwards
+from tests.bots import REPO, BotProcess, auditor_config, repo_env, stopped_afterwards
 from tests.e2ee import (
     create_room,
     download,
@@ -75,19 +74,11 @@ def running_bot(
 ) -> Iterator[tuple[BotProcess, dict[str, str], Path]]:
     """A bot's account, device and config; its archive in PostgreSQL when the session has a
     cluster (POLICE_TEST_POSTGRES=1), else in SQLite."""
-    account = bot_account(hs, tmp_path, BOT_LOCALPART, BOT_DEVICE, label="auditor bot")
     names = {"auditor": f"revisor-{uuid.uuid4().hex[:6]}"}
     if auditors > 1:
         names["auditor2"] = f"revisor-{uuid.uuid4().hex[:6]}"
-    (tmp_path / "archive.key").write_text(os.urandom(32).hex())
-    config = {
-        **account,
-        "archive_path": "archive.sqlite",
-        "archive_key_file": "archive.key",
-        "log_path": "consultations.sqlite",
-        "auditors": [hs.user_id(name) for name in names.values()],
-        "audit_lifetime": "90d",
-    }
+    auditor_ids = [hs.user_id(name) for name in names.values()]
+    config = {**auditor_config(hs, tmp_path, BOT_LOCALPART, BOT_DEVICE, auditor_ids), "audit_lifetime": "90d"}
     if postgres is not None:
         args = postgres.create_database(f"auditor_{uuid.uuid4().hex[:8]}")["args"]
         del config["archive_path"]
