@@ -11,7 +11,9 @@ settings are the ones ``config/workers/shared.yaml`` carries for the profile:
 ``run_background_tasks_on`` and ``worker_replication_secret``. Each process
 logs to its own file in the deployment's directory.
 
-Used by ``tests/integration/test_workers.py``.
+Used by ``tests/integration/test_workers.py``; ``NginxProxy`` also runs the
+default stack's edge (``config/nginx/edge.conf``) in
+``tests/integration/test_proxy_headers.py``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from devtools.homeserver import (
 GENERIC_WORKER_APP = "synapse.app.generic_worker"
 #: the routing of the compose file's workers profile
 NGINX_CONFIG = REPO_ROOT / "config" / "nginx" / "workers.conf"
+#: the edge of the default compose stack (one Synapse process)
+EDGE_NGINX_CONFIG = REPO_ROOT / "config" / "nginx" / "edge.conf"
 
 
 class RedisError(RuntimeError):
@@ -215,33 +219,63 @@ class NginxError(RuntimeError):
 
 
 class NginxProxy:
-    """nginx with ``config/nginx/workers.conf``, its upstream hosts (compose
-    service names) replaced by loopback ports, listening on 127.0.0.1:``port``."""
+    """nginx with a shipped config (``config/nginx/workers.conf`` unless told
+    otherwise), its upstream hosts (compose service names) replaced by
+    loopback ports, listening on 127.0.0.1:``port``.
 
-    def __init__(self, directory: Path, port: int, upstreams: dict[str, int]) -> None:
+    ``real_ip_from`` turns on the config's commented ``set_real_ip_from`` and
+    ``real_ip_header`` lines with that address, as docs/operator.md tells an
+    operator with a balancer in front to do.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        upstreams: dict[str, int],
+        *,
+        config: Path = NGINX_CONFIG,
+        real_ip_from: str | None = None,
+    ) -> None:
         self.directory = directory
         self.port = port
         self.upstreams = upstreams
+        self.config = config
+        self.real_ip_from = real_ip_from
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def write_config(self) -> Path:
-        text = NGINX_CONFIG.read_text()
+    def rendered(self) -> str:
+        """The shipped config with loopback upstreams and listen address."""
+        text = self.config.read_text()
         named = set(re.findall(r"^\s*server ([a-z0-9-]+):\d+;", text, re.M))
         if named != set(self.upstreams):
-            raise NginxError(f"{NGINX_CONFIG} names {sorted(named)}, expected {sorted(self.upstreams)}")
+            raise NginxError(f"{self.config} names {sorted(named)}, expected {sorted(self.upstreams)}")
         for host, port in self.upstreams.items():
             text = re.sub(
                 rf"^(\s*server ){re.escape(host)}:\d+;", rf"\g<1>127.0.0.1:{port};", text, flags=re.M
             )
         text, count = re.subn(r"^(\s*)listen \d+;", rf"\g<1>listen 127.0.0.1:{self.port};", text, flags=re.M)
         if count != 1:
-            raise NginxError(f"{NGINX_CONFIG}: expected one listen directive")
+            raise NginxError(f"{self.config}: expected one listen directive")
+        if self.real_ip_from is not None:
+            text, count = re.subn(
+                r"^(\s*)# (set_real_ip_from) \S+;\n\s*# (real_ip_header X-Forwarded-For;)$",
+                rf"\g<1>\g<2> {self.real_ip_from};\n\g<1>\g<3>",
+                text,
+                flags=re.M,
+            )
+            if count != 1:
+                raise NginxError(f"{self.config}: expected the commented real_ip lines of the balancer")
+        return text
+
+    def write_config(self) -> Path:
+        text = self.rendered()
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "workers.conf").write_text(text)
+        (self.directory / self.config.name).write_text(text)
         temp = self.directory / "temp"
         temp.mkdir(exist_ok=True)
         main = self.directory / "nginx.conf"
@@ -257,7 +291,7 @@ http {{
     fastcgi_temp_path {temp}/fastcgi;
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
-    include {self.directory / "workers.conf"};
+    include {self.directory / self.config.name};
 }}
 """
         )

@@ -3,7 +3,9 @@
 Part of the policy is carried by Synapse itself (federation whitelist, key
 servers, registration, retention purges, ...). ``find_problems`` reads a
 homeserver config as plain data and names every setting that would undo what
-the module promises, with the key and the fix.
+the module promises, with the key and the fix. ``find_warnings`` names settings
+that are right only if something outside the file is right too (the reverse
+proxy), so the operator checks that.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from synapse.config._base import Config, ConfigError
 from .config import PolicyConfig, normalise_server_name, parse_config
 
 MODULE_NAME = "synapse_police_policy.PolicePolicy"
+#: the operator guide's section on the hop Synapse trusts
+PROXY_GUIDE = 'docs/operator.md, "The reverse proxy: which address Synapse sees"'
 _DAY_MS = 86400 * 1000
 
 
@@ -342,3 +346,60 @@ def _check_upload_size(homeserver: Mapping[str, Any], policy: PolicyConfig, find
                 f"set it to {wanted}",
             )
         )
+
+
+def _module_index(homeserver: Mapping[str, Any]) -> int | None:
+    modules = homeserver.get("modules")
+    for index, entry in enumerate(modules if isinstance(modules, list) else []):
+        if isinstance(entry, Mapping) and entry.get("module") == MODULE_NAME:
+            return index
+    return None
+
+
+def _check_forwarded_listeners(homeserver: Mapping[str, Any], findings: list[Finding]) -> None:
+    """Synapse believes the left-most X-Forwarded-For entry on an
+    ``x_forwarded`` listener; the address-based login rules are then only as
+    good as the proxy that sets it, which this file cannot show."""
+    index = _module_index(homeserver)
+    if index is None:
+        return
+    try:
+        devices = parse_config(homeserver["modules"][index].get("config") or {}).devices
+    except ConfigError:
+        return  # find_problems reports the broken module config
+    prefix = f"modules[{index}].config.devices"
+    keys = [
+        f"{prefix}.{name}"
+        for name, networks in (
+            ("login_networks", devices.login_networks),
+            ("auto_approve_networks", devices.auto_approve_networks),
+        )
+        if networks
+    ]
+    if not keys:
+        return
+    for section in ("listeners", "worker_listeners"):
+        listeners = homeserver.get(section)
+        for number, listener in enumerate(listeners if isinstance(listeners, list) else []):
+            if not isinstance(listener, Mapping) or not listener.get("x_forwarded"):
+                continue
+            findings.append(
+                Finding(
+                    f"{section}[{number}].x_forwarded",
+                    f"true while {' and '.join(keys)} is set: Synapse takes a login's address from "
+                    "the left-most X-Forwarded-For entry, so a client that reaches this listener "
+                    "directly, or through a proxy that appends to its header "
+                    "($proxy_add_x_forwarded_for), logs in from whatever address it writes there",
+                    "let only the edge nginx reach this listener and have it overwrite the header "
+                    "(proxy_set_header X-Forwarded-For $remote_addr; as config/nginx/edge.conf does), "
+                    f"see {PROXY_GUIDE}",
+                )
+            )
+
+
+def find_warnings(homeserver: Mapping[str, Any]) -> list[Finding]:
+    """Settings that hold only with the right reverse proxy in front: print
+    them, but they do not make the file inconsistent."""
+    findings: list[Finding] = []
+    _check_forwarded_listeners(homeserver, findings)
+    return findings

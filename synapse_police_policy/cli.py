@@ -11,7 +11,7 @@ from synapse.config._base import ConfigError
 
 from . import devices_cli
 from .bootstrap import BootstrapError
-from .check_config import find_problems
+from .check_config import find_problems, find_warnings
 from .homeserver_file import HomeserverFileError, read_homeserver_config
 from .retention_status import retention_status
 
@@ -27,6 +27,8 @@ def check_config(path: Path) -> int:
     findings = find_problems(homeserver)
     for finding in findings:
         print(finding)
+    for warning in find_warnings(homeserver):  # true only with a proxy set up right: no exit status
+        print(f"warning: {warning}")
     if findings:
         print(f"{path}: {len(findings)} setting(s) contradict the police policy", file=sys.stderr)
         return EXIT_PROBLEMS

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from devtools.homeserver import HomeserverSpec, write_config
-from synapse_police_policy.check_config import MODULE_NAME, Finding, find_problems
+from synapse_police_policy.check_config import MODULE_NAME, Finding, find_problems, find_warnings
 
 MODULE_CONFIG: dict[str, Any] = {
     "federation": {"allowed_servers": ["Polizei-BY.example:8448", "other.test"]},
@@ -575,3 +575,79 @@ def test_max_upload_size_fix_admits_a_largest_size_that_is_not_whole_mebibytes(t
     finding = only_finding(config, "max_upload_size")
     config["max_upload_size"] = finding.fix.removeprefix("set it to ")
     assert find_problems(config) == []
+
+
+# --- x_forwarded and the address-based login rules (warnings) --------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def with_networks(homeserver: Homeserver, **devices: Any) -> Homeserver:
+    homeserver["modules"][0]["config"]["devices"] = devices
+    return homeserver
+
+
+def test_no_warning_for_the_written_config(homeserver: Homeserver) -> None:
+    assert find_warnings(homeserver) == []
+
+
+def test_x_forwarded_with_login_networks_warns_and_points_to_the_guide(homeserver: Homeserver) -> None:
+    with_networks(homeserver, login_networks=["10.99.0.0/16"])
+    homeserver["listeners"][0]["x_forwarded"] = True
+
+    [warning] = find_warnings(homeserver)
+
+    assert warning.key == "listeners[0].x_forwarded"
+    assert "modules[0].config.devices.login_networks is set" in warning.problem
+    assert "left-most X-Forwarded-For entry" in warning.problem
+    assert "$proxy_add_x_forwarded_for" in warning.problem
+    assert "proxy_set_header X-Forwarded-For $remote_addr" in warning.fix
+    assert 'docs/operator.md, "The reverse proxy: which address Synapse sees"' in warning.fix
+    # right with the right proxy in front: a warning, not a contradiction
+    assert find_problems(homeserver) == []
+
+
+def test_the_guide_has_the_section_the_warning_names() -> None:
+    guide = (REPO_ROOT / "docs" / "operator.md").read_text()
+    assert "\n## The reverse proxy: which address Synapse sees\n" in guide
+
+
+def test_x_forwarded_alone_or_login_networks_alone_is_quiet(homeserver: Homeserver) -> None:
+    homeserver["listeners"][0]["x_forwarded"] = True
+    assert find_warnings(homeserver) == []
+    homeserver["listeners"][0]["x_forwarded"] = False
+    with_networks(homeserver, login_networks=["10.99.0.0/16"])
+    assert find_warnings(homeserver) == []
+    del homeserver["listeners"][0]["x_forwarded"]
+    assert find_warnings(homeserver) == []
+
+
+def test_auto_approve_networks_warns_too(homeserver: Homeserver) -> None:
+    """An address in auto_approve_networks enrolls a new device on the password alone."""
+    with_networks(
+        homeserver, auto_approve_networks=["10.30.0.0/24"], auto_approve_users=["@leitstelle:hs.test"]
+    )
+    homeserver["listeners"][0]["x_forwarded"] = True
+    [warning] = find_warnings(homeserver)
+    assert "modules[0].config.devices.auto_approve_networks is set" in warning.problem
+
+
+def test_each_forwarded_listener_is_named(homeserver: Homeserver) -> None:
+    """The module's index and the listener's: the key paths the operator edits."""
+    homeserver["modules"].insert(0, {"module": "other.Module", "config": {}})
+    homeserver["modules"][1]["config"]["devices"] = {"login_networks": ["10.99.0.0/16"]}
+    homeserver["listeners"].append({"port": 8009, "type": "http", "x_forwarded": True})
+    # a worker's file, as a worker reads it
+    homeserver["worker_listeners"] = [{"port": 8010, "type": "http", "x_forwarded": True}]
+    warnings = find_warnings(homeserver)
+    assert keys(warnings) == ["listeners[1].x_forwarded", "worker_listeners[0].x_forwarded"]
+    assert all("modules[1].config.devices.login_networks" in w.problem for w in warnings)
+
+
+def test_no_warning_without_the_module_or_with_its_config_broken(homeserver: Homeserver) -> None:
+    homeserver["listeners"][0]["x_forwarded"] = True
+    with_networks(homeserver, login_networks=["10.99.0.0/16"], sweep_interval="often")
+    assert find_warnings(homeserver) == []  # find_problems names the broken config
+    assert "modules[0].config" in keys(find_problems(homeserver))
+    homeserver["modules"] = []
+    assert find_warnings(homeserver) == []

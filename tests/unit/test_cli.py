@@ -58,6 +58,21 @@ def test_consistent_file(homeserver_yaml: Path) -> None:
     assert result.stderr == ""
 
 
+def test_a_warning_is_printed_but_keeps_the_exit_status(homeserver_yaml: Path) -> None:
+    config = yaml.safe_load(homeserver_yaml.read_text(encoding="utf8"))
+    config["modules"][0]["config"]["devices"] = {"login_networks": ["10.99.0.0/16"]}
+    config["listeners"][0]["x_forwarded"] = True
+    rewrite(homeserver_yaml, config)
+
+    result = check_config(homeserver_yaml)
+
+    assert result.returncode == 0, result.stderr
+    [warning, summary] = result.stdout.splitlines()
+    assert warning.startswith("warning: listeners[0].x_forwarded: ")
+    assert FINDING_LINE.match(warning.removeprefix("warning: ")), warning
+    assert summary == f"{homeserver_yaml}: consistent with the police policy"
+
+
 def test_file_with_problems(homeserver_yaml: Path) -> None:
     rewrite(homeserver_yaml, {"url_preview_enabled": True}, remove=("trusted_key_servers",))
 

@@ -31,7 +31,10 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 HOMESERVER = REPO_ROOT / "config" / "homeserver.yaml"
 WORKERS_DIR = REPO_ROOT / "config" / "workers"
-BASE_SERVICES = {"postgres", "synapse", "element-web", "auditor-bot", "dispatch-bot"}
+NGINX_DIR = REPO_ROOT / "config" / "nginx"
+#: nginx service -> its config: each is the hop Synapse believes about client addresses
+NGINX_CONFIGS = {"edge": NGINX_DIR / "edge.conf", "nginx": NGINX_DIR / "workers.conf"}
+BASE_SERVICES = {"postgres", "synapse", "edge", "element-web", "auditor-bot", "dispatch-bot"}
 WORKER_SERVICES = {
     "redis",
     "generic-worker1",
@@ -199,9 +202,76 @@ def test_config_files_named_by_the_containers_exist(compose: dict[str, Any]) -> 
         worker = yaml.safe_load((WORKERS_DIR / f"{worker_name}.yaml").read_text())
         assert worker["worker_name"] == worker_name
         assert worker["worker_app"] == "synapse.app.generic_worker"
-    nginx = (REPO_ROOT / "config" / "nginx" / "workers.conf").read_text()
-    for host in re.findall(r"^\s*server ([a-z0-9-]+):\d+;", nginx, re.M):
-        assert host in services, f"nginx names {host}, which is no service"
+    for service, config in NGINX_CONFIGS.items():
+        nginx = config.read_text()
+        hosts = re.findall(r"^\s*server ([a-z0-9-]+):\d+;", nginx, re.M)
+        assert hosts, config
+        for host in hosts:
+            assert host in services, f"{config.name} names {host}, which is no service"
+        [mount] = [v for v in _volumes(services[service]) if v["target"] == "/etc/nginx/conf.d/default.conf"]
+        assert Path(mount["source"]).resolve() == config.resolve(), service
+
+
+# -- The reverse proxy -------------------------------------------------------------
+
+
+def _directives(config: Path) -> list[str]:
+    """The config's directives, comments and blank lines left out."""
+    lines = (line.split("#", 1)[0].strip() for line in config.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+@pytest.mark.parametrize("service", sorted(NGINX_CONFIGS))
+def test_every_nginx_config_overwrites_the_client_address(service: str) -> None:
+    """Synapse (x_forwarded: true) takes the left-most X-Forwarded-For entry:
+    the hop in front of it must set the header, not append to the client's.
+    The lines are the ones docs/operator.md shows; tests/integration/
+    test_proxy_headers.py runs each config in a real nginx."""
+    config = NGINX_CONFIGS[service]
+    directives = _directives(config)
+    assert not any("$proxy_add_x_forwarded_for" in line for line in directives), config
+    for line in (
+        "proxy_set_header X-Forwarded-For $remote_addr;",
+        "proxy_set_header X-Real-IP $remote_addr;",
+        "proxy_set_header X-Forwarded-Proto https;",
+        'proxy_set_header Forwarded "";',
+    ):
+        assert directives.count(line) == 1, f"{config.name}: {line}"
+    # Set once for the server: a location with its own proxy_set_header would
+    # drop these (nginx inherits them only into locations that set none).
+    assert sum(line.startswith("proxy_set_header") for line in directives) == 5, config
+    # The recipe for a balancer in front is there, commented out (no address to trust by default).
+    text = config.read_text()
+    assert re.search(r"^\s*# set_real_ip_from \S+;\n\s*# real_ip_header X-Forwarded-For;$", text, re.M)
+    assert not any(line.startswith(("set_real_ip_from", "real_ip_header")) for line in directives)
+    guide = (REPO_ROOT / "docs" / "operator.md").read_text()
+    for line in (
+        "proxy_set_header X-Forwarded-For $remote_addr;",
+        "set_real_ip_from",
+        "real_ip_header X-Forwarded-For;",
+    ):
+        assert line in guide, f"docs/operator.md does not show {line}"
+
+
+def test_only_nginx_publishes_synapse(compose: dict[str, Any]) -> None:
+    """The listener believes X-Forwarded-For, so no port of a Synapse process
+    is published; the TLS proxy connects to the edge (or the workers' nginx)."""
+    services = compose["services"]
+    homeserver = yaml.safe_load(HOMESERVER.read_text())
+    assert any(listener.get("x_forwarded") for listener in homeserver["listeners"])
+    for name, service in services.items():
+        if service.get("command", [None])[0] in ("main", "worker"):
+            assert not service.get("ports"), f"{name} publishes a port of Synapse"
+    assert {name for name, service in services.items() if service.get("ports")} == {
+        "edge",
+        "nginx",
+        "element-web",
+    }
+    # docker-compose 1.29 prints "127.0.0.1:8008:8080/tcp"; the edge listens on 8080 (edge.conf)
+    [edge] = services["edge"]["ports"]
+    target = edge["target"] if isinstance(edge, dict) else str(edge).rsplit(":", 1)[1].split("/")[0]
+    assert int(target) == 8080
+    assert "listen 8080;" in _directives(NGINX_CONFIGS["edge"])
 
 
 def test_secrets_are_not_committed() -> None:
