@@ -74,8 +74,10 @@ class PolicePolicy:
                     path=("auditor", "user_id"),
                 )
             self._seated.append(config.auditor.user_id)
-        #: service users never offered in user-directory searches ("Start chat")
-        self._hidden_from_directory = frozenset({*self._seated, *config.directory.hidden_users})
+        #: service users: never offered in user-directory searches ("Start chat"), and
+        #: listed in every new room's io.element.functional_members (left out of its name)
+        self._service_users = (*self._seated, *sorted(config.directory.hidden_users - set(self._seated)))
+        self._hidden_from_directory = frozenset(self._service_users)
         self._recently_denied: OrderedDict[str, None] = OrderedDict()
 
         api.register_third_party_rules_callbacks(
@@ -144,6 +146,8 @@ class PolicePolicy:
             if denial is None and entry["type"] == retention.RETENTION:
                 denial = retention.check_retention_change(retention_policy, entry["content"])
         initial_state, rewrites = rooms.secure_initial_state(self._config.rooms, request)
+        initial_state, listed = rooms.with_functional_members(initial_state, self._service_users)
+        rewrites += listed
         creator_listed = not creators_have_unlimited_power(self._api, request.get("room_version"))
         initial_state, power_denial = retention.seat_in_initial_state(
             initial_state, user, self._seated, creator_listed
@@ -173,7 +177,9 @@ class PolicePolicy:
                 return NOT_SPAM
             await self._deny_foreign_event(event, denial)
             return (Codes(denial.errcode), denial.error_fields())
-        denial = rooms.check_event(self._config.rooms, event.type, event.get_state_key(), event.content)
+        denial = rooms.check_event(
+            self._config.rooms, event.type, event.get_state_key(), event.content, self._service_users
+        )
         if denial is None:
             denial = await self._check_retention_state(event)
         if denial is None:

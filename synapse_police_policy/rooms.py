@@ -11,11 +11,16 @@ direct chat, and ``join_rule: restricted`` for a room in a space), so the
 creation request gets the policy's value instead and the change is logged
 (``Rewrite``). Only a room asked to be public is refused. Changes to an
 existing room's settings stay refused (``check_event``).
+
+Every new room also names the service users the policy seats in it
+(``io.element.functional_members``): Element leaves them out of the room's name,
+its avatar and direct-chat detection. That list may name service users only, so
+nobody can use it to hide a person (``check_functional_members``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -28,6 +33,9 @@ JOIN_RULES = "m.room.join_rules"
 GUEST_ACCESS = "m.room.guest_access"
 HISTORY_VISIBILITY = "m.room.history_visibility"
 POWER_LEVELS = "m.room.power_levels"
+#: Element's list of a room's service members (bots, bridges): left out of the room's
+#: name, avatar and direct-chat detection, still shown in the member list
+FUNCTIONAL_MEMBERS = "io.element.functional_members"
 
 #: Event types whose content is what users write: they must travel encrypted.
 #: (Reactions carry only an emoji key and stock clients send them in clear.)
@@ -80,9 +88,16 @@ def check_state(config: RoomsConfig, event_type: str, content: Mapping[str, Any]
 
 
 def check_event(
-    config: RoomsConfig, event_type: str, state_key: str | None, content: Mapping[str, Any]
+    config: RoomsConfig,
+    event_type: str,
+    state_key: str | None,
+    content: Mapping[str, Any],
+    service_users: Collection[str] = frozenset(),
 ) -> Denial | None:
-    """The rule for any event a local user sends into an existing room."""
+    """The rule for any event a local user sends into an existing room;
+    ``service_users`` are the users ``io.element.functional_members`` may list."""
+    if state_key is not None and event_type == FUNCTIONAL_MEMBERS:
+        return check_functional_members(service_users, content)
     if state_key is None:
         if config.refuse_unencrypted_messages and event_type in CONTENT_EVENT_TYPES:
             return Denial(
@@ -94,6 +109,54 @@ def check_event(
     if state_key == "":
         return check_state(config, event_type, content)
     return None
+
+
+def check_functional_members(service_users: Collection[str], content: Mapping[str, Any]) -> Denial | None:
+    """An ``io.element.functional_members`` event (any state key: Element reads the
+    first it finds) may list only the server's service users. Element leaves listed
+    members out of the room's name and treats a room as a direct chat when two
+    unlisted members remain: a member who listed themselves or a colleague would
+    read as absent to everyone else in the room."""
+    listed = content.get("service_members", [])
+    if not isinstance(listed, list) or not all(isinstance(user, str) for user in listed):
+        return Denial(
+            "rooms.functional_members",
+            f"{FUNCTIONAL_MEMBERS}: service_members must be a list of user IDs, got {quote(listed)}.",
+        )
+    others = [user for user in listed if user not in service_users]
+    if not others:
+        return None
+    return Denial(
+        "rooms.functional_members",
+        f"{FUNCTIONAL_MEMBERS} may list only this server's service users, not {quote(others[0])}: "
+        "Element leaves listed members out of the room's name, so a person listed there reads as absent.",
+    )
+
+
+def with_functional_members(
+    initial_state: Sequence[Any], service_users: Sequence[str]
+) -> tuple[list[Any], list[Rewrite]]:
+    """``initial_state`` with the module's ``io.element.functional_members`` (the
+    service users) in place of any the request carried (with any state key); an
+    entry that named someone else is logged as a ``Rewrite``."""
+    kept: list[Any] = []
+    rewrites: list[Rewrite] = []
+    for entry in initial_state:
+        if isinstance(entry, Mapping) and entry.get("type") == FUNCTIONAL_MEMBERS:
+            content = entry.get("content")
+            denial = check_functional_members(service_users, content if isinstance(content, Mapping) else {})
+            if denial is not None:
+                rewrites.append(
+                    Rewrite(denial.rule, f"{denial.reason} The room lists the service users instead.")
+                )
+            continue
+        kept.append(entry)
+    listed = {
+        "type": FUNCTIONAL_MEMBERS,
+        "state_key": "",
+        "content": {"service_members": list(service_users)},
+    }
+    return [*kept, listed], rewrites
 
 
 def policy_state(config: RoomsConfig) -> dict[str, tuple[str, str]]:

@@ -98,6 +98,7 @@ class AuditorBot:
             self.health,
             exports=self.exports,
             signing_key=self.signing_key,
+            zone=config.timezone,
         )
 
     def health(self) -> HealthStats:

@@ -28,13 +28,14 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..common.clock import day_of, day_start, moment, zone_name
 from .archive import Archive, ArchivedMessage, SearchHit, now_ms
 from .consultation_log import Action, ConsultationLog
 from .export import ExportRequest, build_export
@@ -476,12 +477,13 @@ class _LastSearch:
     offset: int
 
 
-def _day_ms(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+def _day_ms(day: date, zone: tzinfo) -> int:
+    """The first moment of ``day`` in ``zone`` (the auditor's days are local days)."""
+    return int(day_start(day, zone) * 1000)
 
 
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _when(ms: int, zone: tzinfo) -> str:
+    return moment(ms / 1000, zone, seconds=False)
 
 
 class CommandRunner:
@@ -498,6 +500,7 @@ class CommandRunner:
         *,
         exports: ExportStore | None = None,
         signing_key: Ed25519PrivateKey | None = None,
+        zone: tzinfo = UTC,
     ) -> None:
         self.archive = archive
         self.log = log
@@ -507,6 +510,8 @@ class CommandRunner:
         self.clock = clock
         self.exports = exports
         self.signing_key = signing_key
+        #: the zone of every time in the answers and of the days in !search and !export
+        self.zone = zone
         self._last: dict[str, _LastSearch] = {}
         #: approved exports whose bundle is being built (request IDs)
         self._building: set[str] = set()
@@ -547,7 +552,7 @@ class CommandRunner:
                     )
                 return Reply.text(command.message)
             case Help():
-                return Reply.text(HELP)
+                return Reply.text(f"{HELP}\nDays and times are in {zone_name(self.zone)}.")
             case Search():
                 return self._search(sender, command)
             case More():
@@ -573,8 +578,8 @@ class CommandRunner:
 
     def _search(self, auditor: str, search: Search) -> Reply:
         cutoff = self._retained_since()
-        cutoff_day = datetime.fromtimestamp(cutoff / 1000, tz=UTC).date()
-        until_ms = _day_ms(search.until + timedelta(days=1)) if search.until else None
+        cutoff_day = day_of(cutoff / 1000, self.zone)
+        until_ms = _day_ms(search.until + timedelta(days=1), self.zone) if search.until else None
         note = ""
         if until_ms is not None and until_ms <= cutoff:
             self.log.append(
@@ -587,13 +592,13 @@ class CommandRunner:
             )
             return Reply.text(
                 f"Not retained: messages up to {search.until} are past the audit lifetime "
-                f"(the archive keeps messages since {_when(cutoff)})."
+                f"(the archive keeps messages since {_when(cutoff, self.zone)})."
             )
         since_ms = cutoff
         if search.since is not None:
-            if _day_ms(search.since) < cutoff:
+            if _day_ms(search.since, self.zone) < cutoff:
                 note = f"Messages before {cutoff_day} are not retained.\n"
-            since_ms = max(cutoff, _day_ms(search.since))
+            since_ms = max(cutoff, _day_ms(search.since, self.zone))
         last = _LastSearch(search, since_ms, until_ms, 0)
         self._last[auditor] = last
         return self._page(auditor, last, note)
@@ -645,9 +650,9 @@ class CommandRunner:
         first = last.offset + 1
         head = f"{note}Results {first}-{last.offset + len(hits)} for {search.words!r} (ref {search.ref}):"
         tail = "Send !more for the next page." if more else "No more results."
-        lines = [_hit_line(hit) for hit in hits]
+        lines = [_hit_line(hit, self.zone) for hit in hits]
         body = "\n".join([head, *lines, tail])
-        items = "".join(f"<li>{_hit_html(hit)}</li>" for hit in hits)
+        items = "".join(f"<li>{_hit_html(hit, self.zone)}</li>" for hit in hits)
         formatted = f"<p>{html.escape(head)}</p><ol start='{first}'>{items}</ol><p>{html.escape(tail)}</p>"
         return Reply(body, formatted)
 
@@ -673,8 +678,8 @@ class CommandRunner:
         parts = []
         for item in context:
             mark = ">>" if item.event_id == show.event_id else "  "
-            lines.append(f"{mark} {_describe(item)}")
-            text = html.escape(_describe(item))
+            lines.append(f"{mark} {_describe(item, self.zone)}")
+            text = html.escape(_describe(item, self.zone))
             parts.append(f"<li><b>{text}</b></li>" if item.event_id == show.event_id else f"<li>{text}</li>")
         body = "\n".join(lines)
         return Reply(body, f"<p>{html.escape(lines[0])}</p><ul>{''.join(parts)}</ul>")
@@ -694,7 +699,8 @@ class CommandRunner:
             self._refuse(auditor, "exports are not set up", **parameters)
             return Reply.text("Exports are not set up on this bot.")
         cutoff = self._retained_since()
-        from_ms, to_ms = _day_ms(export.since), _day_ms(export.until + timedelta(days=1))
+        from_ms = _day_ms(export.since, self.zone)
+        to_ms = _day_ms(export.until + timedelta(days=1), self.zone)
         if to_ms <= cutoff:
             self.log.append(
                 auditor=auditor,
@@ -706,11 +712,11 @@ class CommandRunner:
             )
             return Reply.text(
                 f"Not retained: messages up to {export.until} are past the audit lifetime "
-                f"(the archive keeps messages since {_when(cutoff)})."
+                f"(the archive keeps messages since {_when(cutoff, self.zone)})."
             )
         note = ""
         if from_ms < cutoff:
-            cutoff_day = datetime.fromtimestamp(cutoff / 1000, tz=UTC).date()
+            cutoff_day = day_of(cutoff / 1000, self.zone)
             note = f" Messages before {cutoff_day} are not retained and will not be in it."
         request_id = self.exports.create(
             room_id=export.room_id,
@@ -802,6 +808,7 @@ class CommandRunner:
                 created_at_ms=now,
             ),
             self.signing_key,
+            zone=self.zone,
         )
         return BuiltExport(job=job, message_count=len(messages), bundle=bundle)
 
@@ -932,7 +939,7 @@ class CommandRunner:
         for entry in entries:
             ref = f" ref {entry.case_ref}" if entry.case_ref else ""
             lines.append(
-                f"#{entry.seq} {_when(entry.time_ms)} {entry.action}{ref} reason {entry.reason!r} "
+                f"#{entry.seq} {_when(entry.time_ms, self.zone)} {entry.action}{ref} reason {entry.reason!r} "
                 f"results {entry.result_count} {entry.query}"
             )
         return Reply.text("\n".join(lines))
@@ -940,7 +947,7 @@ class CommandRunner:
     def _health(self) -> Reply:
         stats = self.archive.stats()
         health = self.health()
-        oldest = _when(stats.oldest_ts) if stats.oldest_ts is not None else "-"
+        oldest = _when(stats.oldest_ts, self.zone) if stats.oldest_ts is not None else "-"
         waiting = stats.unenforced_violations
         unenforced = f" ({waiting} not yet enforced)" if waiting else ""
         lines = [
@@ -951,7 +958,7 @@ class CommandRunner:
             f"{health.undecryptable_seen} seen since start",
             _media_line(health),
             f"rooms: {stats.rooms}, oldest message: {oldest}",
-            f"running since {_when(health.started_at_ms)}",
+            f"running since {_when(health.started_at_ms, self.zone)}",
         ]
         return Reply.text("\n".join(lines))
 
@@ -966,32 +973,29 @@ def _media_line(health: HealthStats) -> str:
     return line + "quarantine: off (no admin_token_file: refused files are redacted, not quarantined)"
 
 
-def _describe(message: ArchivedMessage) -> str:
-    text = f"{_when(message.origin_server_ts)} {message.sender}: {message.body}"
+def _describe(message: ArchivedMessage, zone: tzinfo) -> str:
+    text = f"{_when(message.origin_server_ts, zone)} {message.sender}: {message.body}"
     if message.attachments:
         text += " [" + ", ".join(f"{a.name} ({a.mimetype}, {a.size} B)" for a in message.attachments) + "]"
     if message.redacted_at is not None:
-        text += f" (redacted by {message.redacted_by} at {_when_seconds(message.redacted_at)})"
+        text += f" (redacted by {message.redacted_by} at {moment(message.redacted_at / 1000, zone)})"
     if message.violation:
         text += f" (policy violation: {message.violation})"
     return text
 
 
-def _when_seconds(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _hit_line(hit: SearchHit) -> str:
+def _hit_line(hit: SearchHit, zone: tzinfo) -> str:
     m = hit.message
     redacted = " (redacted)" if m.redacted else ""
-    return f"- {_when(m.origin_server_ts)} {m.sender} in {m.room_id}{redacted}: {hit.snippet} [{m.event_id}]"
+    when = _when(m.origin_server_ts, zone)
+    return f"- {when} {m.sender} in {m.room_id}{redacted}: {hit.snippet} [{m.event_id}]"
 
 
-def _hit_html(hit: SearchHit) -> str:
+def _hit_html(hit: SearchHit, zone: tzinfo) -> str:
     m = hit.message
     redacted = " <i>(redacted)</i>" if m.redacted else ""
     return (
-        f"{html.escape(_when(m.origin_server_ts))} <b>{html.escape(m.sender)}</b> in "
+        f"{html.escape(_when(m.origin_server_ts, zone))} <b>{html.escape(m.sender)}</b> in "
         f"<code>{html.escape(m.room_id)}</code>{redacted}: {html.escape(hit.snippet)} "
         f"<code>{html.escape(m.event_id)}</code>"
     )

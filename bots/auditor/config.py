@@ -11,10 +11,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import attrs
 
 from ..common import config as common
+from ..common.clock import DEFAULT_ZONE, timezone_setting, zone
 from ..common.config import ACCOUNT_KEYS, USER_ID, Account, ConfigError, fail
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ KEYS = ACCOUNT_KEYS | {
     "metrics_port",
     "metrics_address",
     "purge_interval",
+    "timezone",
 }
 
 
@@ -70,6 +73,9 @@ class Config(Account):
     metrics_address: str = "127.0.0.1"
     #: seconds between archive purges
     purge_interval: int = 86_400
+    #: the zone of every time the bot prints and of the days in !search and !export (the
+    #: auditor reads local time; the host may run in UTC)
+    timezone: ZoneInfo = attrs.field(factory=lambda: zone(DEFAULT_ZONE))
 
     @property
     def audit_lifetime_ms(self) -> int:
@@ -161,6 +167,7 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         metrics_port=_port(raw.get("metrics_port"), "metrics_port"),
         metrics_address=common.string(raw, "metrics_address", required=False) or "127.0.0.1",
         purge_interval=parse_duration(raw.get("purge_interval", "1d"), "purge_interval"),
+        timezone=timezone_setting(raw),
     )
 
 

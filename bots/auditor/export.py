@@ -3,8 +3,9 @@
 A bundle is a zip file holding
 
 * ``messages.json``: the messages (without attachment bytes), oldest first;
-* ``messages.html``: the same for reading in a browser. Every value from a
-  message is HTML-escaped (bodies, names and IDs are hostile input), the page
+* ``messages.html``: the same for reading in a browser, its times in the
+  auditor bot's zone (``timezone``). Every value from a message is
+  HTML-escaped (bodies, names and IDs are hostile input), the page
   carries a Content-Security-Policy that forbids scripts, and attachments are
   named, not linked;
 * ``attachments/NNNNN-M-NAME``: the attachment bytes. NNNNN is the message's
@@ -40,7 +41,7 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ import attrs
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..common.clock import moment, zone_name
 
 logger = logging.getLogger(__name__)
 
@@ -153,14 +156,14 @@ def _safe_name(name: str) -> str:
     return safe or "attachment"
 
 
-def _iso(ms: int | None) -> str:
+def _local(ms: int | None, zone: tzinfo) -> str:
+    """A time for the reader of ``messages.html``: ``2025-07-01 08:02:24 CEST``."""
     if ms is None:
         return ""
     try:
-        moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+        return moment(ms / 1000, zone)
     except (TypeError, ValueError, OverflowError, OSError):
         return str(ms)  # not a plausible time (timestamps come from clients): shown as it is
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _message_json(message: Mapping[str, Any], attachment_files: Sequence[Mapping[str, Any]]) -> dict:
@@ -177,20 +180,21 @@ def _message_json(message: Mapping[str, Any], attachment_files: Sequence[Mapping
     }
 
 
-def _render_html(request: ExportRequest, messages: Sequence[Mapping[str, Any]]) -> str:
+def _render_html(request: ExportRequest, messages: Sequence[Mapping[str, Any]], zone: tzinfo) -> str:
     def esc(value: Any) -> str:
         return html.escape("" if value is None else str(value), quote=True)
 
     meta_rows = [
         ("Request", request.request_id),
         ("Room", request.room_id),
-        ("From", _iso(request.from_ms)),
-        ("To", _iso(request.to_ms)),
+        ("From", _local(request.from_ms, zone)),
+        ("To (excluded)", _local(request.to_ms, zone)),
         ("Case reference", request.case_ref),
         ("Reason", request.reason),
         ("Requested by", request.requested_by),
         ("Approved by", request.approved_by),
-        ("Created", _iso(request.created_at_ms)),
+        ("Created", _local(request.created_at_ms, zone)),
+        ("Times in", zone_name(zone)),
     ]
     parts = [
         "<!DOCTYPE html>",
@@ -206,12 +210,15 @@ def _render_html(request: ExportRequest, messages: Sequence[Mapping[str, Any]]) 
         *(f"<tr><th>{esc(label)}</th><td>{esc(value)}</td></tr>" for label, value in meta_rows),
         "</table>",
         f"<h2>Messages: {len(messages)}</h2>",
-        "<table><tr><th>Time (UTC)</th><th>Sender</th><th>Device</th><th>Message</th></tr>",
+        f"<table><tr><th>Time ({esc(zone_name(zone))})</th>"
+        "<th>Sender</th><th>Device</th><th>Message</th></tr>",
     ]
     for message in messages:
         cells = [f'<div class="body">{esc(message["body"])}</div>']
         if message["redacted_at"] is not None:
-            cells.append(f'<div class="redacted">Redacted at {esc(_iso(message["redacted_at"]))}</div>')
+            cells.append(
+                f'<div class="redacted">Redacted at {esc(_local(message["redacted_at"], zone))}</div>'
+            )
         if message.get("policy_violation"):
             cells.append(f'<div class="redacted">Policy violation: {esc(message["policy_violation"])}</div>')
         for attachment in message["attachments"]:
@@ -221,7 +228,7 @@ def _render_html(request: ExportRequest, messages: Sequence[Mapping[str, Any]]) 
             )
         cells.append(f"<div><small>{esc(message['event_id'])}</small></div>")
         parts.append(
-            f"<tr><td>{esc(_iso(message['origin_server_ts']))}</td><td>{esc(message['sender'])}</td>"
+            f"<tr><td>{esc(_local(message['origin_server_ts'], zone))}</td><td>{esc(message['sender'])}</td>"
             f"<td>{esc(message['device_id'])}</td><td>{''.join(cells)}</td></tr>"
         )
     parts += ["</table>", "</body></html>", ""]
@@ -229,13 +236,19 @@ def _render_html(request: ExportRequest, messages: Sequence[Mapping[str, Any]]) 
 
 
 def build_export(
-    messages: Iterable[Mapping[str, Any]], request: ExportRequest, signing_key: Ed25519PrivateKey
+    messages: Iterable[Mapping[str, Any]],
+    request: ExportRequest,
+    signing_key: Ed25519PrivateKey,
+    *,
+    zone: tzinfo = UTC,
 ) -> bytes:
     """The signed bundle for ``request`` as zip bytes.
 
     ``messages`` are archive records: event_id, room_id, sender, device_id,
     origin_server_ts, body, attachments ([{name, mimetype, data}]) and
-    redacted_at; they are sorted by origin_server_ts.
+    redacted_at; they are sorted by origin_server_ts. ``zone``: the zone of the
+    times people read (``messages.html``, the files' times in the zip); the
+    JSON files keep milliseconds since the epoch.
     """
     ordered = sorted(messages, key=lambda message: message["origin_server_ts"])
     files: dict[str, bytes] = {}
@@ -259,7 +272,7 @@ def build_export(
 
     files = {
         MESSAGES_JSON: (json.dumps(message_docs, ensure_ascii=False, indent=1) + "\n").encode("utf8"),
-        MESSAGES_HTML: _render_html(request, message_docs).encode("utf8"),
+        MESSAGES_HTML: _render_html(request, message_docs, zone).encode("utf8"),
         **files,
     }
     manifest = {
@@ -277,7 +290,8 @@ def build_export(
         "utf8"
     )
 
-    created = datetime.fromtimestamp(request.created_at_ms / 1000, tz=UTC)
+    # zip tools show an entry's time as it is (no zone): the auditor's local time
+    created = datetime.fromtimestamp(request.created_at_ms / 1000, tz=zone)
     date_time = (
         max(created.year, 1980),
         created.month,
@@ -305,9 +319,11 @@ def write_export(
     messages: Iterable[Mapping[str, Any]],
     request: ExportRequest,
     signing_key: Ed25519PrivateKey,
+    *,
+    zone: tzinfo = UTC,
 ) -> None:
     """Write the bundle to a new file, mode 0600 (it holds plaintext messages); never overwrites."""
-    data = build_export(messages, request, signing_key)
+    data = build_export(messages, request, signing_key, zone=zone)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(data)

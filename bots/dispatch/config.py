@@ -7,7 +7,6 @@ the settings every bot has are read by ``bots.common.config``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -18,8 +17,8 @@ from zoneinfo import ZoneInfo
 import attrs
 
 from ..common import config as common
+from ..common.clock import DEFAULT_ZONE, timezone_setting, zone
 from ..common.config import ACCOUNT_KEYS, USER_ID, Account, ConfigError, fail
-from .clock import DEFAULT_ZONE, zone
 
 _ROOM = re.compile(r"^[!#][^:\s]+:[A-Za-z0-9.\-:\[\]]+\Z")
 #: unit names are typed in commands: one word, not a number (numbers are incidents)
@@ -161,15 +160,6 @@ def _positive_int(raw: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
-def _timezone(raw: Mapping[str, Any]) -> ZoneInfo:
-    """A name the system's time zone database knows; a typo stops the bot rather than print wrong times."""
-    value = raw.get("timezone", DEFAULT_ZONE)
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return zone(value.strip())
-    raise fail("timezone", f"an IANA time zone such as {DEFAULT_ZONE!r}", value)
-
-
 def parse_config(raw: Any, base: Path | None = None) -> Config:
     """Check a parsed YAML document; relative paths are relative to ``base``."""
     base = base or Path.cwd()
@@ -204,7 +194,7 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         ack_deadline=parse_duration(raw.get("ack_deadline", "5m"), "ack_deadline"),
         ack_unit=_UNITS_S[ack_unit],
         max_alerts=_positive_int(raw, "max_alerts", 3),
-        timezone=_timezone(raw),
+        timezone=timezone_setting(raw),
     )
 
 

@@ -63,7 +63,7 @@ def unpack_element(directory: Path) -> Path:
 
 def write_config(webapp: Path, base_url: str, server_name: str) -> dict[str, Any]:
     """The project's Element config, pointed at the test homeserver, and the files beside it
-    that the deployment mounts next to it (the login page's logo)."""
+    that the deployment mounts next to it (the login page's logo, the home page)."""
     for extra in CONFIG.parent.iterdir():
         if extra.is_file() and extra.name != CONFIG.name and extra.suffix != ".md":
             shutil.copyfile(extra, webapp / extra.name)

@@ -6,14 +6,16 @@ The tests are the steps of one day, in order, on one browser tab; each asserts w
 screen shows and leaves a screenshot in the module's temporary directory:
 
 1. the first login is refused pending approval, and the screen says so;
-2. the operator approves the request; the login shows the room list, Element having
-   cross-signed its device (no dialog);
+2. the operator approves the request; the login shows the room list and the force's home page
+   (no "Explore Public Rooms"), Element having cross-signed its device (no dialog);
 3. the bot's invitation to the control room accepted, ``!help`` answered, decrypted, with no
    warning shield; then the dispatcher sets up recovery when Element suggests it;
 4. ``!incident new ...`` shows the incident card;
 5. ``!alert`` acknowledged by the officer's ✅: "all 1 acknowledged" and the board updated;
-6. "New room" and "Start chat" (a direct chat with the officer) create rooms; making a room
-   public in its settings is refused with the server's reason on screen;
+6. "New room" and "Start chat" (a direct chat with the officer) create rooms; the direct chat
+   is named after the officer, not after the service users the module seats in it, and "Start
+   chat" with the officer again opens it; making a room public in its settings is refused with
+   the server's reason on screen;
 7. a photo is shown; a program is removed by the auditor bot, which says why;
 8. shift change: sign out, log in again: the new browser session needs approval again, then
    "Confirm your identity" with the recovery key, and the history is readable.
@@ -117,7 +119,14 @@ def webapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def hs(webapp: Path, start_homeserver: Any) -> Homeserver:
-    return start_homeserver(SERVER, module_config={"auditor": {"user_id": f"@{AUDITOR_BOT}:{SERVER}.test"}})
+    """The module as deployed: the auditor bot seated, the dispatch bot a hidden service user."""
+    return start_homeserver(
+        SERVER,
+        module_config={
+            "auditor": {"user_id": f"@{AUDITOR_BOT}:{SERVER}.test"},
+            "directory": {"hidden_users": [f"@{DISPATCH_BOT}:{SERVER}.test"]},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +297,13 @@ def photo(path: Path) -> Path:
     return path
 
 
+async def start_chat_offers(day: Day) -> list[str]:
+    """What the open "Start chat" dialog lists under its headings ("Suggestions", "Recent
+    Conversations"), one entry per line."""
+    sections = day.page.locator(".mx_Dialog .mx_InviteDialog_section")
+    return [" | ".join(text.split("\n")) for text in await sections.all_inner_texts()]
+
+
 async def new_conversation(day: Day, item: str) -> None:
     """The room list's "New conversation" menu: "New room" or "Start chat"."""
     await day.screen.dismiss_hints()
@@ -302,6 +318,8 @@ async def test_first_login_is_refused_and_waits_for_approval(day: Day) -> None:
     screen = day.screen
     await screen.open_login(day.element_url)
     await screen.shot("login-page")
+    login_page = await day.page.locator("body").inner_text()
+    assert "Explore" not in login_page, login_page
     await screen.submit_login("dispatcher", day.passwords["dispatcher"])
     error = await screen.login_error()
     await screen.shot("first-login-refused")
@@ -349,6 +367,19 @@ async def test_operator_approves_and_the_login_shows_the_room_list(day: Day) -> 
     day.notes.append(f"dialogs when the room list appeared: {dialogs or 'none'}")
     await screen.room_list().get_by_role("option", name=re.compile("Control room")).wait_for(timeout=WAIT)
     await screen.shot("room-list")
+    # the force's home page (embedded_pages.home_url), without Element's "Explore Public Rooms"
+    home = day.page.locator(".mx_HomePage")
+    start_chat = home.get_by_role("link", name="Send a Direct Message")
+    await start_chat.wait_for(timeout=WAIT)
+    text = " ".join((await home.inner_text()).split())
+    day.notes.append(f"home page after login: {text}")
+    assert "Polizei Messenger" in text and "Create a Group Chat" in text, text
+    assert "Explore" not in text, text
+    await start_chat.click()
+    dialog = day.page.locator(".mx_Dialog").filter(has_text="Direct Messages")
+    await dialog.wait_for(timeout=WAIT)
+    await day.page.keyboard.press("Escape")
+    await dialog.wait_for(state="detached")
 
     # With exclude-insecure-devices on, Element cross-signs its device at the first login (no
     # dialog: it reuses the password for the upload); the bots only read cross-signed devices.
@@ -495,6 +526,10 @@ async def test_start_chat_with_the_officer(day: Day) -> None:
     officer_id = day.user_id("officer")
     await new_conversation(day, "Start chat")
     dialog = page.locator(".mx_Dialog").filter(has_text="Direct Messages")
+    await dialog.locator("input").first.wait_for()
+    await screen.shot("start-chat-dialog")
+    offered = await start_chat_offers(day)
+    day.notes.append(f"Start chat offers before any direct chat: {offered}")
     await dialog.locator("input").first.fill(officer_id)
     await dialog.get_by_text(officer_id, exact=True).click()
     await dialog.get_by_role("button", name="Go").click()
@@ -520,8 +555,41 @@ async def test_start_chat_with_the_officer(day: Day) -> None:
     )
     assert message.body == "Bitte bei der Leitstelle melden"
     assert message.shield is not None and message.shield.colour == "NONE", message.shield
-    name = await page.locator(".mx_RoomHeader_heading").inner_text()
+
+    # Once the service users have joined (in Element's own view of the room), Element still
+    # names the chat after the officer, not "Retention policy and 2 others"
+    service = [day.user_id("policy"), day.user_id(AUDITOR_BOT)]
+    await page.wait_for_function(
+        """([room, users]) => {
+            const joined = window.mxMatrixClientPeg.get()?.getRoom(room)?.getJoinedMembers() || [];
+            return users.every(user => joined.some(member => member.userId === user));
+        }""",
+        arg=[room, service],
+        timeout=WAIT,
+    )
+    heading = page.locator(".mx_RoomHeader_heading")
+    name = await heading.inner_text()
     day.notes.append(f"Element names the direct chat with the officer: {name}")
+    assert name.strip() == "officer", name
+    entry = screen.room_list().get_by_role("option", name=re.compile(r"^Open room officer\b"))
+    listed = await screen.room_list().get_by_role("option").all_inner_texts()
+    await screen.shot("direct-chat-named")
+    assert await entry.count() == 1, listed
+
+    # and it is the direct chat with the officer: "Start chat" again opens it, makes no other
+    await new_conversation(day, "Start chat")
+    dialog = page.locator(".mx_Dialog").filter(has_text="Direct Messages")
+    await dialog.locator("input").first.wait_for()
+    offered = await start_chat_offers(day)
+    day.notes.append(f"Start chat offers after the direct chat: {offered}")
+    await screen.shot("start-chat-dialog-again")
+    await dialog.locator("input").first.fill(officer_id)
+    await dialog.get_by_text(officer_id, exact=True).click()
+    await dialog.get_by_role("button", name="Go").click()
+    await dialog.wait_for(state="detached", timeout=WAIT)
+    await page.wait_for_function("room => location.hash.includes(room)", arg=room, timeout=WAIT)
+    assert (await heading.inner_text()).strip() == "officer"
+    await screen.wait_tile("Bitte bei der Leitstelle melden")
 
 
 async def test_making_a_room_public_is_refused_with_the_reason_on_screen(day: Day) -> None:

@@ -357,9 +357,10 @@ async def test_four_eyes_export_is_delivered_encrypted_and_verifies(export_hs, e
                 requester, dm_a, bot_id, '!search heron9canary ref:AZ-9 reason:"check"', lambda b: last in b
             )
 
-        # yesterday to today (UTC): safe when the test runs across midnight
+        # yesterday to tomorrow (UTC): today in the bot's zone (timezone) lies within, also
+        # when the test runs across midnight
         since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86_400))
-        day = time.strftime("%Y-%m-%d", time.gmtime())
+        day = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86_400))
         answer = await ask(
             requester,
             dm_a,

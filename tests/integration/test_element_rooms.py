@@ -294,6 +294,65 @@ def test_power_levels_that_keep_redactions_from_the_service_users_are_refused(se
     assert "must keep power level 100, and redacting must not need more" in body["error"]
 
 
+# --- the service users left out of room names ------------------------------------------
+
+FUNCTIONAL_MEMBERS = "io.element.functional_members"
+
+
+def put_state(hs: Homeserver, user: Account, room_id: str, event_type: str, state_key: str, content: dict):
+    path = f"/_matrix/client/v3/rooms/{quote(room_id)}/state/{event_type}/{quote(state_key)}"
+    return hs.request("PUT", path, content, token=user.token)
+
+
+def test_every_new_room_lists_the_service_users_for_element(server, officer, peer):
+    """Element leaves the listed members out of a room's name and direct-chat detection: a
+    direct chat reads as the peer's name, not "Retention policy and 2 others"."""
+    for request in (element.direct_chat(peer.user_id), element.new_room("Lage"), {}):
+        status, body = create(server, officer, request)
+        assert status == 200, body
+        state = room_state(server, officer, body["room_id"])
+        assert state[(FUNCTIONAL_MEMBERS, "")] == {"service_members": list(SERVICE_USERS)}
+
+
+def test_a_creation_request_cannot_list_a_person(server):
+    user = account(server, "hider")
+    before = rewrite_count(server, "rooms.functional_members")
+    listing = {"type": FUNCTIONAL_MEMBERS, "state_key": "", "content": {"service_members": [user.user_id]}}
+    status, body = create(server, user, {**element.new_room("Versteck"), "initial_state": [listing]})
+    assert status == 200, body
+    state = room_state(server, user, body["room_id"])
+    assert state[(FUNCTIONAL_MEMBERS, "")] == {"service_members": list(SERVICE_USERS)}
+    (entry,) = decisions_for(server, user.user_id, decision="rewrite")
+    assert entry["rule"] == "rooms.functional_members"
+    assert f"not '{user.user_id}'" in entry["reason"]
+    assert rewrite_count(server, "rooms.functional_members") == before + 1
+
+
+@pytest.mark.parametrize("state_key", ["", "hidden"], ids=["room_level", "another_state_key"])
+def test_a_member_cannot_hide_themselves_or_a_colleague_later(server, officer, peer, state_key):
+    """The room's creator has power 100, so only the policy stands between them and the event."""
+    status, body = create(server, officer, element.direct_chat(peer.user_id))
+    assert status == 200, body
+    room_id = body["room_id"]
+    before = denial_count(server, "rooms.functional_members")
+    for hidden in ([officer.user_id], [*SERVICE_USERS, peer.user_id]):
+        status, answer = put_state(
+            server, officer, room_id, FUNCTIONAL_MEMBERS, state_key, {"service_members": hidden}
+        )
+        assert status == 403, answer
+        assert answer["errcode"] == "M_FORBIDDEN"
+        assert "may list only this server's service users" in answer["error"]
+    assert denial_count(server, "rooms.functional_members") == before + 2
+    state = room_state(server, officer, room_id)
+    assert state[(FUNCTIONAL_MEMBERS, "")] == {"service_members": list(SERVICE_USERS)}
+    assert (FUNCTIONAL_MEMBERS, "hidden") not in state
+    # listing service users only stays possible (for a room made before the module listed them)
+    status, answer = put_state(
+        server, officer, room_id, FUNCTIONAL_MEMBERS, state_key, {"service_members": [SYSTEM_USER]}
+    )
+    assert status == 200, answer
+
+
 # --- the user directory ------------------------------------------------------------
 
 

@@ -427,6 +427,15 @@ def test_element_web_config_closes_what_the_policy_closes() -> None:
     assert config["branding"]["auth_footer_links"] == []
     assert (REPO_ROOT / "config" / "element-web" / config["branding"]["auth_header_logo_url"]).is_file()
     assert config["embedded_pages"]["login_for_welcome"] is True
+    # the home page after login is the force's, without Element's "Explore Public Rooms"
+    home = REPO_ROOT / "config" / "element-web" / config["embedded_pages"]["home_url"]
+    shown = re.sub(r"<!--.*?-->", "", home.read_text(), flags=re.DOTALL)
+    assert "#/dm" in shown and "Explore" not in shown
+    # each file config.json names is mounted beside it in the element-web container
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    mounts = {volume.split(":")[1] for volume in compose["services"]["element-web"]["volumes"]}
+    for name in (config["branding"]["auth_header_logo_url"], config["embedded_pages"]["home_url"]):
+        assert f"/app/{name}" in mounts, name
     # no public room or space offered in Element's create dialogs (the module refuses them)
     assert defaults["UIFeature.allowCreatingPublicRooms"] is False
     assert defaults["UIFeature.allowCreatingPublicSpaces"] is False
