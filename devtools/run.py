@@ -103,8 +103,21 @@ def _enroll_demo_devices(homeserver: Homeserver) -> None:
 
 
 def _write_admin_token(homeserver: Homeserver, password: str) -> str:
-    answer = homeserver.login("admin", password, demo_device("admin"))
+    """The admin's token of the last run while it works: an enrolled device is claimed
+    by its first login, so logging in on it again would be refused."""
     path = VAR / "admin-token"
+    if path.exists():
+        token = path.read_text().strip()
+        status, _ = homeserver.request("GET", "/_matrix/client/v3/account/whoami", token=token)
+        if status == 200:
+            return token
+    status, answer = homeserver.try_login("admin", password, demo_device("admin"))
+    if status != 200:
+        raise SystemExit(
+            f"make run: the admin could not log in on {demo_device('admin')} ({answer.get('error')}). "
+            f"Its token in {path} is gone but the device is still logged in: "
+            "delete var/ to start afresh (a new database)."
+        )
     path.write_text(answer["access_token"])
     path.chmod(0o600)
     return answer["access_token"]

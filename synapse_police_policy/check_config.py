@@ -90,7 +90,8 @@ def _check_federation(homeserver: Mapping[str, Any], policy: PolicyConfig, findi
         findings.append(
             Finding(
                 "federation_domain_whitelist",
-                "not set, so Synapse federates with any server",
+                "not set, so only the module keeps other servers out: Synapse's own check, "
+                "the defence in depth behind it, is off",
                 f"set it to [{wanted}] (the own server and federation.allowed_servers)",
             )
         )
@@ -115,7 +116,9 @@ def _check_federation(homeserver: Mapping[str, Any], policy: PolicyConfig, findi
         findings.append(
             Finding(
                 "federation_domain_whitelist",
-                "does not match federation.allowed_servers plus the own server (" + "; ".join(parts) + ")",
+                "does not match federation.allowed_servers plus the own server ("
+                + "; ".join(parts)
+                + "); it is Synapse's own check, the defence in depth behind the module's",
                 f"set it to [{wanted}]",
             )
         )
@@ -123,10 +126,10 @@ def _check_federation(homeserver: Mapping[str, Any], policy: PolicyConfig, findi
 
 def _check_key_servers(homeserver: Mapping[str, Any], policy: PolicyConfig, findings: list[Finding]) -> None:
     """Key notaries must be allowed peers, pinned to their keys. With peers
-    configured there must be some: behind the whitelist our server cannot ask
-    a foreign server for its keys, so without a peer vouching for them it
-    drops foreign members' joins unseen and the module cannot keep our users
-    out of a peer's room that a foreign user has joined."""
+    configured there must be some: our server never asks a foreign server for
+    its keys (the module refuses, as does the whitelist), so without a peer
+    vouching for them it drops foreign members' joins unseen and the module
+    cannot keep our users out of a peer's room that a foreign user has joined."""
     peers = policy.federation.allowed_servers
     fix = (
         f"list allowed peers ({', '.join(sorted(peers))}) with their verify_keys"

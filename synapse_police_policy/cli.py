@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,7 +59,16 @@ def show_retention_status(path: Path) -> int:
     return EXIT_OK
 
 
+def _tolerant_output() -> None:
+    """A file name that is not UTF-8 (argv carries it as surrogates) or a
+    terminal that is not UTF-8 must not end a command in a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_output()
     parser = argparse.ArgumentParser(prog="police-policy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser(

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 import attrs
@@ -59,11 +62,36 @@ class Denial:
         return SynapseError(self.http_status, self.reason, self.errcode)
 
 
+#: a denial given a ``throttle`` key is logged at most once per key in this many seconds
+THROTTLE_WINDOW_SECONDS = 60.0
+_THROTTLE_KEYS_KEPT = 10_000
+
+
+class _OncePerWindow:
+    """Which keys were seen within the window; bounded, oldest forgotten first."""
+
+    def __init__(self, window_seconds: float) -> None:
+        self._window = window_seconds
+        self._seen: OrderedDict[Hashable, float] = OrderedDict()
+
+    def first_in_window(self, key: Hashable) -> bool:
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen < self._window:
+            return False
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        if len(self._seen) > _THROTTLE_KEYS_KEPT:
+            self._seen.popitem(last=False)
+        return True
+
+
 class DecisionLog:
     """Writes denials to the decision logger and the denial counter."""
 
     def __init__(self, server_name: str) -> None:
         self._server_name = server_name
+        self._throttle = _OncePerWindow(THROTTLE_WINDOW_SECONDS)
 
     def deny(
         self,
@@ -74,10 +102,18 @@ class DecisionLog:
         room: str | None = None,
         event: str | None = None,
         media: str | None = None,
+        server: str | None = None,
+        throttle: Hashable | None = None,
     ) -> None:
         """``event``: the ID of the refused event, for denials about one event;
-        ``media``: the media ID (mxc server/ID) of a refused file."""
+        ``media``: the media ID (mxc server/ID) of a refused file; ``server``: the
+        other server of a refused federation request; ``throttle``: a
+        key (a device, a server) whose denials of this rule are counted every
+        time but logged once a minute, so that a client retrying in a loop
+        cannot flood the log."""
         DENIALS.labels(rule=denial.rule, server_name=self._server_name).inc()
+        if throttle is not None and not self._throttle.first_in_window((denial.rule, throttle)):
+            return
         entry = {
             "rule": denial.rule,
             "decision": "deny",
@@ -90,6 +126,8 @@ class DecisionLog:
             entry["event"] = event
         if media is not None:
             entry["media"] = media
+        if server is not None:
+            entry["server"] = server
         DECISION_LOGGER.info(json.dumps(entry, sort_keys=True))
 
     def rewrite(

@@ -61,7 +61,13 @@ class ImportResult:
     def to_json(self) -> dict[str, Any]:
         if self.error is None:
             return {"index": self.index, "ok": True, "created": self.created}
-        return {"index": self.index, "ok": False, "errcode": Codes.INVALID_PARAM, "error": str(self.error)}
+        return {
+            "index": self.index,
+            "ok": False,
+            "errcode": Codes.INVALID_PARAM,
+            "field": self.error.field,
+            "error": str(self.error),
+        }
 
 
 class DeviceEnrollment:
@@ -109,14 +115,17 @@ class DeviceEnrollment:
             record = await self._store.get(user_id, device_id)
             if record is not None and record.is_active(now):
                 self._remember_active(record)
-                return None
+                if not await self._store.device_in_use(user_id, device_id):
+                    return None  # the first login claims the device
+                pending = await self._store.record_pending(user_id, device_id, ip, user_agent, now)
+                return enrollment.device_in_use(user_id, device_id, pending.request_id)
             if record is not None:
                 # A revoked or expired phone gets no request an operator could
                 # approve by mistake: enrolling it again must be deliberate.
                 return enrollment.enrollment_ended(record)
         else:
             approval = await self._store.consume_approval(
-                user_id, ip, now, self._config.approval_window * 1000
+                user_id, ip, user_agent, now, self._config.approval_window * 1000
             )
             if approval is None and enrollment.auto_approves(
                 self._config.auto_approve_networks, self._config.auto_approve_users, user_id, ip
@@ -197,6 +206,39 @@ class DeviceEnrollment:
         self._log.deny(denial, user=event.sender, device=device_id, room=event.room_id)
         return denial
 
+    async def check_request(self, requester: Requester, path: str) -> Denial | None:
+        """Every authenticated client request: a device nobody enrolled may only log out.
+
+        Refused when the request comes, not when the sweep finds the device: until then
+        it could upload media, send to-device messages or change the profile."""
+        if requester.app_service_id is not None or enrollment.allowed_without_enrollment(path):
+            return None
+        user_id = requester.user.to_string()
+        if await self.is_active(user_id, requester.device_id):
+            return None
+        denial = enrollment.request_from_unenrolled_device(user_id, requester.device_id)
+        self._log.deny(
+            denial, user=user_id, device=requester.device_id, throttle=(user_id, requester.device_id)
+        )
+        return denial
+
+    async def check_device_keys(self, user_id: str, device_id: str, device_keys: Any) -> Denial | None:
+        """A key upload for a device: its identity keys are those it uploaded first."""
+        if not isinstance(device_keys, dict):
+            return None  # Synapse refuses malformed uploads itself
+        stored = await self._store.stored_device_keys(user_id, device_id)
+        if stored is None:
+            return None
+        denial = enrollment.check_identity_keys(
+            user_id,
+            device_id,
+            enrollment.identity_keys(stored, device_id),
+            enrollment.identity_keys(device_keys, device_id),
+        )
+        if denial is not None:
+            self._log.deny(denial, user=user_id, device=device_id)
+        return denial
+
     async def is_active(self, user_id: str, device_id: str | None) -> bool:
         if device_id is None:
             return False
@@ -258,8 +300,11 @@ class DeviceEnrollment:
         return record, created
 
     async def import_devices(self, actor: str, entries: list[Any]) -> list[ImportResult]:
-        """Enroll many at once: valid entries in one transaction, each bad one
-        reported by its index and left out."""
+        """Enroll many at once: each entry is judged on its own, so one bad row
+        of an MDM export holds up none of the others. Valid entries go in one
+        transaction; the rules leave the database nothing to refuse, so a bad
+        entry cannot fail the others there either. Each bad one is reported by
+        its index and field and left out."""
         now = now_ms()
         results: list[ImportResult] = []
         valid: list[tuple[str, str, str, int | None]] = []
@@ -309,6 +354,7 @@ class DeviceEnrollment:
         return record
 
     async def decide(self, actor: str, request_id: str, approve: bool) -> PendingLogin | None:
+        request_id = enrollment.validate_request_id(request_id)
         pending, record = await self._store.decide(request_id, approve, actor, now_ms())
         if pending is not None:
             self._log.record(
@@ -320,7 +366,24 @@ class DeviceEnrollment:
             )
         if record is not None:
             self._remember_active(record)
+        if approve and pending is not None and pending.device_id is not None:
+            await self._end_earlier_session(actor, pending)
         return pending
+
+    async def _end_earlier_session(self, actor: str, pending: PendingLogin) -> None:
+        """An approved login on a device that is in use (a wiped phone, a reinstalled
+        app): the earlier session and its keys go, so the next login claims the device."""
+        assert pending.device_id is not None
+        if not await self._store.device_in_use(pending.user_id, pending.device_id):
+            return
+        await delete_devices(self._api, pending.user_id, [pending.device_id])
+        self._log.record(
+            "end_earlier_session",
+            actor=actor,
+            user=pending.user_id,
+            device=pending.device_id,
+            request_id=pending.request_id,
+        )
 
     # -- sweep ------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,16 @@ import requests
 from tqdm import tqdm
 
 from .bootstrap import BootstrapError, enroll_directly
+from .enrollment import (
+    MAX_TIME_MS,
+    InvalidInput,
+    describe_character,
+    parse_whole_number,
+    unsafe_character,
+    validate_device_id,
+    validate_label,
+    validate_request_id,
+)
 from .homeserver_file import HomeserverFileError, read_homeserver_config
 
 API_PREFIX = "/_synapse/client/police/v1"
@@ -36,6 +47,9 @@ IMPORT_DEFAULT_BATCH = 500
 IMPORT_MAX_BATCH = 1000
 IMPORT_COLUMNS = ("user_id", "device_id", "label")
 PENDING_STATES = ("open", "approved", "rejected", "consumed", "expired", "all")
+ENROLLMENT_STATES = ("enrolled", "revoked", "expired", "all")
+#: combining marks kept after one base character; more would stack over other rows
+MAX_COMBINING = 2
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -53,6 +67,7 @@ exit codes: 0 ok, 1 the server refused (its errcode and error are printed),
 _DURATION = re.compile(r"^([1-9][0-9]*)([smhdw])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")
+_ENTRY_PREFIX = re.compile(r"^devices\[[0-9]+\]\.")
 
 JsonObject = dict[str, Any]
 
@@ -185,9 +200,12 @@ def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Targ
 def parse_expiry(text: str, now: datetime | None = None) -> int:
     """ms since the epoch from an ISO 8601 time (UTC unless it says otherwise) or a duration from now."""
     now = now or datetime.now(UTC)
-    duration = _DURATION.match(text.strip())
+    duration = _DURATION.fullmatch(text.strip())
     if duration:
-        when = now + timedelta(**{_DURATION_UNITS[duration.group(2)]: int(duration.group(1))})
+        try:
+            when = now + timedelta(**{_DURATION_UNITS[duration.group(2)]: int(duration.group(1))})
+        except (OverflowError, ValueError):
+            raise argparse.ArgumentTypeError(f"{text!r} ends after the year 9999") from None
     else:
         try:
             when = datetime.fromisoformat(text.strip())
@@ -200,54 +218,137 @@ def parse_expiry(text: str, now: datetime | None = None) -> int:
             when = when.replace(tzinfo=UTC)
     if when <= now:
         raise argparse.ArgumentTypeError(f"{text!r} is in the past")
-    return int(when.timestamp() * 1000)
+    ms = int(when.timestamp() * 1000)
+    if ms > MAX_TIME_MS:
+        raise argparse.ArgumentTypeError(f"{text!r} ends after the year 9999")
+    return ms
 
 
 def batch_size(text: str) -> int:
+    """Digits 0-9 only, the server's rule for numbers (``int`` would take "١٢" and " 5")."""
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= IMPORT_MAX_BATCH:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number from 1 to {IMPORT_MAX_BATCH}, got {text!r}"
-        )
-    return value
+        return parse_whole_number(text, "--batch-size", 1, IMPORT_MAX_BATCH)
+    except InvalidInput as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--batch-size: ")) from None
+
+
+def _argument(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse type from one of the server's rules: a bad value is a usage
+    error (exit 2) before anything is sent."""
+
+    def convert(text: str) -> str:
+        try:
+            return check(text)
+        except InvalidInput as error:
+            raise argparse.ArgumentTypeError(str(error).split(": ", 1)[1]) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+def _plain_id(text: str) -> str:
+    """A user ID as typed: the server checks its form; what cannot be shown is refused here."""
+    if not text:
+        raise InvalidInput("user_id", "empty")
+    bad = unsafe_character(text)
+    if bad is not None:
+        raise InvalidInput("user_id", f"contains {describe_character(bad)}; user IDs are plain text")
+    return text
+
+
+user_id_argument = _argument(_plain_id)
+device_id_argument = _argument(validate_device_id)
+label_argument = _argument(validate_label)
+request_id_argument = _argument(validate_request_id)
 
 
 # --- output -------------------------------------------------------------------------------------
 
 
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def printable(value: object, width: int = 0) -> str:
-    """Values such as user agents come from clients: escape control characters before a terminal sees them."""
+    """What the server returns came from clients (user agents) or from older
+    releases (labels): escape what could reorder, hide or overprint text, so
+    that no value can spoof a table: controls, line breaks, bidirectional and
+    other format characters, surrogates, and stacks of combining marks."""
     if value is None:
         return "-"
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(value))
-    if width and len(text) > width:
-        return text[: width - 1] + "…"
+    out: list[str] = []
+    combining = 0
+    for char in str(value):
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me"):
+            combining += 1
+            out.append(char if combining <= MAX_COMBINING and out else _escape(char))
+            continue
+        combining = 0
+        out.append(char if char.isprintable() and unsafe_character(char) is None else _escape(char))
+    text = "".join(out)
+    if width and display_width(text) > width:
+        kept, used = [], 0
+        for char in text:
+            used += _cells(char)
+            if used > width - 1:
+                break
+            kept.append(char)
+        return "".join(kept) + "…"
     return text
 
 
+def _cells(char: str) -> int:
+    return 0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
+def display_width(text: str) -> int:
+    """Terminal cells: wide (East Asian) characters take two, combining marks none."""
+    return sum(_cells(char) for char in text)
+
+
+def json_text(value: object) -> str:
+    """JSON for a terminal: the same escaping as ``printable``, as JSON escapes
+    (non-printable characters appear only inside strings, so it stays valid JSON)."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return "".join(
+        char
+        if char == "\n" or (char.isprintable() and unsafe_character(char) is None)
+        else "".join(f"\\u{unit:04x}" for unit in _utf16_units(char))
+        for char in text
+    )
+
+
+def _utf16_units(char: str) -> list[int]:
+    raw = char.encode("utf-16-be", "surrogatepass")
+    return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+
+
 def timestamp(ms: object) -> str:
+    """A time the server sent; anything that is not one is shown as it came."""
     if ms is None:
         return "-"
-    if not isinstance(ms, int | float):
-        return printable(ms)
+    if not isinstance(ms, int) or isinstance(ms, bool) or not 0 <= ms <= MAX_TIME_MS:
+        return printable(ms, width=24)
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     rows = list(rows)
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    widths = [max(display_width(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
     lines = [headers, *rows]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        "  ".join(
+            cell + " " * (width - display_width(cell)) for cell, width in zip(line, widths, strict=True)
+        ).rstrip()
         for line in lines
     )
 
 
 def warn(message: str) -> None:
-    print(f"police-policy devices: {message}", file=sys.stderr)
+    """Every message line is escaped: many quote the server or the input file."""
+    for line in message.splitlines() or [""]:
+        print(f"police-policy devices: {printable(line)}", file=sys.stderr)
 
 
 def enrollment_row(enrollment: JsonObject) -> list[str]:
@@ -275,7 +376,7 @@ def pending_row(pending: JsonObject) -> list[str]:
 
 
 def dump_json(value: object) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(json_text(value))
 
 
 # --- subcommands --------------------------------------------------------------------------------
@@ -388,7 +489,15 @@ class ImportRow:
     def problem(self) -> str | None:
         """Rows the server would reject anyway are reported without a round trip."""
         empty = [name for name in ("user_id", "device_id") if not getattr(self, name)]
-        return f"{' and '.join(empty)} empty" if empty else None
+        if empty:
+            return f"{' and '.join(empty)} empty"
+        try:
+            _plain_id(self.user_id)
+            validate_device_id(self.device_id)
+            validate_label(self.label)
+        except InvalidInput as error:
+            return str(error)
+        return None
 
     def entry(self) -> JsonObject:
         # An empty label is left out so that re-running a file does not wipe labels set elsewhere.
@@ -459,8 +568,8 @@ class ImportTally:
 
     def fail(self, row: ImportRow, error: str) -> None:
         self.failed += 1
-        ids = " ".join(printable(value) if value else '""' for value in (row.user_id, row.device_id))
-        tqdm.write(f"{self.name}:{row.line}: {ids}: {printable(error)}", file=sys.stdout)
+        ids = " ".join(value or '""' for value in (row.user_id, row.device_id))
+        tqdm.write(printable(f"{self.name}:{row.line}: {ids}: {error}"), file=sys.stdout)
 
     def record(self, row: ImportRow, result: JsonObject) -> None:
         if result.get("ok") is True:
@@ -469,7 +578,9 @@ class ImportTally:
             else:
                 self.existing += 1
         else:
-            self.fail(row, f"{result.get('errcode', 'M_UNKNOWN')}: {result.get('error', '')}")
+            # "devices[3].label: ..." names the entry in the batch; the line says which row it is.
+            error = _ENTRY_PREFIX.sub("", str(result.get("error", "")), count=1)
+            self.fail(row, f"{result.get('errcode', 'M_UNKNOWN')}: {error}")
 
     def summary(self) -> str:
         return f"{self.created} enrolled (new), {self.existing} already enrolled, {self.failed} failed"
@@ -578,9 +689,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     shared = [_connection_options(with_defaults=False)]
 
     enroll = sub.add_parser("enroll", parents=shared, help="enroll a device (or update its label/expiry)")
-    enroll.add_argument("user_id", metavar="USER_ID")
-    enroll.add_argument("device_id", metavar="DEVICE_ID")
-    enroll.add_argument("--label", help="free text shown in lists, e.g. the phone's inventory number")
+    enroll.add_argument("user_id", type=user_id_argument, metavar="USER_ID")
+    enroll.add_argument("device_id", type=device_id_argument, metavar="DEVICE_ID")
+    enroll.add_argument(
+        "--label",
+        type=label_argument,
+        help="one line of text shown in lists, e.g. the phone's inventory number",
+    )
     enroll.add_argument(
         "--expires",
         type=parse_expiry,
@@ -591,14 +706,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke = sub.add_parser(
         "revoke", parents=shared, help="revoke an enrollment; the server deletes the device"
     )
-    revoke.add_argument("user_id", metavar="USER_ID")
-    revoke.add_argument("device_id", metavar="DEVICE_ID")
+    revoke.add_argument("user_id", type=user_id_argument, metavar="USER_ID")
+    revoke.add_argument("device_id", type=device_id_argument, metavar="DEVICE_ID")
 
     listing = sub.add_parser("list", parents=shared, help="list enrollments (all pages)")
-    listing.add_argument("--user", metavar="USER_ID", help="only this user's devices")
-    listing.add_argument(
-        "--state", metavar="STATE", help="enrolled, revoked or expired (default: the server's)"
-    )
+    listing.add_argument("--user", type=user_id_argument, metavar="USER_ID", help="only this user's devices")
+    listing.add_argument("--state", choices=ENROLLMENT_STATES, help="default: all")
     listing.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
 
     pending = sub.add_parser("pending", parents=shared, help="list device requests awaiting a decision")
@@ -607,7 +720,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     for decision in ("approve", "reject"):
         decide_parser = sub.add_parser(decision, parents=shared, help=f"{decision} a pending device request")
-        decide_parser.add_argument("request_id", metavar="REQUEST_ID")
+        decide_parser.add_argument("request_id", type=request_id_argument, metavar="REQUEST_ID")
 
     importing = sub.add_parser(
         "import", parents=shared, help="enroll the devices listed in a CSV file (safe to re-run)"
@@ -632,9 +745,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "then log in with that device ID.",
     )
     bootstrap.add_argument("-c", "--config", type=Path, required=True, metavar="HOMESERVER_YAML")
-    bootstrap.add_argument("user_id", metavar="USER_ID")
-    bootstrap.add_argument("device_id", metavar="DEVICE_ID")
-    bootstrap.add_argument("--label", default="", help="e.g. 'ops workstation' or 'auditor bot'")
+    bootstrap.add_argument("user_id", type=user_id_argument, metavar="USER_ID")
+    bootstrap.add_argument("device_id", type=device_id_argument, metavar="DEVICE_ID")
+    bootstrap.add_argument(
+        "--label", type=label_argument, default="", help="e.g. 'ops workstation' or 'auditor bot'"
+    )
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
@@ -651,8 +766,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
             warn(line)
         return EXIT_USAGE
     except (Unreachable, BadResponse) as error:
-        warn(str(error))
+        warn(printable(str(error)))
         return EXIT_USAGE
     except ApiError as error:
-        warn(printable(str(error)))
+        warn(printable(str(error)))  # one line, whatever the server put in it
         return EXIT_REFUSED

@@ -35,12 +35,28 @@ PENDING_STATES = frozenset({OPEN, APPROVED, REJECTED, CONSUMED, EXPIRED})
 #: Synapse refuses longer device IDs at login; the registry does the same.
 MAX_DEVICE_ID_LENGTH = 512
 MAX_LABEL_LENGTH = 256
+#: Synapse's own limit (``synapse.api.constants.MAX_USERID_LENGTH``).
+MAX_USER_ID_LENGTH = 255
+#: The latest time the module takes, 9999-12-31T23:59:59.999Z: it fits a
+#: signed 64-bit column and every tool can print it. Values past it are
+#: nearly always micro- or nanoseconds sent where milliseconds belong.
+MAX_TIME_MS = 253_402_300_799_999
+#: the identity keys a device uploads once (``<algorithm>:<device_id>``)
+IDENTITY_KEY_ALGORITHMS = ("ed25519", "curve25519")
 #: An open login request nobody decided on lapses after a day.
 PENDING_OPEN_LIFETIME_MS = 24 * 3600 * 1000
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:(.+)$")
-#: Unicode categories a one-line label must not contain (non-breaking spaces are fine)
-_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+#: Unicode categories no label or ID may contain: controls and line breaks,
+#: format characters (bidirectional overrides and isolates, zero-width
+#: characters), lone surrogates, private-use and unassigned code points.
+#: Each can reorder, hide or fake what an operator's terminal shows.
+#: Non-breaking and other spaces (Zs) are fine in labels.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+#: ASCII digits only: ``str.isdigit`` and ``int`` also take "²" or "١٢".
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_LOGOUT_PATH = re.compile(r"/_matrix/client/(?:r0|v3)/logout(?:/all)?")
 _REQUEST_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+_REQUEST_ID = re.compile(r"[A-Z0-9]{4}-[A-Z0-9]{4}")
 #: The token of a login link: 32 random bytes, URL-safe base64 without padding.
 _LINK_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 #: ``limit_type`` of the awaiting-approval answer. Element Web has sentences
@@ -118,10 +134,41 @@ def is_link_token(value: str) -> bool:
     return _LINK_TOKEN.fullmatch(value) is not None
 
 
+def unsafe_character(text: str) -> str | None:
+    """The first character of ``text`` in ``UNSAFE_CATEGORIES``, if any."""
+    for char in text:
+        if unicodedata.category(char) in UNSAFE_CATEGORIES:
+            return char
+    return None
+
+
+def describe_character(char: str) -> str:
+    """``U+202E (RIGHT-TO-LEFT OVERRIDE)``: names a character an error cannot show."""
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+
+
+def _number(value: int) -> str:
+    """A client's number for a message; a huge one is described, not printed."""
+    return str(value) if value.bit_length() <= 128 else f"a number of {value.bit_length()} bits"
+
+
+def parse_whole_number(text: str, field: str, minimum: int, maximum: int) -> int:
+    """The one contract for a number written as text (query parameters, CLI
+    options): ASCII digits only, no sign, no spaces, within the bounds."""
+    if _DIGITS.fullmatch(text) is None or not minimum <= int(text) <= maximum:
+        raise InvalidInput(
+            field, f"expected a whole number from {minimum} to {maximum} (digits 0-9 only), got {quote(text)}"
+        )
+    return int(text)
+
+
 def validate_user_id(value: Any, server_name: str, field: str = "user_id") -> str:
     """A user ID of this server (only local users have devices here)."""
     if not isinstance(value, str) or not value:
         raise InvalidInput(field, f"expected a user ID such as '@officer:{server_name}', got {quote(value)}")
+    if len(value) > MAX_USER_ID_LENGTH:
+        raise InvalidInput(field, f"longer than {MAX_USER_ID_LENGTH} characters")
     match = _USER_ID.fullmatch(value)
     if match is None:
         raise InvalidInput(
@@ -141,9 +188,24 @@ def validate_device_id(value: Any, field: str = "device_id") -> str:
         raise InvalidInput(field, f"expected a non-empty device ID, got {quote(value)}")
     if len(value) > MAX_DEVICE_ID_LENGTH:
         raise InvalidInput(field, f"longer than {MAX_DEVICE_ID_LENGTH} characters")
-    if any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise InvalidInput(field, f"{quote(value)} contains whitespace or control characters")
+    # Not printable: every category of UNSAFE_CATEGORIES, and spaces but " ".
+    bad = next((char for char in value if char.isspace() or not char.isprintable()), None)
+    if bad is not None:
+        raise InvalidInput(
+            field,
+            f"{quote(value)} contains whitespace or control characters ({describe_character(bad)}); "
+            "formatting characters such as bidirectional overrides are not allowed either",
+        )
     return value
+
+
+def validate_request_id(value: Any, field: str = "request_id") -> str:
+    """A login request ID as read over the phone; lower case is taken too."""
+    if not isinstance(value, str) or _REQUEST_ID.fullmatch(value.upper()) is None:
+        raise InvalidInput(
+            field, f"expected a login request ID such as K7Q2-M9XD (see 'pending'), got {quote(value)}"
+        )
+    return value.upper()
 
 
 def validate_label(value: Any, field: str = "label") -> str:
@@ -153,8 +215,13 @@ def validate_label(value: Any, field: str = "label") -> str:
         raise InvalidInput(field, f"expected a string such as an MDM asset number, got {quote(value)}")
     if len(value) > MAX_LABEL_LENGTH:
         raise InvalidInput(field, f"longer than {MAX_LABEL_LENGTH} characters")
-    if any(unicodedata.category(ch) in _LINE_BREAKING for ch in value):
-        raise InvalidInput(field, "contains control characters or line breaks")
+    bad = unsafe_character(value)
+    if bad is not None:
+        raise InvalidInput(
+            field,
+            f"contains {describe_character(bad)}; a label is one line of plain text, without control "
+            "characters, line breaks or formatting characters (such as bidirectional overrides)",
+        )
     return value
 
 
@@ -164,7 +231,13 @@ def validate_expiry(value: Any, now_ms: int, field: str = "expires_at") -> int |
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidInput(field, f"expected milliseconds since the epoch (an integer), got {quote(value)}")
     if value <= now_ms:
-        raise InvalidInput(field, f"{value} is not in the future (now is {now_ms})")
+        raise InvalidInput(field, f"{_number(value)} is not in the future (now is {now_ms})")
+    if value > MAX_TIME_MS:
+        raise InvalidInput(
+            field,
+            f"{_number(value)} is out of range: expected milliseconds since the epoch from now ({now_ms}) "
+            f"to {MAX_TIME_MS} (9999-12-31T23:59:59.999Z); is it in micro- or nanoseconds?",
+        )
     return value
 
 
@@ -179,10 +252,17 @@ def parse_enrollment_body(
     known = {"label", "expires_at"} | also
     unknown = sorted(str(key) for key in body if key not in known)
     if unknown:
-        raise InvalidInput(f"{prefix}{unknown[0]}", f"unknown field; expected {', '.join(sorted(known))}")
+        raise InvalidInput(
+            f"{prefix}{field_name(unknown[0])}", f"unknown field; expected {', '.join(sorted(known))}"
+        )
     label = validate_label(body.get("label"), f"{prefix}label")
     expires_at = validate_expiry(body.get("expires_at"), now_ms, f"{prefix}expires_at")
     return label, expires_at
+
+
+def field_name(name: str) -> str:
+    """A client's field name as it can appear in an error: quoted unless plain."""
+    return name if re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name) else quote(name)
 
 
 def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -258,6 +338,64 @@ def login_awaits_approval(user_id: str, request_id: str, link: str) -> AwaitingA
     denial = device_not_enrolled(user_id, None, request_id)
     return AwaitingApproval(
         rule=denial.rule, reason=denial.reason, errcode=Codes.RESOURCE_LIMIT_EXCEEDED, link=link
+    )
+
+
+def device_in_use(user_id: str, device_id: str, request_id: str) -> Denial:
+    """A login naming an enrolled device that is logged in (or holds keys) already.
+
+    Device IDs are public (every ``/keys/query`` lists them): naming one proves
+    nothing, so the device's first login claims it until it logs out."""
+    return Denial(
+        rule="devices.in_use",
+        reason=f"Login refused: device {quote(device_id)} of {user_id} is already logged in elsewhere, and "
+        "an enrolled device is claimed by its first login. If the phone was wiped or the app "
+        f"reinstalled, an operator can approve login request {request_id}; that ends the earlier "
+        "session, then log in again.",
+    )
+
+
+def identity_keys(device_keys: Mapping[str, Any], device_id: str) -> dict[str, str]:
+    """The identity keys (``ed25519``, ``curve25519``) of a ``device_keys`` object;
+    malformed parts are left out (Synapse validated the upload's shape)."""
+    keys = device_keys.get("keys")
+    if not isinstance(keys, Mapping):
+        return {}
+    found = {}
+    for algorithm in IDENTITY_KEY_ALGORITHMS:
+        value = keys.get(f"{algorithm}:{device_id}")
+        if isinstance(value, str):
+            found[algorithm] = value
+    return found
+
+
+def check_identity_keys(
+    user_id: str, device_id: str, stored: Mapping[str, str], uploaded: Mapping[str, str]
+) -> Denial | None:
+    """A device keeps the identity keys it uploaded first: whoever replaces them
+    (a second login on a public device ID) would receive what others encrypt to it."""
+    if not stored or dict(stored) == dict(uploaded):
+        return None
+    return Denial(
+        rule="devices.identity_keys_changed",
+        reason=f"Key upload refused: device {quote(device_id)} of {user_id} already has identity keys, "
+        "and they cannot be replaced. A reinstalled app needs a new login: log out, or ask an operator "
+        "to re-enroll the device.",
+    )
+
+
+def allowed_without_enrollment(path: str) -> bool:
+    """The only client requests a device nobody enrolled may make: logging out."""
+    return _LOGOUT_PATH.fullmatch(path) is not None
+
+
+def request_from_unenrolled_device(user_id: str, device_id: str | None) -> Denial:
+    """Any client request but a logout, with a token of a device nobody enrolled."""
+    device = f"device {quote(device_id)}" if device_id is not None else "an access token without a device"
+    return Denial(
+        rule="devices.request_from_unenrolled_device",
+        reason=f"Refused: {device} of {user_id} is not enrolled, and such a device can only log out. "
+        "Log in on an MDM-enrolled device.",
     )
 
 

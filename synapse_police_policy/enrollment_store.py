@@ -1,12 +1,15 @@
 """The enrollment registry and the pending logins, in Synapse's database.
 
-Tables come from ``schema.py``. Two queries read Synapse's own tables
-(``devices`` for the sweep, ``access_tokens`` to find the device an approved
-login created); ``tests/integration/test_enrollment_*`` pin them.
+Tables come from ``schema.py``. Some queries read Synapse's own tables:
+``devices`` for the sweep, ``access_tokens`` to find the device an approved
+login created, ``access_tokens``/``refresh_tokens``/``e2e_device_keys_json``
+for whether a device is in use and which identity keys it holds;
+``tests/integration/test_enrollment_*`` and ``test_device_binding.py`` pin them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -173,6 +176,29 @@ def _deviceless_tokens_txn(txn: Any, limit: int) -> list[tuple[str, str]]:
     return [(row[0], row[1]) for row in txn.fetchall()]
 
 
+def _device_in_use_txn(txn: Any, user_id: str, device_id: str) -> bool:
+    """Whether the device is logged in or holds keys (Synapse deletes all of
+    them with the device, at logout or by an operator)."""
+    for table in ("access_tokens", "refresh_tokens", "e2e_device_keys_json"):
+        txn.execute(
+            f"SELECT 1 FROM {table} WHERE user_id = ? AND device_id = ? LIMIT 1", (user_id, device_id)
+        )
+        if txn.fetchone() is not None:
+            return True
+    return False
+
+
+def _stored_device_keys_txn(txn: Any, user_id: str, device_id: str) -> dict[str, Any] | None:
+    txn.execute(
+        "SELECT key_json FROM e2e_device_keys_json WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+    )
+    row = txn.fetchone()
+    if row is None:
+        return None
+    keys = json.loads(row[0] if isinstance(row[0], str) else bytes(row[0]).decode())
+    return keys if isinstance(keys, dict) else None
+
+
 def _user_devices_txn(txn: Any, user_id: str) -> list[str]:
     txn.execute("SELECT device_id FROM devices WHERE user_id = ? AND hidden = ?", (user_id, False))
     return [row[0] for row in txn.fetchall()]
@@ -311,12 +337,16 @@ def _decide_txn(
     return decided, enrollment
 
 
-def _consume_approval_txn(txn: Any, user_id: str, ip: str, now: int, window_ms: int) -> PendingLogin | None:
+def _consume_approval_txn(
+    txn: Any, user_id: str, ip: str, user_agent: str, now: int, window_ms: int
+) -> PendingLogin | None:
+    """The approval a stock-client login uses: same user, address and user agent as
+    the refused login that asked for it, within the window, once."""
     txn.execute(
         f"SELECT {_PENDING_COLUMNS} FROM police_policy_pending_logins"
-        " WHERE user_id = ? AND ip = ? AND state = ? AND device_id IS NULL AND decided_at > ?"
-        " ORDER BY decided_at DESC LIMIT 1",
-        (user_id, ip, APPROVED, now - window_ms),
+        " WHERE user_id = ? AND ip = ? AND user_agent = ? AND state = ? AND device_id IS NULL"
+        " AND decided_at > ? ORDER BY decided_at DESC LIMIT 1",
+        (user_id, ip, user_agent, APPROVED, now - window_ms),
     )
     row = txn.fetchone()
     if row is None:
@@ -435,6 +465,13 @@ class EnrollmentStore:
     async def deviceless_tokens(self, limit: int) -> list[tuple[str, str]]:
         return await self._run("deviceless_tokens", _deviceless_tokens_txn, limit)
 
+    async def device_in_use(self, user_id: str, device_id: str) -> bool:
+        return await self._run("device_in_use", _device_in_use_txn, user_id, device_id)
+
+    async def stored_device_keys(self, user_id: str, device_id: str) -> dict[str, Any] | None:
+        """The ``device_keys`` object Synapse holds for the device, if any."""
+        return await self._run("stored_device_keys", _stored_device_keys_txn, user_id, device_id)
+
     async def user_devices(self, user_id: str) -> list[str]:
         return await self._run("user_devices", _user_devices_txn, user_id)
 
@@ -465,8 +502,12 @@ class EnrollmentStore:
     ) -> tuple[PendingLogin | None, Enrollment | None]:
         return await self._run("decide_pending", _decide_txn, request_id, approve, by, now)
 
-    async def consume_approval(self, user_id: str, ip: str, now: int, window_ms: int) -> PendingLogin | None:
-        return await self._run("consume_approval", _consume_approval_txn, user_id, ip, now, window_ms)
+    async def consume_approval(
+        self, user_id: str, ip: str, user_agent: str, now: int, window_ms: int
+    ) -> PendingLogin | None:
+        return await self._run(
+            "consume_approval", _consume_approval_txn, user_id, ip, user_agent, now, window_ms
+        )
 
     async def record_auto_approval(
         self, user_id: str, ip: str, user_agent: str, by: str, now: int

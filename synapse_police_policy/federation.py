@@ -2,7 +2,7 @@
 
 Pure functions over server names. The allowlist is a frozenset of normalised
 names (host lower-cased, port kept) and every check is one set lookup, because
-some run on every inbound federated event.
+some run on every inbound federated event and every federation request.
 """
 
 from __future__ import annotations
@@ -89,3 +89,15 @@ def check_remote_sender(allowed: frozenset[str], sender: str) -> Denial | None:
 def check_media_origin(allowed: frozenset[str], server_name: str) -> Denial | None:
     """Media of ``server_name`` is to be fetched or served."""
     return _check(allowed, server_name.lower(), "federation.media", "Media refused")
+
+
+def check_origin(allowed: frozenset[str], origin: str) -> Denial | None:
+    """A federation request arrives signed in the name of ``origin`` (checked
+    before the signature, as Synapse checks its whitelist: a refused server
+    costs no key lookup)."""
+    return _check(allowed, origin.lower(), "federation.origin", "Federation request refused")
+
+
+def check_destination(allowed: frozenset[str], destination: str) -> Denial | None:
+    """Our server is about to send a federation request to ``destination``."""
+    return _check(allowed, destination.lower(), "federation.destination", "Federation request not sent")

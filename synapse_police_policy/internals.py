@@ -26,6 +26,22 @@ Private APIs change between releases; a test pins each use:
 - Synapse offers no module callback before a local user knocks on a room the
   server is not in; the room member handler's ``remote_knock`` is wrapped
   (``test_federation.py::test_our_users_cannot_knock_on_rooms_this_server_is_not_in``).
+- Synapse offers no module callback for authenticated client requests: the
+  auth object's ``get_user_by_req`` is wrapped, so a device nobody enrolled
+  can only log out (``test_device_binding.py::test_a_device_nobody_enrolled_can_only_log_out``).
+- Synapse replaces a device's identity keys on any ``/keys/upload`` and has no
+  callback for it: the E2E keys handler's ``upload_device_keys_for_user`` is
+  wrapped (``test_device_binding.py::test_identity_keys_cannot_be_replaced``).
+- Synapse has no module callback for federation requests that are not
+  events (profile, directory and key queries, device lists, EDUs such as
+  to-device messages) and applies its own allowlist only where
+  ``federation_domain_whitelist`` is set. The federation ``Authenticator``'s
+  ``authenticate_request`` (every federation servlet's origin check, on every
+  process) is wrapped, reading the claimed origin with ``_parse_auth_header``
+  (``test_federation.py::test_a_foreign_server_is_refused_at_the_edge``), and
+  so is the federation HTTP client's ``_send_request``, through which every
+  outbound federation request of the process goes
+  (``test_federation.py::test_our_server_sends_nothing_to_a_foreign_server``).
 - Whether a database transaction runs on PostgreSQL, where the schema
   migration takes an advisory lock (``test_workers.py``: main and workers
   start together).
@@ -37,14 +53,18 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from synapse.api.errors import SynapseError
+from synapse.api.errors import FederationDeniedError, SynapseError
 from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
+from synapse.federation.transport.server._base import AuthenticationError, Authenticator, _parse_auth_header
 from synapse.logging.context import LoggingContext, current_context
 from synapse.module_api import ModuleApi
 from synapse.storage.engines import PostgresEngine
+from synapse.types import Requester
+
+from .decisions import Denial
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +116,46 @@ def guard_remote_knocks(api: ModuleApi, refuse: Callable[[str, str], SynapseErro
     handler.remote_knock = guarded_remote_knock  # type: ignore[method-assign]
 
 
+#: returns the denial for a client request of ``requester`` to ``path``, or None
+RequestGate = Callable[[Requester, str], Awaitable[Denial | None]]
+#: returns the denial for a ``device_keys`` upload of (user, device), or None
+DeviceKeysGate = Callable[[str, str, Any], Awaitable[Denial | None]]
+
+
+def guard_client_requests(api: ModuleApi, check: RequestGate) -> None:
+    """Wrap this process's ``Auth.get_user_by_req``: every servlet that needs an
+    access token (the client API, media, Synapse's admin API, the module's own
+    resources) asks it who is calling, so ``check`` sees each authenticated
+    request before its handler runs. Synapse offers no module callback there."""
+    auth = api._hs.get_auth()
+    get_user_by_req = auth.get_user_by_req
+
+    async def guarded_get_user_by_req(request: Any, *args: Any, **kwargs: Any) -> Requester:
+        requester = await get_user_by_req(request, *args, **kwargs)
+        denial = await check(requester, request.path.decode("ascii", "replace"))
+        if denial is not None:
+            raise denial.as_error()
+        return requester
+
+    auth.get_user_by_req = guarded_get_user_by_req  # type: ignore[method-assign]
+
+
+def guard_device_keys(api: ModuleApi, check: DeviceKeysGate) -> None:
+    """Wrap this process's E2E keys handler, through which every ``/keys/upload``
+    stores a device's identity keys (workers store them themselves). Synapse
+    replaces a device's keys on any upload and has no module callback for it."""
+    handler = api._hs.get_e2e_keys_handler()
+    upload_device_keys_for_user = handler.upload_device_keys_for_user
+
+    async def guarded_upload_device_keys_for_user(user_id: str, device_id: str, keys: Any) -> None:
+        denial = await check(user_id, device_id, keys.get("device_keys") if isinstance(keys, dict) else None)
+        if denial is not None:
+            raise denial.as_error()
+        await upload_device_keys_for_user(user_id=user_id, device_id=device_id, keys=keys)
+
+    handler.upload_device_keys_for_user = guarded_upload_device_keys_for_user  # type: ignore[method-assign]
+
+
 async def delete_devices(api: ModuleApi, user_id: str, device_ids: list[str]) -> None:
     """Delete devices as Synapse's admin API does (missing ones are skipped)."""
     await api._hs.get_device_handler().delete_devices(user_id, device_ids)
@@ -113,7 +173,7 @@ async def delete_access_token(api: ModuleApi, token: str) -> None:
 def current_requester() -> str | None:
     """The user (or, for federation, the server) whose request is being served."""
     context = current_context()
-    if isinstance(context, LoggingContext):
+    if isinstance(context, LoggingContext) and context.request is not None:
         return context.request.requester
     return None
 
@@ -179,3 +239,76 @@ def count_history_purges(api: ModuleApi, purged: Callable[[str], None]) -> None:
         return error
 
     handler.purge_history = counted_purge_history
+
+
+# --- Closed federation at the transport (both directions) ---------------------
+
+#: returns the denial for federation with the given server, or None
+FederationGate = Callable[[str], Denial | None]
+
+#: this process's inbound gate per server name (``Authenticator`` is wrapped
+#: once per process, at class level: its instances appear only when the
+#: listeners start, after the modules are loaded)
+_ORIGIN_GATES: dict[str, FederationGate] = {}
+
+
+class FederationRefused(FederationDeniedError):
+    """Synapse's own refusal (403 ``M_FORBIDDEN``), which its callers already
+    expect (transaction queues drop, device-list resyncs give up, key fetches
+    move on), carrying the module's reason."""
+
+    def __init__(self, server: str, denial: Denial) -> None:
+        SynapseError.__init__(self, denial.http_status, denial.reason, denial.errcode)
+        self.destination = server
+
+
+def _claimed_origins(request: Any) -> list[str]:
+    """The servers an inbound request's ``X-Matrix`` headers name, before their
+    signatures are checked; [] when one is malformed (Synapse refuses those)."""
+    origins = []
+    for header in request.requestHeaders.getRawHeaders(b"Authorization") or []:
+        if header.startswith(b"X-Matrix"):
+            try:
+                origins.append(_parse_auth_header(header)[0])
+            except AuthenticationError:
+                return []
+    return origins
+
+
+def guard_federation_origins(api: ModuleApi, refuse: FederationGate) -> None:
+    """Refuse every authenticated federation request (all servlets, EDUs in
+    transactions included) from a server ``refuse`` denies, before its
+    signature is checked and before any handler runs. Synapse applies
+    ``federation_domain_whitelist`` at the same place."""
+    _ORIGIN_GATES[api.server_name] = refuse
+    if getattr(Authenticator.authenticate_request, "police_policy_guard", False):
+        return
+    authenticate_request = Authenticator.authenticate_request
+
+    async def guarded_authenticate_request(self: Authenticator, request: Any, content: Any) -> str:
+        gate = _ORIGIN_GATES.get(self.server_name)
+        if gate is not None:
+            for origin in _claimed_origins(request):
+                denial = gate(origin)
+                if denial is not None:
+                    raise FederationRefused(origin, denial)
+        return await authenticate_request(self, request, content)
+
+    guarded_authenticate_request.police_policy_guard = True  # type: ignore[attr-defined]
+    Authenticator.authenticate_request = guarded_authenticate_request  # type: ignore[method-assign]
+
+
+def guard_federation_destinations(api: ModuleApi, refuse: FederationGate) -> None:
+    """Send no federation request (transactions, queries, key and media
+    fetches, joins) to a server ``refuse`` denies: all of them leave this
+    process through the one federation HTTP client's ``_send_request``."""
+    client = api._hs.get_federation_http_client()
+    send_request = client._send_request
+
+    async def guarded_send_request(request: Any, *args: Any, **kwargs: Any) -> Any:
+        denial = refuse(request.destination)
+        if denial is not None:
+            raise FederationRefused(request.destination, denial)
+        return await send_request(request, *args, **kwargs)
+
+    client._send_request = guarded_send_request  # type: ignore[method-assign]

@@ -27,6 +27,10 @@ from .internals import (
     count_history_purges,
     creators_have_unlimited_power,
     current_requester,
+    guard_client_requests,
+    guard_device_keys,
+    guard_federation_destinations,
+    guard_federation_origins,
     guard_remote_knocks,
     guard_remote_media,
 )
@@ -105,6 +109,11 @@ class PolicePolicy:
         )
         guard_remote_media(api, self.refuse_remote_media)
         guard_remote_knocks(api, self.refuse_remote_knock)
+        guard_federation_origins(api, self.refuse_federation_origin)
+        guard_federation_destinations(api, self.refuse_federation_destination)
+        guard_device_keys(api, self._devices.check_device_keys)
+        if config.devices.enrollment_required:
+            guard_client_requests(api, self._devices.check_request)
         count_history_purges(api, self._sweep.count_purge)
         api.run_as_background_process("police_policy_migrate", tables.ensure)
         if api.should_run_background_tasks():
@@ -376,6 +385,22 @@ class PolicePolicy:
         denial = federation.check_knock_on_unknown_room()
         self._decisions.deny(denial, user=user_id, room=room_id)
         return denial.as_error()
+
+    def refuse_federation_origin(self, origin: str) -> Denial | None:
+        """Every inbound federation request: one set lookup. Logged once per
+        server and minute (a hostile server retries), counted every time."""
+        denial = federation.check_origin(self._allowed_servers, origin)
+        if denial is not None:
+            self._decisions.deny(denial, user=None, server=origin, throttle=origin)
+        return denial
+
+    def refuse_federation_destination(self, destination: str) -> Denial | None:
+        """Every outbound federation request; the user whose request caused it,
+        where there is one (a profile or key lookup)."""
+        denial = federation.check_destination(self._allowed_servers, destination)
+        if denial is not None:
+            self._decisions.deny(denial, user=current_requester(), server=destination, throttle=destination)
+        return denial
 
     def refuse_remote_media(self, server_name: str) -> SynapseError | None:
         denial = federation.check_media_origin(self._allowed_servers, server_name)

@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 
 from .config import ConfigError
 from .identity import RESET_FLAG, IdentityError
+from .session import LoginRefused
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -80,7 +81,7 @@ def run_main(
         return EXIT_FAILED
     try:
         asyncio.run(_run(bot))
-    except IdentityError as error:
+    except (IdentityError, LoginRefused) as error:
         logging.getLogger(f"bots.{name}").error("cannot start the %s bot: %s", name, error)
         return EXIT_FAILED
     except Exception:

@@ -32,6 +32,7 @@ from nio import (
     AsyncClient,
     AsyncClientConfig,
     ErrorResponse,
+    LoginError,
     LoginResponse,
     SyncError,
     SyncResponse,
@@ -48,6 +49,11 @@ TIMELINE_LIMIT = 100
 #: the longest wait between two attempts while the homeserver is unreachable
 MAX_BACKOFF_S = 60.0
 CREDENTIALS = "credentials.json"
+
+
+class LoginRefused(Exception):
+    """The server refused the bot's password login (its message says why and what to do:
+    a device that is logged in elsewhere needs an operator's approval of the request it names)."""
 
 
 class SyncTokens(Protocol):
@@ -146,6 +152,11 @@ class Session:
         account = self.account
         self.client.device_id = account.device_id
         response = await self.client.login(account.password, device_name=self.device_name)
+        if isinstance(response, LoginError):
+            raise LoginRefused(
+                f"the server refused the login as {account.user_id} on device {account.device_id}: "
+                f"{response.message}"
+            )
         if not isinstance(response, LoginResponse):
             raise RuntimeError(f"login as {account.user_id} on {account.device_id} failed: {response}")
         if response.device_id != account.device_id:

@@ -18,6 +18,7 @@ import yaml
 from bots.common.cross_signing import CrossSigningKeys, key_of, public_key, sign, verify
 from bots.common.identity import IdentityFile
 from devtools.homeserver import Homeserver
+from tests.admin_api import call, pending
 from tests.bots import BotProcess, auditor_config, stopped_afterwards
 
 BOT_LOCALPART = "auditor-bot"
@@ -106,21 +107,32 @@ def test_a_restart_keeps_the_identity_and_signs_nothing_again(hs: Homeserver, bo
 
 
 def test_a_lost_store_gives_new_device_keys_signed_with_the_kept_identity(
-    hs: Homeserver, bot: BotProcess
+    hs: Homeserver, bot: BotProcess, make_user
 ) -> None:
+    """The bot's device is still logged in with the lost store's token: its login is refused
+    until an operator approves the request it names (as for a wiped phone)."""
     before = _server(hs, bot)
+    token_before = json.loads((_directory(bot) / "store" / "credentials.json").read_text())["access_token"]
     shutil.rmtree(_directory(bot) / "store")
+    status, logged = bot.start_refused()
+    assert status != 0
+    assert "already logged in elsewhere" in logged, logged
+    admin = make_user("admin", admin=True)
+    [request] = [entry for entry in pending(hs, admin.token) if entry["device_id"] == BOT_DEVICE]
+    assert request["request_id"] in logged, "the bot names the request the operator approves"
+    status, answer = call(hs, "POST", f"pending/{request['request_id']}/approve", admin.token, {})
+    assert status == 200, answer
+
     bot.start(timeout=60)
     bot.stop()
     after = _server(hs, bot)
     assert after["device"]["keys"] != before["device"]["keys"], "a new E2EE store has new device keys"
+    assert hs.request("GET", "/_matrix/client/v3/account/whoami", token=token_before)[0] == 401
     keys = _identity(bot).load()
     assert keys is not None
     _assert_signed_by(after, keys, hs.user_id(BOT_LOCALPART))
     assert after["master"] == before["master"], "the identity others know stays the same"
-    log = bot.log()
-    assert "deleted that device (its old keys)" in log, "the old one-time keys would block the new ones"
-    assert "new self-signing key for device AUDITOR-BOT's new keys (master key unchanged)" in log
+    assert "new self-signing key for device AUDITOR-BOT's new keys (master key unchanged)" in bot.log()
 
 
 def test_a_lost_identity_file_stops_the_bot_with_what_to_do(hs: Homeserver, bot: BotProcess) -> None:
@@ -140,12 +152,11 @@ def test_a_lost_identity_file_stops_the_bot_with_what_to_do(hs: Homeserver, bot:
 
 
 def test_an_identity_reset_by_someone_else_stops_the_bot(hs: Homeserver, bot: BotProcess) -> None:
-    """Whoever holds the bot's password (a thief) replaces its identity: the bot must not
-    carry on as if nothing happened."""
+    """Whoever holds the bot's password and its access token (a thief on the bot's host)
+    replaces its identity: the bot must not carry on as if nothing happened. (The password
+    alone gets no token: the bot's device is logged in, so a login on it is refused.)"""
     user = hs.user_id(BOT_LOCALPART)
-    token = hs.login(BOT_LOCALPART, (_directory(bot) / "bot-password").read_text(), BOT_DEVICE)[
-        "access_token"
-    ]
+    token = json.loads((_directory(bot) / "store" / "credentials.json").read_text())["access_token"]
     thief = CrossSigningKeys.generate()
     path = "/_matrix/client/v3/keys/device_signing/upload"
     status, body = hs.request("POST", path, thief.upload_body(user), token=token)
@@ -220,10 +231,11 @@ def test_a_self_signing_key_saved_but_never_uploaded_is_uploaded_next_time(
     _assert_signed_by(_server(hs, bot), newer, hs.user_id(BOT_LOCALPART))
 
 
-def test_device_keys_replaced_on_the_server_are_not_signed(hs: Homeserver, bot: BotProcess) -> None:
-    """Someone with the bot's access token uploads other keys for its device: the bot refuses
-    to vouch for them."""
+def test_device_keys_cannot_be_replaced_on_the_server(hs: Homeserver, bot: BotProcess) -> None:
+    """Someone with the bot's access token uploads other keys for its device: the server
+    refuses them, and the bot goes on with its own, signed as before."""
     user = hs.user_id(BOT_LOCALPART)
+    before = _server(hs, bot)
     token = json.loads((_directory(bot) / "store" / "credentials.json").read_text())["access_token"]
     forged = CrossSigningKeys.generate()  # any Ed25519 key will do as the forged device key
     device = {
@@ -237,11 +249,12 @@ def test_device_keys_replaced_on_the_server_are_not_signed(hs: Homeserver, bot: 
     }
     device["signatures"] = sign(device, user, forged.master)["signatures"]
     status, body = hs.request("POST", "/_matrix/client/v3/keys/upload", {"device_keys": device}, token=token)
-    assert status == 200, body
-    status, log = bot.start_refused()
-    assert status == 1
-    assert "the keys of device AUDITOR-BOT on the server are not the ones in this bot's store" in log
-    assert not verify(_server(hs, bot)["device"], user, _identity(bot).load().self_signing_public)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN"), body
+    bot.start(timeout=60)
+    bot.stop()
+    after = _server(hs, bot)
+    assert after["device"]["keys"] == before["device"]["keys"]
+    assert verify(after["device"], user, _identity(bot).load().self_signing_public)
 
 
 def test_an_identity_saved_but_never_uploaded_is_uploaded_at_the_next_start(

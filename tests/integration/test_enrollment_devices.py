@@ -1,5 +1,6 @@
 """No other way in: devices that appear without the login gate (``/register``,
-Synapse's admin API) are refused when they send and removed by the sweep."""
+Synapse's admin API) are refused from their first request (see
+``test_device_binding.py``) and removed by the sweep."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def test_device_from_register_is_refused_and_swept(open_hs, admin):
     [entry] = [
         e
         for e in decisions_for(hs, registered["user_id"])
-        if e.get("rule") == "devices.event_from_unenrolled_device"
+        if e.get("rule") == "devices.request_from_unenrolled_device"
     ]
     assert entry["device"] == registered["device_id"]
     wait_until_gone(hs, admin, registered["user_id"], registered["device_id"])
@@ -82,10 +83,12 @@ def test_device_from_shared_secret_registration_is_refused_and_swept(open_hs, ad
     hs = open_hs
     localpart = f"provisioned-{uuid.uuid4().hex[:6]}"
     token = hs.register_user(localpart, "pw")
-    status, whoami = hs.request("GET", "/_matrix/client/v3/account/whoami", token=token)
-    assert status == 200
     assert create_room(hs, token)[0] == 403
-    wait_until_gone(hs, admin, whoami["user_id"], whoami["device_id"])
+    [device_id] = [
+        row[0]
+        for row in hs.query("SELECT device_id FROM devices WHERE user_id = ?", (hs.user_id(localpart),))
+    ]
+    wait_until_gone(hs, admin, hs.user_id(localpart), device_id)
 
 
 def test_device_created_by_the_admin_api_is_swept(open_hs, admin):

@@ -292,7 +292,7 @@ def test_a_device_that_skipped_the_login_gate_cannot_send_through_the_worker(
     deployment: WorkerDeployment, main: Homeserver, via_proxy: Call
 ) -> None:
     """A device made by Synapse's registration API (the login gate never saw
-    it) joining a room through the worker: refused by the event gate. The
+    it) joining a room through the worker: refused by the worker's request gate. The
     device sweep may remove the device first (its token then gets 401); the
     registration is then repeated."""
     _, admin_token = enrolled_user(main, via_proxy, "lead")
@@ -315,10 +315,9 @@ def test_a_device_that_skipped_the_login_gate_cannot_send_through_the_worker(
             break
     assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
     user_id = main.user_id(localpart)
-    where = lambda: decided_where(deployment, user_id, "deny", "devices.event_from_unenrolled_device")  # noqa: E731
-    wait_for(
-        lambda: GENERIC in where(), 10, "the worker logged no devices.event_from_unenrolled_device denial"
-    )
+    rule = "devices.request_from_unenrolled_device"
+    where = lambda: decided_where(deployment, user_id, "deny", rule)  # noqa: E731
+    wait_for(lambda: GENERIC in where(), 10, f"the worker logged no {rule} denial")
     assert where() == {GENERIC}
 
     # The device sweep removes the device, on the background worker only.

@@ -127,7 +127,8 @@ WANTED_WHITELIST = "[hs.test, other.test, polizei-by.example:8448]"
 def test_federation_whitelist_missing(homeserver: Homeserver) -> None:
     del homeserver["federation_domain_whitelist"]
     finding = only_finding(homeserver, "federation_domain_whitelist")
-    assert "any server" in finding.problem
+    assert "only the module keeps other servers out" in finding.problem
+    assert "defence in depth" in finding.problem
     assert f"set it to {WANTED_WHITELIST}" in finding.fix
 
 
@@ -151,6 +152,7 @@ def test_federation_whitelist_missing_allowed_server(homeserver: Homeserver) -> 
     homeserver["federation_domain_whitelist"] = ["hs.test", "other.test"]
     finding = only_finding(homeserver, "federation_domain_whitelist")
     assert "missing polizei-by.example:8448" in finding.problem
+    assert "defence in depth" in finding.problem
     assert finding.fix == f"set it to {WANTED_WHITELIST}"
 
 

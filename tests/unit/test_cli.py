@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -139,6 +140,22 @@ def test_unusable_file(tmp_path: Path, text: str, message: str) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert f"{path}: {message}" in result.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_escaped(homeserver_yaml: Path) -> None:
+    """argv carries such a name as surrogates; a strict UTF-8 stdout must not end in a traceback."""
+    odd = homeserver_yaml.parent / os.fsdecode(b"home\xffserver.yaml")
+    odd.write_bytes(homeserver_yaml.read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "synapse_police_policy.cli", "check-config", os.fsencode(odd)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"home\\udcffserver.yaml: consistent with the police policy" in result.stdout
+    assert b"Traceback" not in result.stderr
 
 
 def test_missing_argument_is_a_usage_error() -> None:

@@ -254,7 +254,7 @@ def test_approval_leaves_an_operators_enrollment_as_it_is(txn: sqlite3.Cursor) -
 def test_consume_approval_once(txn: sqlite3.Cursor) -> None:
     pending = _record_pending_txn(txn, ALICE, None, IP, "x", NOW)
     _decide_txn(txn, pending.request_id, True, ADMIN, NOW + 1)
-    consumed = _consume_approval_txn(txn, ALICE, IP, NOW + 2, WINDOW_MS)
+    consumed = _consume_approval_txn(txn, ALICE, IP, "x", NOW + 2, WINDOW_MS)
     assert consumed is not None
     assert (consumed.request_id, consumed.state, consumed.consumed_at) == (
         pending.request_id,
@@ -262,7 +262,7 @@ def test_consume_approval_once(txn: sqlite3.Cursor) -> None:
         NOW + 2,
     )
     assert _get_pending_txn(txn, pending.request_id) == consumed
-    assert _consume_approval_txn(txn, ALICE, IP, NOW + 3, WINDOW_MS) is None
+    assert _consume_approval_txn(txn, ALICE, IP, "x", NOW + 3, WINDOW_MS) is None
 
 
 def test_a_consumed_approval_is_binding_until_its_device_is_bound(txn: sqlite3.Cursor) -> None:
@@ -270,7 +270,7 @@ def test_a_consumed_approval_is_binding_until_its_device_is_bound(txn: sqlite3.C
     pending = _record_pending_txn(txn, ALICE, None, IP, "x", NOW)
     _decide_txn(txn, pending.request_id, True, ADMIN, NOW + 1)
     assert _users_binding_txn(txn, NOW) == []
-    consumed = _consume_approval_txn(txn, ALICE, IP, NOW + 2, WINDOW_MS)
+    consumed = _consume_approval_txn(txn, ALICE, IP, "x", NOW + 2, WINDOW_MS)
     assert consumed is not None
     assert _users_binding_txn(txn, NOW) == [ALICE]
     assert _users_binding_txn(txn, NOW + 2) == [], "older than the binding time"
@@ -279,24 +279,31 @@ def test_a_consumed_approval_is_binding_until_its_device_is_bound(txn: sqlite3.C
 
 
 @pytest.mark.parametrize(
-    ("device_id", "approve", "user_id", "ip", "later_ms"),
+    ("device_id", "approve", "user_id", "ip", "agent", "later_ms"),
     [
-        (None, False, ALICE, IP, 1),  # rejected
-        (None, None, ALICE, IP, 1),  # still open
-        ("PHONE1", True, ALICE, IP, 1),  # named its device: enrolled when approved
-        (None, True, BOB, IP, 1),
-        (None, True, ALICE, "10.20.9.9", 1),
-        (None, True, ALICE, IP, WINDOW_MS),  # the window has passed
+        (None, False, ALICE, IP, "x", 1),  # rejected
+        (None, None, ALICE, IP, "x", 1),  # still open
+        ("PHONE1", True, ALICE, IP, "x", 1),  # named its device: enrolled when approved
+        (None, True, BOB, IP, "x", 1),
+        (None, True, ALICE, "10.20.9.9", "x", 1),
+        (None, True, ALICE, IP, "curl/8.5.0", 1),  # another program on the same address
+        (None, True, ALICE, IP, "x", WINDOW_MS),  # the window has passed
     ],
-    ids=["rejected", "open", "with-device", "other-user", "other-ip", "too-late"],
+    ids=["rejected", "open", "with-device", "other-user", "other-ip", "other-agent", "too-late"],
 )
 def test_consume_approval_finds_nothing(
-    txn: sqlite3.Cursor, device_id: str | None, approve: bool | None, user_id: str, ip: str, later_ms: int
+    txn: sqlite3.Cursor,
+    device_id: str | None,
+    approve: bool | None,
+    user_id: str,
+    ip: str,
+    agent: str,
+    later_ms: int,
 ) -> None:
     pending = _record_pending_txn(txn, ALICE, device_id, IP, "x", NOW)
     if approve is not None:
         _decide_txn(txn, pending.request_id, approve, ADMIN, NOW)
-    assert _consume_approval_txn(txn, user_id, ip, NOW + later_ms, WINDOW_MS) is None
+    assert _consume_approval_txn(txn, user_id, ip, agent, NOW + later_ms, WINDOW_MS) is None
     assert state_of(txn, pending.request_id) != CONSUMED
 
 
@@ -333,7 +340,7 @@ def test_an_auto_approval_is_used_at_once_and_binds_like_an_approval(txn: sqlite
     record = _bind_txn(txn, auto, "NEWDEVICE", NOW + 1)
     assert (record.device_id, record.enrolled_by) == ("NEWDEVICE", "auto_approve")
     assert _users_binding_txn(txn, NOW - 1) == []
-    assert _consume_approval_txn(txn, ALICE, IP, NOW + 2, WINDOW_MS) is None
+    assert _consume_approval_txn(txn, ALICE, IP, "x", NOW + 2, WINDOW_MS) is None
 
 
 def links_of(txn: sqlite3.Cursor, request_id: str) -> list[str]:
@@ -368,7 +375,7 @@ def test_lapse_deletes_the_links_of_decided_and_lapsed_requests(txn: sqlite3.Cur
     _decide_txn(txn, rejected.request_id, False, ADMIN, NOW + 1)
     consumed = _record_pending_txn(txn, BOB, None, "10.20.9.9", "x", NOW, "consumed")
     _decide_txn(txn, consumed.request_id, True, ADMIN, NOW + 1)
-    assert _consume_approval_txn(txn, BOB, "10.20.9.9", NOW + 2, WINDOW_MS) is not None
+    assert _consume_approval_txn(txn, BOB, "10.20.9.9", "x", NOW + 2, WINDOW_MS) is not None
 
     _lapse_pending_txn(txn, NOW + 3, WINDOW_MS)
     txn.execute("SELECT token_hash FROM police_policy_login_links")

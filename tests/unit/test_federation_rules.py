@@ -89,3 +89,23 @@ def test_knocks_on_rooms_this_server_is_not_in_are_refused() -> None:
     denial = federation.check_knock_on_unknown_room()
     assert denial.rule == "federation.join"
     assert "Ask a member to invite you" in denial.reason
+
+
+@pytest.mark.parametrize(
+    "server", ["polizei-by.example", "POLIZEI-BY.example", "peer.example:8448", "ours.example"]
+)
+def test_allowed_servers_may_ask_and_be_asked(server: str) -> None:
+    assert federation.check_origin(ALLOWED, server) is None
+    assert federation.check_destination(ALLOWED, server) is None
+
+
+@pytest.mark.parametrize(
+    "server",
+    ["evil.example", "peer.example", "peer.example:8449", "polizei-by.example.evil", "", "ours.example:1"],
+)
+def test_any_other_server_is_refused_both_ways(server: str) -> None:
+    inbound = federation.check_origin(ALLOWED, server)
+    outbound = federation.check_destination(ALLOWED, server)
+    assert inbound is not None and inbound.rule == "federation.origin"
+    assert outbound is not None and outbound.rule == "federation.destination"
+    assert inbound.http_status == 403
