@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -350,7 +350,13 @@ class Homeserver:
     def user_id(self, localpart: str) -> str:
         return f"@{localpart}:{self.server_name}"
 
-    def start(self, timeout: float = 120.0, *, foreground_output: bool = False) -> None:
+    def start(
+        self,
+        timeout: float = 120.0,
+        *,
+        foreground_output: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         output = None if foreground_output else (self.spec.directory / "stdout.log").open("ab")
@@ -360,6 +366,7 @@ class Homeserver:
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
+            preexec_fn=preexec_fn,
         )
         self.wait_ready(timeout)
 

@@ -8,16 +8,31 @@ devices`` commands (approve Element Web logins, enroll, revoke).
 
 State lives in ``var/``; running again reuses it (same database, same keys,
 same demo passwords). Ctrl-C stops Synapse cleanly.
+
+``make run`` owns its children: Ctrl-C, SIGTERM and SIGHUP (a process manager,
+a closed terminal) stop the bots and Synapse before it exits, and each child
+gets SIGTERM from the kernel when ``make run`` dies any other way (SIGKILL, a
+crash: Linux's parent-death signal). Processes an older run left behind are
+found by their pid file in ``var/`` and stopped, with a message.
+
+``POLICE_RUN_DIR`` and ``POLICE_RUN_PORTS`` (``HTTP,METRICS,AUDITOR_METRICS``)
+move the state and the ports, so that tests run it beside a developer's own.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -26,11 +41,15 @@ from synapse_police_policy.check_config import find_problems
 
 from .homeserver import REPO_ROOT, Homeserver, HomeserverSpec, SynapseError
 
-VAR = REPO_ROOT / "var"
+VAR = Path(os.environ.get("POLICE_RUN_DIR") or REPO_ROOT / "var")
 SERVER_NAME = "localhost"
-HTTP_PORT = 8008
-METRICS_PORT = 9008
-AUDITOR_METRICS_PORT = 9101
+HTTP_PORT, METRICS_PORT, AUDITOR_METRICS_PORT = (
+    int(port) for port in (os.environ.get("POLICE_RUN_PORTS") or "8008,9008,9101").split(",")
+)
+#: the children of the running ``make run`` (role -> pid), to stop what a killed run left
+PID_FILE = VAR / "make-run.pids"
+#: prctl option: the signal a child gets when its parent dies (linux/prctl.h)
+_PR_SET_PDEATHSIG = 1
 POLICY_FILE = REPO_ROOT / "config" / "police_policy.yaml"
 
 #: localpart -> (role shown to the user, server admin?)
@@ -184,6 +203,60 @@ def _write_dispatch_config(homeserver: Homeserver, password: str) -> Path:
     return path
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP reached ``make run``: stop everything as Ctrl-C does."""
+
+
+def _raise_stopped(signum: int, _frame: FrameType | None) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def _term_when_parent_dies(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent process dies, however it dies
+    (Linux); a parent that is gone already (``parent`` no longer ours) counts."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when this process dies."""
+    parent = os.getpid()
+    return lambda: _term_when_parent_dies(parent)
+
+
+def _is_ours(pid: int) -> bool:
+    """Whether ``pid`` runs with this run's state directory on its command line."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return str(VAR) in command
+
+
+def _stop_leftovers() -> None:
+    """Stop the processes a killed earlier run left (its pid file names them)."""
+    try:
+        pids: dict[str, int] = json.loads(PID_FILE.read_text())
+    except (OSError, ValueError):
+        return
+    for role, pid in pids.items():
+        if isinstance(pid, int) and _is_ours(pid):
+            print(f"Stopping {role} (pid {pid}), left running by an earlier `make run` ...", file=sys.stderr)
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while _is_ours(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _is_ours(pid):
+                os.kill(pid, signal.SIGKILL)
+    PID_FILE.unlink(missing_ok=True)
+
+
+def _record_children(children: dict[str, subprocess.Popen[bytes] | None]) -> None:
+    pids = {role: child.pid for role, child in children.items() if child is not None}
+    PID_FILE.write_text(json.dumps(pids))
+
+
 def _start_bot(
     config_path: Path, package: str = "bots.auditor", directory: Path = BOT_DIR
 ) -> subprocess.Popen[bytes]:
@@ -194,6 +267,7 @@ def _start_bot(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C reaches Synapse; the bot is stopped below
+        preexec_fn=die_with_parent(),
     )
 
 
@@ -208,6 +282,12 @@ def _stop_bot(bot: subprocess.Popen[bytes] | None) -> None:
 
 
 def main() -> int:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_stopped)
+    # make itself may die: then this process gets SIGTERM and stops its children
+    _term_when_parent_dies(os.getppid())
+    VAR.mkdir(parents=True, exist_ok=True)
+    _stop_leftovers()
     for port in (HTTP_PORT, METRICS_PORT, AUDITOR_METRICS_PORT):
         if _port_in_use(port):
             print(
@@ -225,7 +305,8 @@ def main() -> int:
     dispatch_bot: subprocess.Popen[bytes] | None = None
     print(f"Starting Synapse with the police policy module (config {homeserver.config_path}) ...")
     try:
-        homeserver.start(foreground_output=True)
+        homeserver.start(foreground_output=True, preexec_fn=die_with_parent())
+        _record_children({"Synapse": homeserver.process})
         created = []
         for localpart, (_, admin) in DEMO_ACCOUNTS.items():
             if (
@@ -242,25 +323,38 @@ def main() -> int:
         dispatch_bot = _start_bot(
             _write_dispatch_config(homeserver, passwords[DISPATCH_BOT]), "bots.dispatch", DISPATCH_DIR
         )
+        _record_children(
+            {"Synapse": homeserver.process, "the auditor bot": bot, "the dispatch bot": dispatch_bot}
+        )
         _print_welcome(homeserver, passwords, created)
         assert homeserver.process is not None
         return homeserver.process.wait()
-    except KeyboardInterrupt:
-        print("\nStopping the bots and Synapse ...")
+    except (KeyboardInterrupt, _Stopped) as why:
+        print(f"\nStopping the bots and Synapse ({why or 'Ctrl-C'}) ...", flush=True)
         _stop_bot(dispatch_bot)
         _stop_bot(bot)
-        homeserver.stop(already_signalled=True)
-        print(f"Stopped. State is kept in {VAR}; `make run` starts it again.")
+        # Ctrl-C in a terminal reached Synapse too (the foreground process group)
+        homeserver.stop(already_signalled=isinstance(why, KeyboardInterrupt))
+        print(f"Stopped. State is kept in {VAR}; `make run` starts it again.", flush=True)
         return 0
     except SynapseError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second signal does not cut the cleanup short
         _stop_bot(dispatch_bot)
         _stop_bot(bot)
         homeserver.stop()
-        return 1
-    finally:
-        _stop_bot(dispatch_bot)
-        _stop_bot(bot)
+        PID_FILE.unlink(missing_ok=True)
+
+
+def _login_limits_line() -> str:
+    address = dev_spec().extra["rc_login"]["address"]
+    return (
+        f"Login limits for development: {address['burst_count']} logins per address in a burst, then one "
+        f"every {1 / address['per_second']:.0f} s (production: stricter, rc_login in config/homeserver.yaml)."
+    )
 
 
 def _print_welcome(homeserver: Homeserver, passwords: dict[str, str], created: list[str]) -> None:
@@ -298,6 +392,7 @@ def _print_welcome(homeserver: Homeserver, passwords: dict[str, str], created: l
         f"The dispatch bot runs beside it (log {DISPATCH_DIR / 'bot.log'}; units and roles in",
         f"{DISPATCH_TEMPLATE}): as 'dispatcher', accept the invite to the control room",
         "#leitstelle:localhost and send !help there; as 'officer', join the unit room and send !s 2.",
+        _login_limits_line(),
         "Policy decisions appear below. Press Ctrl-C to stop.",
         "",
     ]
