@@ -59,6 +59,20 @@ TEST_RATE_LIMITS: dict[str, Any] = {
 }
 
 
+def send(request: urllib.request.Request, timeout: float = 30, context: Any = None) -> tuple[int, Any]:
+    """Send a prepared request; (status, the body as JSON, or as text when it is not JSON).
+    Error statuses are answers too, not exceptions."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode("utf8", "replace")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -405,15 +419,7 @@ class Homeserver:
             req.add_header(name, value)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as error:
-            status, raw = error.code, error.read()
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw.decode("utf8", "replace")
+        return send(req)
 
     def register_user(
         self, localpart: str, password: str, *, admin: bool = False, login: bool = True

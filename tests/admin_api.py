@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from typing import Any
@@ -10,7 +9,7 @@ from urllib.parse import quote
 
 import yaml
 
-from devtools.homeserver import Homeserver
+from devtools.homeserver import Homeserver, send
 from synapse_police_policy.bootstrap import connect_database
 
 PREFIX = "/_synapse/client/police/v1"
@@ -39,15 +38,7 @@ def raw_call(
         request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode("utf8", "replace")
+    return send(request, timeout=60)
 
 
 def device_path(user_id: str, device_id: str) -> str:

@@ -34,7 +34,7 @@ from signedjson.key import (
 )
 from signedjson.sign import sign_json
 
-from devtools.homeserver import Homeserver
+from devtools.homeserver import Homeserver, send
 from tests import e2ee, media_corpus
 from tests.conftest import Account
 from tests.integration.test_canary import server_bytes
@@ -361,15 +361,7 @@ def federation_request(
             f'key="{key_id}",sig="{signature}"',
         },
     )
-    try:
-        with urllib.request.urlopen(request, timeout=30, context=_TLS) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw
+    return send(request, context=_TLS)
 
 
 def q(value: str) -> str:
