@@ -26,6 +26,27 @@ MEGOLM = "m.megolm.v1.aes-sha2"
 KNOWN_JOIN_RULES = frozenset({"invite", "knock", "restricted", "knock_restricted"})
 #: History visibility values that keep history to members (never world_readable).
 KNOWN_HISTORY_VISIBILITY = frozenset({"shared", "invited", "joined"})
+#: Non-state event types a client may send unencrypted besides those the module
+#: needs itself (``rooms.py``): stock clients send reactions in clear.
+DEFAULT_CLEAR_EVENT_TYPES = frozenset({"m.reaction"})
+#: State event types that may carry content besides those the module governs
+#: itself (``rooms.py``): what stock clients need for a room's name, topic,
+#: avatar, address, pinned messages, server ACL, upgrades and spaces.
+DEFAULT_CLEAR_STATE_TYPES = frozenset(
+    {
+        "m.room.name",
+        "m.room.topic",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.pinned_events",
+        "m.room.server_acl",
+        "m.room.tombstone",
+        "m.space.child",
+        "m.space.parent",
+    }
+)
+#: Synapse's limit on the length of an event type
+_EVENT_TYPE_MAX = 255
 
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+\Z")
 _LOCALPART = re.compile(r"^[a-z0-9._=\-/+]+\Z")
@@ -41,8 +62,12 @@ class RoomsConfig:
     allowed_join_rules: frozenset[str] = frozenset({"invite"})
     #: history visibility set at creation when the request leaves it out
     default_history_visibility: str = "shared"
-    #: refuse m.room.message / m.sticker sent in clear text (clients must encrypt)
+    #: refuse events sent in clear text unless their type is listed below (clients must encrypt)
     refuse_unencrypted_messages: bool = True
+    #: non-state event types that may be sent unencrypted
+    clear_event_types: frozenset[str] = DEFAULT_CLEAR_EVENT_TYPES
+    #: state event types that may carry content (state cannot be encrypted)
+    clear_state_types: frozenset[str] = DEFAULT_CLEAR_STATE_TYPES
 
 
 @attrs.frozen
@@ -255,7 +280,13 @@ def _parse_rooms(raw: Any) -> RoomsConfig:
     section = _mapping(
         raw,
         ("rooms",),
-        {"allowed_join_rules", "default_history_visibility", "refuse_unencrypted_messages"},
+        {
+            "allowed_join_rules",
+            "default_history_visibility",
+            "refuse_unencrypted_messages",
+            "clear_event_types",
+            "clear_state_types",
+        },
     )
     defaults = RoomsConfig()
     join_rules = defaults.allowed_join_rules
@@ -276,11 +307,28 @@ def _parse_rooms(raw: Any) -> RoomsConfig:
     refuse = defaults.refuse_unencrypted_messages
     if "refuse_unencrypted_messages" in section:
         refuse = _bool(section["refuse_unencrypted_messages"], ("rooms", "refuse_unencrypted_messages"))
+    clear_events, clear_state = defaults.clear_event_types, defaults.clear_state_types
+    if "clear_event_types" in section:
+        clear_events = frozenset(
+            _list_of(section["clear_event_types"], ("rooms", "clear_event_types"), _event_type)
+        )
+    if "clear_state_types" in section:
+        clear_state = frozenset(
+            _list_of(section["clear_state_types"], ("rooms", "clear_state_types"), _event_type)
+        )
     return RoomsConfig(
         allowed_join_rules=join_rules,
         default_history_visibility=history,
         refuse_unencrypted_messages=refuse,
+        clear_event_types=clear_events,
+        clear_state_types=clear_state,
     )
+
+
+def _event_type(value: Any, path: tuple[str, ...]) -> str:
+    if isinstance(value, str) and 0 < len(value) <= _EVENT_TYPE_MAX and value.strip() == value:
+        return value
+    raise _fail(path, "an event type such as 'm.room.topic'", value)
 
 
 def _parse_federation(raw: Any) -> FederationConfig:

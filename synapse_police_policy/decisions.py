@@ -33,6 +33,12 @@ REWRITES = Counter(
     "Settings of room creation requests the police policy module replaced by its own values, by rule",
     labelnames=["rule", "server_name"],
 )
+RETENTION_FAILURES = Counter(
+    "police_policy_retention_failures",
+    "Attempts of the retention sweep to redact an expired event that failed, by kind "
+    "(forbidden, not_in_room, refused, error); each attempt counts, retries too",
+    labelnames=["kind", "server_name"],
+)
 
 #: Values quoted from requests are cut to this length in reasons and logs.
 _QUOTE_LIMIT = 64
@@ -145,6 +151,14 @@ class DecisionLog:
             "reason": reason,
         }
         DECISION_LOGGER.info(json.dumps(entry, sort_keys=True))
+
+    def retention(self, decision: str, *, user: str, room: str, event: str, **details: Any) -> None:
+        """What the retention sweep could not do, or did only after retrying
+        (``redaction_failed``, ``redacted_after_retry``, ``redaction_abandoned``):
+        written once per event and failure kind, never per attempt. ``user`` is
+        the system user."""
+        entry = {"decision": decision, "rule": "retention.sweep", "user": user, "room": room, "event": event}
+        DECISION_LOGGER.info(json.dumps({**entry, **details}, sort_keys=True))
 
     def record(self, action: str, *, actor: str, user: str, device: str | None, **details: Any) -> None:
         """An operator's or the sweep's action that changed who may use which

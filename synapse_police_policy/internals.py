@@ -45,6 +45,12 @@ Private APIs change between releases; a test pins each use:
 - Whether a database transaction runs on PostgreSQL, where the schema
   migration takes an advisory lock (``test_workers.py``: main and workers
   start together).
+- Whether a redaction took effect is decided by Synapse when it reads the
+  event; the retention sweep asks the event store, as Synapse's own censoring
+  job does, and censors redacted state at the audit tier with the JSON that
+  job would store (``redact_event``)
+  (``test_retention_sweep.py::test_a_redaction_without_power_does_not_stop_the_sweep``,
+  ``test_retention_inventory.py``).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from synapse.api.errors import FederationDeniedError, SynapseError
@@ -62,7 +68,9 @@ from synapse.federation.transport.server._base import AuthenticationError, Authe
 from synapse.logging.context import LoggingContext, current_context
 from synapse.module_api import ModuleApi
 from synapse.storage.engines import PostgresEngine
+from synapse.synapse_rust.events import redact_event
 from synapse.types import Requester
+from synapse.util.json import json_encoder
 
 from .decisions import Denial
 
@@ -312,3 +320,30 @@ def guard_federation_destinations(api: ModuleApi, refuse: FederationGate) -> Non
         return await send_request(request, *args, **kwargs)
 
     client._send_request = guarded_send_request  # type: ignore[method-assign]
+
+
+# --- Retention: which redactions took effect, and censoring at the audit tier --
+
+
+async def redacted_events(api: ModuleApi, event_ids: Collection[str]) -> set[str]:
+    """The events Synapse hands out redacted. A row in ``redactions`` is not
+    enough: from room version 3 on, a redaction by someone without the power
+    to redact is stored, yet applied only when both senders share a server;
+    Synapse decides when it reads the event, as its own censoring job does."""
+    if not event_ids:
+        return set()
+    events = await api._hs.get_datastores().main.get_events(list(event_ids), allow_rejected=True)
+    return {event_id for event_id, event in events.items() if event.internal_metadata.is_redacted()}
+
+
+async def pruned_json_of_redacted(api: ModuleApi, event_ids: Collection[str]) -> dict[str, str]:
+    """event ID -> the JSON Synapse's censoring job would store for it, for the
+    given events that are redacted (the others are left out)."""
+    if not event_ids:
+        return {}
+    events = await api._hs.get_datastores().main.get_events(list(event_ids), allow_rejected=True)
+    return {
+        event_id: json_encoder.encode(redact_event(event).get_pdu_json())
+        for event_id, event in events.items()
+        if event.internal_metadata.is_redacted()
+    }

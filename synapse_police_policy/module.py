@@ -51,6 +51,8 @@ REMOTE_JOIN_CHECKS = 240
 REMOTE_JOIN_CHECK_INTERVAL_S = 0.5
 #: foreign event IDs remembered to log each denial once
 RECENTLY_DENIED_MAX = 10_000
+#: rooms remembered to have power levels (each costs a state lookup once per process)
+FINISHED_ROOMS_MAX = 50_000
 
 SpamAnswer = Literal["NOT_SPAM"] | tuple[Codes, dict[str, str]]
 
@@ -67,7 +69,7 @@ class PolicePolicy:
         self._store = PolicyStore(api, tables)
         self._devices = DeviceEnrollment(config.devices, api, EnrollmentStore(api, tables), self._decisions)
         self._media_usage = MediaUsage(api)
-        self._sweep = RetentionSweep(config.retention, api, RetentionStore(api, tables))
+        self._sweep = RetentionSweep(config.retention, api, RetentionStore(api, tables), self._decisions)
         #: users the policy seats in every room, at power 100, that nobody removes
         self._seated = [self._sweep.system_user]
         if config.auditor.user_id is not None:
@@ -83,6 +85,8 @@ class PolicePolicy:
         self._service_users = (*self._seated, *sorted(config.directory.hidden_users - set(self._seated)))
         self._hidden_from_directory = frozenset(self._service_users)
         self._recently_denied: OrderedDict[str, None] = OrderedDict()
+        #: rooms seen with power levels (``_check_room_finished``), oldest forgotten first
+        self._finished_rooms: OrderedDict[str, None] = OrderedDict()
 
         api.register_third_party_rules_callbacks(
             on_create_room=self.on_create_room,
@@ -141,9 +145,11 @@ class PolicePolicy:
 
         Settings the room rules would refuse get the policy's value (guest
         access, history visibility, join rule, encryption: ``rooms.secure_initial_state``),
-        each change logged as a rewrite; a public room is refused. This runs for
-        server admins too (the spam checker's user_may_create_room does not), so
-        it is the one gate for room creation.
+        each change logged as a rewrite; a public room and state in clear text
+        are refused; power levels get the service users merged in
+        (``rooms.seat_service_users``) or are refused. This runs for server
+        admins too (the spam checker's user_may_create_room does not), so it is
+        the one gate for room creation.
         """
         user, device = requester.user.to_string(), requester.device_id
         problem = rooms.malformed_request(request)
@@ -158,11 +164,10 @@ class PolicePolicy:
         initial_state, listed = rooms.with_functional_members(initial_state, self._service_users)
         rewrites += listed
         creator_listed = not creators_have_unlimited_power(self._api, request.get("room_version"))
-        initial_state, power_denial = retention.seat_in_initial_state(
-            initial_state, user, self._seated, creator_listed
+        initial_state, override, power_denial = rooms.seat_service_users(
+            request, initial_state, user, self._seated, creator_listed
         )
-        override = retention.power_override(request, user, self._seated, creator_listed=creator_listed)
-        denial = denial or power_denial or retention.check_seated_power(override, self._seated)
+        denial = denial or power_denial
         if denial is not None:
             self._decisions.deny(denial, user=user, device=device)
             raise denial.as_error()
@@ -190,6 +195,8 @@ class PolicePolicy:
             self._config.rooms, event.type, event.get_state_key(), event.content, self._service_users
         )
         if denial is None:
+            denial = await self._check_room_finished(event)
+        if denial is None:
             denial = await self._check_retention_state(event)
         if denial is None:
             return NOT_SPAM
@@ -199,6 +206,20 @@ class PolicePolicy:
             device=getattr(event.internal_metadata, "device_id", None),
             room=event.room_id,
         )
+
+    async def _check_room_finished(self, event: EventBase) -> Denial | None:
+        """``rooms.check_room_finished``; Synapse runs this spam check on no event
+        of a creation, so a room without power levels here is one whose
+        creation failed. A room once seen with them keeps them (remembered)."""
+        if event.type in (CREATE, MEMBER) or event.room_id in self._finished_rooms:
+            return None
+        state = await self._api.get_room_state(event.room_id, [(rooms.POWER_LEVELS, "")])
+        has_power_levels = (rooms.POWER_LEVELS, "") in state
+        if has_power_levels:
+            self._finished_rooms[event.room_id] = None
+            if len(self._finished_rooms) > FINISHED_ROOMS_MAX:
+                self._finished_rooms.popitem(last=False)
+        return rooms.check_room_finished(event.type, has_power_levels)
 
     async def _check_retention_state(self, event: EventBase) -> Denial | None:
         """Nobody changes a room's retention or takes the system user's power."""
@@ -314,9 +335,12 @@ class PolicePolicy:
         its creators."""
         for _ in range(ENLIST_CHECKS):
             await self._api.sleep(ENLIST_CHECK_INTERVAL_S)
-            members = await self._api.get_room_state(room_id, [(MEMBER, creator)])
-            member = members.get((MEMBER, creator))
-            if member is not None and member.membership == "join":
+            # The creator joins before the power levels and the initial state
+            # are stored: invited earlier, a service user's membership would
+            # fork the room's first events and be judged against other levels.
+            state = await self._api.get_room_state(room_id, [(MEMBER, creator), (rooms.POWER_LEVELS, "")])
+            member = state.get((MEMBER, creator))
+            if member is not None and member.membership == "join" and (rooms.POWER_LEVELS, "") in state:
                 break
         else:
             logger.warning("Room %s was not created; its service users stay out", room_id)

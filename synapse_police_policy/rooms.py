@@ -16,6 +16,15 @@ Every new room also names the service users the policy seats in it
 (``io.element.functional_members``): Element leaves them out of the room's name,
 its avatar and direct-chat detection. That list may name service users only, so
 nobody can use it to hide a person (``check_functional_members``).
+
+Clear text is refused by allow-list (``check_clear_text``): the server stores
+whatever is not encrypted, so only event types known to carry no free text
+(or, for state, which cannot be encrypted, the types clients need) may be sent
+in clear; the operator extends the lists in the config.
+
+Power levels at creation go through the rule later changes go through
+(``retention.check_power_levels``), with the service users merged into them
+(``seat_service_users``).
 """
 
 from __future__ import annotations
@@ -25,9 +34,14 @@ from typing import Any
 
 import attrs
 
+from . import retention
 from .config import MEGOLM, RoomsConfig
 from .decisions import Denial, quote
 
+CREATE = "m.room.create"
+MEMBER = "m.room.member"
+ENCRYPTED = "m.room.encrypted"
+REDACTION = "m.room.redaction"
 ENCRYPTION = "m.room.encryption"
 JOIN_RULES = "m.room.join_rules"
 GUEST_ACCESS = "m.room.guest_access"
@@ -36,21 +50,53 @@ POWER_LEVELS = "m.room.power_levels"
 #: Element's list of a room's service members (bots, bridges): left out of the room's
 #: name, avatar and direct-chat detection, still shown in the member list
 FUNCTIONAL_MEMBERS = "io.element.functional_members"
+TRUSTED_PRIVATE_CHAT = "trusted_private_chat"
 
-#: Event types whose content is what users write: they must travel encrypted.
-#: (Reactions carry only an emoji key and stock clients send them in clear.)
-CONTENT_EVENT_TYPES = frozenset(
+#: Non-state events allowed in clear whatever ``rooms.clear_event_types`` says:
+#: ciphertext, and redactions (the retention sweep and the auditor bot send them;
+#: the server must read which event they remove).
+MODULE_CLEAR_EVENT_TYPES = frozenset({ENCRYPTED, REDACTION})
+#: State allowed to carry content whatever ``rooms.clear_state_types`` says: what
+#: the module sets in every room or governs with its own rules.
+MODULE_CLEAR_STATE_TYPES = frozenset(
     {
-        "m.room.message",
-        "m.sticker",
-        "m.poll.start",
-        "m.poll.response",
-        "m.poll.end",
-        "org.matrix.msc3381.poll.start",
-        "org.matrix.msc3381.poll.response",
-        "org.matrix.msc3381.poll.end",
+        CREATE,
+        MEMBER,
+        POWER_LEVELS,
+        JOIN_RULES,
+        HISTORY_VISIBILITY,
+        GUEST_ACCESS,
+        ENCRYPTION,
+        retention.RETENTION,
+        FUNCTIONAL_MEMBERS,
     }
 )
+#: Matrix state a room has once (state key ""): under another state key no
+#: client reads it, so its content would be text stored for nobody.
+ROOM_LEVEL_STATE_TYPES = frozenset(
+    {
+        CREATE,
+        POWER_LEVELS,
+        JOIN_RULES,
+        HISTORY_VISIBILITY,
+        GUEST_ACCESS,
+        ENCRYPTION,
+        retention.RETENTION,
+        "m.room.name",
+        "m.room.topic",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.pinned_events",
+        "m.room.server_acl",
+        "m.room.tombstone",
+    }
+)
+#: the state events Synapse makes from these createRoom fields
+_CREATION_FIELDS = {
+    "name": "m.room.name",
+    "topic": "m.room.topic",
+    "room_alias_name": "m.room.canonical_alias",
+}
 
 
 def _join_rule_denial(config: RoomsConfig, join_rule: Any) -> Denial | None:
@@ -98,17 +144,70 @@ def check_event(
     ``service_users`` are the users ``io.element.functional_members`` may list."""
     if state_key is not None and event_type == FUNCTIONAL_MEMBERS:
         return check_functional_members(service_users, content)
-    if state_key is None:
-        if config.refuse_unencrypted_messages and event_type in CONTENT_EVENT_TYPES:
-            return Denial(
-                "rooms.unencrypted_message",
-                f"Unencrypted {event_type} events are not allowed: rooms on this server are "
-                "end-to-end encrypted, so the client must send m.room.encrypted.",
-            )
+    denial = check_clear_text(config, event_type, state_key, content)
+    if denial is not None or state_key != "":
+        return denial
+    return check_state(config, event_type, content)
+
+
+def check_clear_text(
+    config: RoomsConfig, event_type: str, state_key: str | None, content: Mapping[str, Any]
+) -> Denial | None:
+    """Whatever is not encrypted is stored as it is, so an event in clear must
+    be of a type known to carry no free text. Non-state events: ciphertext,
+    redactions and ``rooms.clear_event_types``. State cannot be encrypted: it
+    may carry content if its type is the module's own or in
+    ``rooms.clear_state_types`` (a room-level type under state key "" only);
+    empty content (how clients remove state) is always allowed."""
+    if not config.refuse_unencrypted_messages:
         return None
-    if state_key == "":
-        return check_state(config, event_type, content)
+    if state_key is None:
+        if event_type in MODULE_CLEAR_EVENT_TYPES or event_type in config.clear_event_types:
+            return None
+        return Denial(
+            "rooms.unencrypted_message",
+            f"Unencrypted {quote(event_type)} events are not allowed: rooms on this server are "
+            "end-to-end encrypted, so the client must send m.room.encrypted (types allowed in clear: "
+            "rooms.clear_event_types).",
+        )
+    if not content:
+        return None
+    if event_type not in MODULE_CLEAR_STATE_TYPES and event_type not in config.clear_state_types:
+        return Denial(
+            "rooms.clear_state",
+            f"State events of type {quote(event_type)} with content are not allowed: state cannot be "
+            "end-to-end encrypted, and this type is not one the server allows in clear "
+            "(rooms.clear_state_types).",
+        )
+    if event_type in ROOM_LEVEL_STATE_TYPES and state_key != "":
+        return Denial(
+            "rooms.clear_state",
+            f"{event_type} in clear text takes the state key '', not {quote(state_key)}: under another "
+            "key no client reads it.",
+        )
     return None
+
+
+def _creation_state(request: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(type, state key, content) of the state a creation request asks for:
+    its well-formed ``initial_state`` entries and what Synapse makes of its
+    ``name``, ``topic`` and ``room_alias_name``."""
+    initial_state = request.get("initial_state")
+    entries = initial_state if isinstance(initial_state, list) else []
+    wanted = [
+        (entry["type"], entry.get("state_key", ""), entry["content"])
+        for entry in entries
+        if isinstance(entry, Mapping)
+        and isinstance(entry.get("type"), str)
+        and isinstance(entry.get("state_key", ""), str)
+        and isinstance(entry.get("content"), Mapping)
+    ]
+    wanted += [
+        (event_type, "", {field: request[field]})
+        for field, event_type in _CREATION_FIELDS.items()
+        if field in request
+    ]
+    return wanted
 
 
 def check_functional_members(service_users: Collection[str], content: Mapping[str, Any]) -> Denial | None:
@@ -272,9 +371,12 @@ def _users_map_ok(levels: Mapping[str, Any]) -> bool:
 
 def check_room_creation(config: RoomsConfig, request: Mapping[str, Any]) -> Denial | None:
     """What no rewrite can make safe in a /createRoom request: a room asked to
-    be public. Such a room would be listed in the room directory and open to
-    anyone who finds it; an invite-only room in its place is not what the
-    creator chose, so the request is refused rather than quietly changed."""
+    be public, or state in clear text (``check_clear_text``). A public room
+    would be listed in the room directory and open to anyone who finds it; an
+    invite-only room in its place is not what the creator chose, so the
+    request is refused rather than quietly changed. (Synapse runs no spam
+    check on the events of a creation request, so the clear-text rule is
+    applied here.)"""
     if request.get("visibility") == "public":
         return Denial(
             "rooms.public_room",
@@ -287,6 +389,10 @@ def check_room_creation(config: RoomsConfig, request: Mapping[str, Any]) -> Deni
             "Public rooms are not allowed: rooms on this server are invite-only "
             "(use preset 'private_chat' or 'trusted_private_chat').",
         )
+    for event_type, state_key, content in _creation_state(request):
+        denial = check_clear_text(config, event_type, state_key, content)
+        if denial is not None:
+            return denial
     return None
 
 
@@ -355,3 +461,109 @@ def _room_level_initial_state(request: Mapping[str, Any]) -> list[Mapping[str, A
     if not isinstance(initial_state, list):
         return []
     return [event for event in initial_state if _is_room_level(event)]
+
+
+# --- power levels at creation ---------------------------------------------------
+
+
+def _creators(request: Mapping[str, Any], creator: str) -> frozenset[str]:
+    """Who a creation request makes a creator of the room, where creators hold
+    unlimited power and are kept out of the power levels (room version 12 on):
+    the creator, ``creation_content.additional_creators`` and, as Synapse adds
+    them, the invitees of a trusted private chat (an auditor's direct chat
+    with the auditor bot makes the bot a creator)."""
+    users = {creator}
+    content = request.get("creation_content")
+    additional = content.get("additional_creators") if isinstance(content, Mapping) else None
+    if isinstance(additional, list):
+        users.update(user for user in additional if isinstance(user, str))
+    invite = request.get("invite")
+    if request.get("preset") == TRUSTED_PRIVATE_CHAT and isinstance(invite, list):
+        users.update(user for user in invite if isinstance(user, str))
+    return frozenset(users)
+
+
+def seat_service_users(
+    request: Mapping[str, Any],
+    initial_state: Sequence[Any],
+    creator: str,
+    seated: Sequence[str],
+    creator_listed: bool,
+) -> tuple[list[Any], dict[str, Any], Denial | None]:
+    """The power levels a creation request gets: ``initial_state`` (whose
+    ``m.room.power_levels`` Synapse takes as it is, ignoring the override) and
+    ``power_level_content_override``, each with the service users merged in at
+    ``retention.SYSTEM_POWER``, and the denial when a request cannot be made
+    safe. Both go through the rule later changes go through
+    (``retention.check_power_levels``: the service users keep power 100 and
+    redacting needs no more), plus what only creation needs: where creators
+    are listed (before room version 12), the creator must be able to invite,
+    since the creator invites the service users once the room exists. A
+    service user the request makes a creator (version 12 on) holds unlimited
+    power and stays out of the power levels, as Synapse requires."""
+    members = [user for user in seated if creator_listed or user not in _creators(request, creator)]
+    secured, denial = retention.seat_in_initial_state(initial_state, creator, members, creator_listed)
+    override = retention.power_override(
+        _with_synapse_users(request, creator, creator_listed), creator, members, creator_listed=creator_listed
+    )
+    denial = denial or retention.check_seated_power(override, members)
+    if denial is None and creator_listed and members:
+        levels = [override, *(entry["content"] for entry in secured if _is_power_levels(entry))]
+        denial = next(filter(None, (check_creator_invites(content, creator) for content in levels)), None)
+    return secured, override, denial
+
+
+def check_room_finished(event_type: str, has_power_levels: bool) -> Denial | None:
+    """Nothing but membership goes into a room without power levels: Synapse
+    keeps the create event and the creator's join of a creation it refused
+    halfway (a creator without the power to send the initial state, content
+    it finds invalid), and such a room has no retention, no service users and
+    no power levels to guard. Every room Synapse finished has them (its
+    creation sends them first). The module asks only about events clients
+    send, never about those of a creation."""
+    if has_power_levels or event_type in (CREATE, MEMBER):
+        return None
+    return Denial(
+        "rooms.unfinished_room",
+        "This room's creation did not finish (it has no power levels, so the policy could not seat "
+        "its service users): nothing can be sent into it; create a new room.",
+    )
+
+
+def check_creator_invites(levels: Mapping[str, Any], creator: str) -> Denial | None:
+    """Where creators are listed in the power levels, the creator's level must
+    reach the invite level: the creator invites the service users, and a room
+    they cannot enter is a room the retention sweep cannot redact."""
+    users = levels.get("users")
+    level = users.get(creator) if isinstance(users, Mapping) else None
+    invite = levels.get("invite", 0)
+    if _is_int(level) and _is_int(invite) and level >= invite:
+        return None
+    return Denial(
+        "retention.system_user_power",
+        f"The room's creator must be able to invite (invite level {quote(invite)}, the creator's level "
+        f"{quote(level)}): the creator invites the service users the policy seats in every room "
+        "(they remove expired content, or archive for the auditors).",
+    )
+
+
+def _with_synapse_users(request: Mapping[str, Any], creator: str, creator_listed: bool) -> Mapping[str, Any]:
+    """The request with Synapse's default ``users`` spelled out in its override
+    where the override names none: an override's ``users`` replaces Synapse's
+    whole map, which lists the invitees of a trusted private chat at 100 in
+    room versions before 12."""
+    override = request.get("power_level_content_override")
+    override = override if isinstance(override, Mapping) else {}
+    invite = request.get("invite")
+    if not creator_listed or "users" in override or request.get("preset") != TRUSTED_PRIVATE_CHAT:
+        return request
+    invitees = {user: 100 for user in invite if isinstance(user, str)} if isinstance(invite, list) else {}
+    return {**request, "power_level_content_override": {**override, "users": {creator: 100, **invitees}}}
+
+
+def _is_power_levels(entry: Any) -> bool:
+    return _is_room_level(entry) and entry.get("type") == POWER_LEVELS
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -97,6 +97,47 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS police_policy_login_links_request"
         " ON police_policy_login_links (request_id, created_at)",
     ),
+    (
+        # Expired events whose redaction failed (or that lie in a room the
+        # system user is not in): retried with back-off until a redaction takes
+        # effect or the audit tier purges the event. One row per event; `kind`
+        # is the latest failure's, `error` Synapse's message (never content).
+        """
+        CREATE TABLE IF NOT EXISTS police_policy_retention_retries (
+            event_id TEXT NOT NULL PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            received_ts BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            error TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            first_failed_at BIGINT NOT NULL,
+            next_try_at BIGINT NOT NULL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS police_policy_retention_retries_due"
+        " ON police_policy_retention_retries (next_try_at)",
+        # Redacted state events, censored by the sweep at the audit tier (the
+        # purge jobs keep state events): queued when the sweep finds them redacted.
+        """
+        CREATE TABLE IF NOT EXISTS police_policy_retention_censor (
+            event_id TEXT NOT NULL PRIMARY KEY,
+            received_ts BIGINT NOT NULL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS police_policy_retention_censor_due"
+        " ON police_policy_retention_censor (received_ts)",
+        # Positions of a Synapse stream over time, for tables whose rows carry
+        # no time (device_inbox): "every row up to `position` existed at `taken_at`".
+        """
+        CREATE TABLE IF NOT EXISTS police_policy_retention_marks (
+            stream TEXT NOT NULL,
+            taken_at BIGINT NOT NULL,
+            position BIGINT NOT NULL,
+            PRIMARY KEY (stream, taken_at)
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

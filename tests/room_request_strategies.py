@@ -125,3 +125,52 @@ CONFIGS = st.builds(
     ),
     default_history_visibility=st.sampled_from(["shared", "invited", "joined"]),
 )
+
+# --- clear text ---------------------------------------------------------------
+
+#: event types a client may send: the known ones (allowed in clear or not) and any text
+EVENT_TYPES = st.sampled_from(
+    [
+        "m.room.message", "m.room.encrypted", "m.reaction", "m.room.redaction", "m.sticker",
+        "m.room.name", "m.room.topic", "m.room.member", "m.room.power_levels", "m.room.create",
+        "m.space.child", "m.room.pinned_events", "m.room.retention", "io.element.functional_members",
+        "im.vector.modular.widgets", "com.example.chat", "com.example.note",
+        *POLICY_TYPES,
+    ]
+) | st.text(max_size=40)  # fmt: skip
+#: None for a non-state event
+STATE_KEYS = st.none() | st.sampled_from(["", "x", "@a:hs.test", "!r:hs.test"]) | st.text(max_size=20)
+EVENT_CONTENTS = st.dictionaries(st.text(max_size=12), CANONICAL_JSON, max_size=3)
+CLEAR_CONFIGS = st.builds(
+    RoomsConfig,
+    refuse_unencrypted_messages=st.booleans(),
+    clear_event_types=st.frozensets(EVENT_TYPES, max_size=3),
+    clear_state_types=st.frozensets(EVENT_TYPES, max_size=5),
+)
+
+# --- power levels at creation ------------------------------------------------------
+
+#: levels Synapse accepts from room version 10 on (integers), hostile ones included
+LEVELS = st.sampled_from([0, 50, 99, 100, 101, 1000]) | st.integers(-(2**53 - 1), 2**53 - 1)
+
+
+def power_levels(users: list[str]) -> st.SearchStrategy[dict]:
+    """``m.room.power_levels`` content a creator might send to keep the service
+    users out: any of ``users`` at any level, and any levels for redacting,
+    inviting, kicking and sending."""
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "users": st.dictionaries(st.sampled_from(users), LEVELS, max_size=len(users)),
+            "users_default": LEVELS,
+            "redact": LEVELS,
+            "invite": LEVELS,
+            "kick": LEVELS,
+            "ban": LEVELS,
+            "events_default": LEVELS,
+            "state_default": LEVELS,
+            "events": st.dictionaries(
+                st.sampled_from(["m.room.redaction", "m.room.power_levels", "m.room.member"]), LEVELS
+            ),
+        },
+    )

@@ -4,21 +4,33 @@ crash mid-sweep neither skips an event nor redacts one twice."""
 
 from __future__ import annotations
 
+import json
 import re
+import ssl
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 import uuid
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+import yaml
 from nio import RedactionEvent
+from signedjson.key import read_signing_keys
+from signedjson.sign import sign_json
+from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
+from synapse.crypto.event_signing import add_hashes_and_signatures
+from synapse.events import make_event_from_dict
 
 from devtools.homeserver import Homeserver
+from synapse_police_policy.retention_status import retention_status as status_of
 from tests import e2ee, media_corpus
 from tests.integration.test_media_remote import download
 from tests.integration.test_media_types import media_rows, stored_files, upload
-from tests.integration.test_retention_rooms import create, wait_for_system_user
+from tests.integration.test_retention_rooms import create, system_user, wait_for_system_user
 from tests.waiting import wait_for
 
 DEVICE_S = 4
@@ -63,12 +75,23 @@ def system_redactions(hs: Homeserver) -> dict[str, int]:
     return {row[0]: int(row[1]) for row in rows}
 
 
-def metric(hs: Homeserver, name: str) -> float:
-    url = f"http://127.0.0.1:{hs.spec.metrics_port}/_synapse/metrics"
+def metric(hs: Homeserver, name: str, **labels: str) -> float:
+    """A sample of the metrics listener, by name and labels (0 when absent)."""
+    url = f"http://{hs.spec.bind_address}:{hs.spec.metrics_port}/_synapse/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
-    match = re.search(rf"^{re.escape(name)}{{[^}}]*}} ([0-9.e+]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
+        if match and all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
+            return float(match.group(2))
+    return 0.0
+
+
+def retention_status(hs: Homeserver) -> dict[str, str]:
+    """``police-policy retention status`` (in this process; the first test runs
+    the command itself): the value of each line by its label."""
+    lines = status_of(yaml.safe_load(hs.config_path.read_text())).lines()
+    return {line[:25].strip(): line[25:].strip() for line in lines}
 
 
 async def test_expired_content_leaves_the_clients_and_the_media_store(short_lived, make_user, tmp_path):
@@ -195,16 +218,33 @@ def test_audit_tier_purges_the_events_from_the_database(start_homeserver, make_u
     assert metric(hs, "police_policy_retention_rooms_purged_total") >= 1
 
 
-def test_copies_of_other_servers_media_go_at_the_audit_tier(start_homeserver, make_user):
-    peer = start_homeserver("retention_peer", with_module=False, federation_address="127.0.0.8")
-    ours = start_homeserver(
+# --- with an allowed peer server (no module) ---------------------------------------
+
+FEDERATED_DEVICE_S = 4
+
+
+@pytest.fixture(scope="module")
+def peer(start_homeserver) -> Homeserver:
+    return start_homeserver("retention_peer", with_module=False, federation_address="127.0.0.8")
+
+
+@pytest.fixture(scope="module")
+def ours(start_homeserver, peer) -> Homeserver:
+    return start_homeserver(
         "retention_ours",
         module_config={
             "federation": {"allowed_servers": [peer.server_name]},
-            "retention": {"device_lifetime": "2s", "audit_lifetime": "6s", "sweep_interval": "1s"},
+            "retention": {
+                "device_lifetime": f"{FEDERATED_DEVICE_S}s",
+                "audit_lifetime": "10s",
+                "sweep_interval": "1s",
+            },
         },
         federation_address="127.0.0.9",
     )
+
+
+def test_copies_of_other_servers_media_go_at_the_audit_tier(ours, peer, make_user):
     reader, sender = make_user("officer", homeserver=ours), make_user("officer", homeserver=peer)
     photo = media_corpus.jpeg()
     status, body = upload(peer, sender.token, photo, "image/jpeg", "photo.jpg")
@@ -220,3 +260,254 @@ def test_copies_of_other_servers_media_go_at_the_audit_tier(start_homeserver, ma
     assert any(path.is_file() for path in remote_files.rglob("*"))
     wait_for(lambda: cached() == 0, 30, "the cached copy outlived the audit tier")
     assert not any(path.is_file() for path in remote_files.rglob("*"))
+
+
+def shared_room(ours: Homeserver, peer: Homeserver, alice, bob) -> str:
+    """A room of ours that ``bob`` of the peer server joined (power 0)."""
+    room_id = create(ours, alice.token)
+    wait_for_system_user(ours, alice.token, room_id)
+    status, body = ours.request(
+        "POST",
+        f"/_matrix/client/v3/rooms/{quote(room_id)}/invite",
+        {"user_id": bob.user_id},
+        token=alice.token,
+    )
+    assert status == 200, body
+
+    def joined() -> bool:
+        status, _ = peer.request(
+            "POST",
+            f"/_matrix/client/v3/join/{quote(room_id)}?server_name={quote(ours.server_name)}",
+            {},
+            token=bob.token,
+        )
+        return status == 200
+
+    wait_for(joined, 30, "the peer's user could not join (the invite did not arrive)")
+    wait_for(
+        lambda: bool(
+            ours.query(
+                "SELECT 1 FROM local_current_membership AS m JOIN current_state_events AS c"
+                " ON c.room_id = m.room_id WHERE c.room_id = ? AND c.type = 'm.room.member'"
+                " AND c.state_key = ? AND c.membership = 'join'",
+                (room_id, bob.user_id),
+            )
+        ),
+        30,
+        "our server did not see the peer user's join",
+    )
+    return room_id
+
+
+def federation_put(sender: Homeserver, target: Homeserver, path: str, body: dict) -> tuple[int, Any]:
+    """A federation request signed with ``sender``'s key, as its Synapse would sign it."""
+    with (sender.spec.directory / "signing.key").open() as fh:
+        [key] = read_signing_keys(fh)
+    key_id = f"{key.alg}:{key.version}"
+    signed = {
+        "method": "PUT",
+        "uri": path,
+        "origin": sender.server_name,
+        "destination": target.server_name,
+        "content": body,
+    }
+    signature = sign_json(signed, sender.server_name, key)["signatures"][sender.server_name][key_id]
+    request = urllib.request.Request(
+        f"https://{target.server_name}{path}",
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f'X-Matrix origin="{sender.server_name}",destination="{target.server_name}",'
+            f'key="{key_id}",sig="{signature}"',
+        },
+    )
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the federation listeners' certificates are self-signed
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def forged_redaction(ours: Homeserver, peer: Homeserver, sender: str, room_id: str, target: str) -> dict:
+    """A redaction PDU by ``sender`` (a user of ``peer``), signed with the peer's
+    key, built on our server's view of the room: what a peer server that does
+    not check power (or a hostile one) sends. A peer's own client API refuses
+    a powerless user's redaction of someone else's event."""
+    [(version_id,)] = ours.query("SELECT room_version FROM rooms WHERE room_id = ?", (room_id,))
+    version = KNOWN_ROOM_VERSIONS[version_id]
+    state = dict(
+        ((kind, key), event_id)
+        for kind, key, event_id in ours.query(
+            "SELECT type, state_key, event_id FROM current_state_events WHERE room_id = ?", (room_id,)
+        )
+    )
+    auth = [state[("m.room.power_levels", "")], state[("m.room.member", sender)]]
+    if not version.msc4291_room_ids_as_hashes:
+        auth.append(state[("m.room.create", "")])
+    prev = [
+        row[0]
+        for row in ours.query("SELECT event_id FROM event_forward_extremities WHERE room_id = ?", (room_id,))
+    ]
+    [(depth,)] = ours.query("SELECT MAX(depth) FROM events WHERE room_id = ?", (room_id,))
+    pdu = {
+        "type": "m.room.redaction",
+        "room_id": room_id,
+        "sender": sender,
+        "content": {"redacts": target},
+        "redacts": target,
+        "origin_server_ts": int(time.time() * 1000),
+        "depth": int(depth) + 1,
+        "prev_events": prev,
+        "auth_events": auth,
+    }
+    if version.updated_redaction_rules:
+        del pdu["redacts"]  # room version 11 on: in the content only
+    with (peer.spec.directory / "signing.key").open() as fh:
+        [key] = read_signing_keys(fh)
+    add_hashes_and_signatures(version, pdu, peer.server_name, key)
+    return pdu
+
+
+def event_id_of(ours: Homeserver, room_id: str, pdu: dict) -> str:
+    [(version_id,)] = ours.query("SELECT room_version FROM rooms WHERE room_id = ?", (room_id,))
+    return make_event_from_dict(pdu, KNOWN_ROOM_VERSIONS[version_id]).event_id
+
+
+def stream_ordering(hs: Homeserver, event_id: str) -> int:
+    [(position,)] = hs.query("SELECT stream_ordering FROM events WHERE event_id = ?", (event_id,))
+    return int(position)
+
+
+def test_a_redaction_without_power_does_not_stop_the_sweep(ours, peer, make_user):
+    alice, bob = make_user("alice", homeserver=ours), make_user("bob", homeserver=peer)
+    room_id = shared_room(ours, peer, alice, bob)
+    message = send_encrypted_looking(ours, alice.token, room_id)
+
+    pdu = forged_redaction(ours, peer, bob.user_id, room_id, message)
+    forged = event_id_of(ours, room_id, pdu)
+    status, body = federation_put(
+        peer,
+        ours,
+        f"/_matrix/federation/v1/send/{uuid.uuid4().hex}",
+        {"origin": peer.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": [pdu]},
+    )
+    assert status == 200 and body["pdus"] == {forged: {}}, body
+
+    # Stored, yet not applied: bob may not redact alice's events.
+    def stored() -> list:
+        return ours.query("SELECT redacts, recheck FROM redactions WHERE event_id = ?", (forged,))
+
+    wait_for(lambda: bool(stored()), 30, "the forged redaction was not stored")
+    assert stored() == [(message, True)]
+    status, event = ours.request(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/event/{quote(message)}", token=alice.token
+    )
+    assert status == 200 and "ciphertext" in event["content"], (status, event)
+
+    wait_for(lambda: message in system_redactions(ours), 60, "the sweep passed over the event")
+    [(by_system,)] = ours.query(
+        "SELECT r.event_id FROM redactions AS r JOIN events AS e ON e.event_id = r.event_id"
+        " WHERE r.redacts = ? AND e.sender = ?",
+        (message, system_user(ours)),
+    )
+    assert stream_ordering(ours, forged) < stream_ordering(ours, by_system), "the forged redaction came first"
+    assert retention_status(ours)["redactions to retry"].startswith("0")
+
+
+def set_power(hs: Homeserver, token: str, room_id: str, changes: dict[str, int]) -> None:
+    status, levels = hs.request(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.power_levels/", token=token
+    )
+    assert status == 200, levels
+    levels["users"] = {**levels.get("users", {}), **changes}
+    status, body = hs.request(
+        "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.power_levels/", levels, token=token
+    )
+    assert status == 200, body
+
+
+def power_of(hs: Homeserver, token: str, room_id: str, user_id: str) -> int:
+    status, levels = hs.request(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.power_levels/", token=token
+    )
+    assert status == 200, levels
+    return levels["users"].get(user_id, levels.get("users_default", 0))
+
+
+def retention_decisions(hs: Homeserver, event_id: str) -> list[dict]:
+    lines = [
+        json.loads(line[line.index("{") :])
+        for line in hs.log_path.read_text().splitlines()
+        if " - synapse_police_policy.decisions - " in line
+    ]
+    return [
+        entry for entry in lines if entry.get("rule") == "retention.sweep" and entry.get("event") == event_id
+    ]
+
+
+def test_a_failed_redaction_is_retried_until_it_takes_effect(ours, peer, make_user):
+    """A peer server's user with more power than the system user (granted by
+    the room's creator) takes the system user's power away over federation:
+    Synapse refuses its redactions, the sweep retries with back-off, shows the
+    event in `retention status` and the metric, logs it once, and redacts it
+    once the power is back."""
+    alice, bob = make_user("alice", homeserver=ours), make_user("bob", homeserver=peer)
+    room_id = shared_room(ours, peer, alice, bob)
+    set_power(ours, alice.token, room_id, {bob.user_id: 150})
+    wait_for(
+        lambda: power_of(peer, bob.token, room_id, bob.user_id) == 150,
+        30,
+        "the peer did not see the new levels",
+    )
+    set_power(peer, bob.token, room_id, {system_user(ours): 0})
+    wait_for(
+        lambda: power_of(ours, alice.token, room_id, system_user(ours)) == 0,
+        30,
+        "our server did not take the demotion",
+    )
+    failed_before = metric(ours, "police_policy_retention_failures_total", kind="forbidden")
+
+    message = send_encrypted_looking(ours, alice.token, room_id)
+
+    def retry_row() -> tuple[str, int, str] | None:
+        rows = ours.query(
+            "SELECT kind, attempts, error FROM police_policy_retention_retries WHERE event_id = ?", (message,)
+        )
+        return rows[0] if rows else None
+
+    wait_for(
+        lambda: (retry_row() or ("", 0, ""))[1] >= 2, 60, "the sweep did not try and retry the redaction"
+    )
+    assert message not in system_redactions(ours)
+    kind, attempts, error = retry_row()
+    assert kind == "forbidden"
+    assert (
+        metric(ours, "police_policy_retention_failures_total", kind="forbidden") >= failed_before + attempts
+    )
+    assert "permission" in error
+    # (the room's superseded invites wait for the same reason)
+    status = retention_status(ours)["redactions to retry"]
+    assert re.fullmatch(r"(\d+) \(forbidden \1\); oldest \d+s past the device lifetime", status), status
+    assert metric(ours, "police_policy_retention_retries", kind="forbidden") >= 1
+    [failed] = retention_decisions(ours, message)
+    assert (failed["decision"], failed["kind"], failed["room"]) == ("redaction_failed", "forbidden", room_id)
+    assert failed["user"] == system_user(ours) and failed["attempts"] == 1
+
+    set_power(peer, bob.token, room_id, {system_user(ours): 100})
+    wait_for(lambda: message in system_redactions(ours), 60, "the retried redaction never took effect")
+    assert ours.query(
+        "SELECT COUNT(*) FROM police_policy_retention_retries WHERE event_id = ?", (message,)
+    ) == [(0,)]
+    wait_for(lambda: len(retention_decisions(ours, message)) == 2, 10, "the recovery was not logged")
+    decisions = retention_decisions(ours, message)
+    assert [entry["decision"] for entry in decisions] == ["redaction_failed", "redacted_after_retry"]
+    assert decisions[1]["attempts"] >= 3
+    wait_for(
+        lambda: retention_status(ours)["redactions to retry"] == "0",
+        30,
+        "other retries of the room did not end",
+    )

@@ -1,5 +1,6 @@
 """Changes to an existing room on a real Synapse: what would open the room,
-drop its encryption or publish it is refused with 403 and the rule's reason."""
+drop its encryption or publish it is refused with 403 and the rule's reason;
+so is clear text outside the allow-list (custom types, state as message)."""
 
 from __future__ import annotations
 
@@ -134,4 +135,59 @@ def test_encrypted_events_and_reactions_pass(hs, room):
         "m.reaction",
         {"m.relates_to": {"rel_type": "m.annotation", "event_id": body["event_id"], "key": "👍"}},
     )
+    assert status == 200, body
+
+
+def stored_anywhere(hs: Homeserver, text: str) -> int:
+    """Events whose stored JSON contains ``text``."""
+    return hs.query("SELECT COUNT(*) FROM event_json WHERE json LIKE ?", (f"%{text}%",))[0][0]
+
+
+@pytest.mark.parametrize(
+    ("method", "event_type", "state_key", "content", "words"),
+    [
+        (
+            "send",
+            "com.example.chat",
+            None,
+            {"msgtype": "m.text", "body": "{secret}"},
+            "must send m.room.encrypted",
+        ),
+        ("state", "com.example.note", "", {"text": "{secret}"}, "rooms.clear_state_types"),
+        ("state", "m.room.message", "", {"msgtype": "m.text", "body": "{secret}"}, "rooms.clear_state_types"),
+        ("state", "m.room.topic", "notes", {"topic": "{secret}"}, "takes the state key ''"),
+    ],
+    ids=["custom_message_type", "custom_state", "message_as_state", "topic_under_another_key"],
+)
+def test_clear_text_outside_the_allow_list_is_refused_and_not_stored(
+    hs, room, method, event_type, state_key, content, words
+):
+    room_id, owner = room
+    secret = f"Treffpunkt-{uuid.uuid4().hex}"
+    content = {key: value.replace("{secret}", secret) for key, value in content.items()}
+    if method == "send":
+        status, body = send(hs, owner.token, room_id, event_type, content)
+    else:
+        path = f"/_matrix/client/v3/rooms/{room_id}/state/{event_type}/{state_key}"
+        status, body = hs.request("PUT", path, content, token=owner.token)
+    assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+    assert words in body["error"]
+    assert secret not in body["error"]
+    assert stored_anywhere(hs, secret) == 0
+
+
+@pytest.mark.parametrize(
+    ("event_type", "state_key", "content"),
+    [
+        ("m.room.topic", "", {"topic": "Lage ruhig"}),
+        ("m.room.pinned_events", "", {"pinned": []}),
+        ("m.space.child", "!child:ours.test", {"via": ["ours.test"]}),
+        ("com.example.note", "", {}),
+    ],
+    ids=["topic", "pinned_events", "space_child", "emptied_custom_state"],
+)
+def test_state_clients_need_passes_in_clear(hs, room, event_type, state_key, content):
+    room_id, owner = room
+    path = f"/_matrix/client/v3/rooms/{room_id}/state/{event_type}/{state_key}"
+    status, body = hs.request("PUT", path, content, token=owner.token)
     assert status == 200, body

@@ -5,6 +5,8 @@ test_element_rooms.py."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from devtools.homeserver import Homeserver
@@ -205,3 +207,23 @@ def test_other_malformed_fields_are_a_clear_400(hs, make_user, request_body, nam
     assert status == 400, body
     assert body["errcode"] == "M_BAD_JSON"
     assert named in body["error"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"type": "com.example.note", "state_key": "", "content": {"text": "{secret}"}},
+        {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "{secret}"}},
+    ],
+    ids=["custom_state", "message_as_state"],
+)
+def test_clear_text_in_initial_state_is_refused_and_not_stored(hs, make_user, entry):
+    """Synapse runs no spam check on a creation request's events: the module's
+    creation gate applies the clear-text rule itself."""
+    user = make_user("creator")
+    secret = f"Treffpunkt-{uuid.uuid4().hex}"
+    entry = {**entry, "content": {k: v.replace("{secret}", secret) for k, v in entry["content"].items()}}
+    status, body = create(hs, user.token, {"name": "Lage", "initial_state": [entry]})
+    assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+    assert "rooms.clear_state_types" in body["error"]
+    assert hs.query("SELECT COUNT(*) FROM event_json WHERE json LIKE ?", (f"%{secret}%",)) == [(0,)]

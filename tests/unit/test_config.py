@@ -49,6 +49,8 @@ def test_defaults(raw: Any) -> None:
     assert config.rooms.allowed_join_rules == frozenset({"invite"})
     assert config.rooms.default_history_visibility == "shared"
     assert config.rooms.refuse_unencrypted_messages is True
+    assert config.rooms.clear_event_types == frozenset({"m.reaction"})
+    assert {"m.room.name", "m.room.topic", "m.room.pinned_events"} <= config.rooms.clear_state_types
     assert config.federation.allowed_servers == frozenset()
     assert config == PolicyConfig()
 
@@ -105,6 +107,26 @@ def test_rooms_section_values() -> None:
     assert config.rooms.refuse_unencrypted_messages is False
 
 
+def test_clear_type_lists_replace_the_defaults() -> None:
+    config = parse_config(
+        {
+            "rooms": {
+                "clear_event_types": [],
+                "clear_state_types": ["m.room.name", "im.vector.modular.widgets"],
+            }
+        }
+    )
+    assert config.rooms.clear_event_types == frozenset()
+    assert config.rooms.clear_state_types == frozenset({"m.room.name", "im.vector.modular.widgets"})
+
+
+@pytest.mark.parametrize("key", ["clear_event_types", "clear_state_types"])
+@pytest.mark.parametrize("value", ["", " m.reaction", 5, None, "x" * 256])
+def test_clear_type_entries_must_be_event_types(key: str, value: Any) -> None:
+    msg = config_error({"rooms": {key: ["m.reaction", value]}})
+    assert msg == f"rooms.{key}[1]: expected an event type such as 'm.room.topic', got {value!r}"
+
+
 @pytest.mark.parametrize("visibility", sorted(KNOWN_HISTORY_VISIBILITY))
 def test_every_member_only_history_visibility_is_accepted(visibility: str) -> None:
     config = parse_config({"rooms": {"default_history_visibility": visibility}})
@@ -133,7 +155,16 @@ def test_unknown_top_level_key() -> None:
 @pytest.mark.parametrize(
     ("section", "known"),
     [
-        ("rooms", ["allowed_join_rules", "default_history_visibility", "refuse_unencrypted_messages"]),
+        (
+            "rooms",
+            [
+                "allowed_join_rules",
+                "clear_event_types",
+                "clear_state_types",
+                "default_history_visibility",
+                "refuse_unencrypted_messages",
+            ],
+        ),
         ("federation", ["allowed_servers"]),
         ("retention", ["audit_lifetime", "device_lifetime", "sweep_interval", "system_user"]),
         (
@@ -179,7 +210,12 @@ def test_section_not_a_mapping(section: str, value: Any) -> None:
 
 @pytest.mark.parametrize(
     ("section", "key"),
-    [("rooms", "allowed_join_rules"), ("federation", "allowed_servers")],
+    [
+        ("rooms", "allowed_join_rules"),
+        ("rooms", "clear_event_types"),
+        ("rooms", "clear_state_types"),
+        ("federation", "allowed_servers"),
+    ],
 )
 @pytest.mark.parametrize("value", ["invite", {"invite": True}, None])
 def test_list_expected(section: str, key: str, value: Any) -> None:

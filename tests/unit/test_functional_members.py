@@ -76,9 +76,9 @@ def test_without_service_users_nobody_may_be_listed() -> None:
 
 
 def test_a_message_of_that_type_is_no_listing() -> None:
-    assert (
-        check_event(RoomsConfig(), FUNCTIONAL_MEMBERS, None, {"service_members": [OFFICER]}, SERVICE) is None
-    )
+    """Not state: Element reads no listing from it; the clear-text rule refuses it instead."""
+    denial = check_event(RoomsConfig(), FUNCTIONAL_MEMBERS, None, {"service_members": [OFFICER]}, SERVICE)
+    assert denial is not None and denial.rule == "rooms.unencrypted_message"
 
 
 def test_creation_gets_the_service_users_listed() -> None:

@@ -108,7 +108,7 @@ def database(tmp_path: Path) -> Iterator[Path]:
     add_event(connection, 4, NOW - 3 * DAY)  # oldest expired after the watermark: 2 days overdue
     add_event(connection, 6, NOW - 2 * DAY)
     add_event(connection, 9, NOW - 1 * DAY + 1)  # one millisecond short of the device tier
-    add_event(connection, 20, NOW - 20 * DAY, type="m.room.member", state_key=ALICE)
+    add_event(connection, 20, NOW - 20 * DAY, type="m.room.power_levels", state_key="")
     add_event(connection, 21, NOW - 20 * DAY, outlier=True)
     add_event(connection, 22, NOW - 20 * DAY, rejection_reason="auth_error")
     # redactions: two by the system user, one by Alice (not the sweep's)
@@ -142,6 +142,8 @@ def test_status_figures(database: Path) -> None:
         lag_s=2 * 86_400.0,
         media_past_device_tier=2,  # created strictly before the cutoff
         events_past_audit_tier=2,  # events 1 and 2
+        kept=status.kept,  # see test_inventory_counts
+        now_ms=NOW,
     )
 
 
@@ -212,6 +214,19 @@ def test_lines(database: Path) -> None:
         "sweep lag                172800s",
         "media past device tier   2",
         "events past audit tier   2 (still stored; purge jobs remove them)",
+        "redactions to retry      0",
+        "kept in clear            count  oldest    why",
+        "  room names and topics                  0         -  current ones stay (rooms need them)",
+        "  room avatars (state)                   0         -  current ones stay",
+        "  pinned-event lists                     0         -  current ones stay",
+        "  custom room state                      0         -  current ones stay",
+        "  display names in rooms                 0         -  current members' stay",
+        "  profiles (display name, avatar)        0         -  stay while the account exists",
+        "  avatar images (with thumbnails)        0         -  current avatars stay",
+        "  to-device messages waiting             0         -  deleted after the device lifetime",
+        "  redacted originals                     4  1728000s  until the audit lifetime",
+        "  room aliases                           0         -  stay while the alias exists",
+        "  device names                           0         -  stay while the device exists",
     ]
 
 
@@ -230,6 +245,9 @@ class _PercentCursor:
     def fetchone(self) -> Any:
         return self._cursor.fetchone()
 
+    def fetchall(self) -> Any:
+        return self._cursor.fetchall()
+
 
 def test_postgres_placeholders_and_the_connection_is_closed(
     database: Path, monkeypatch: pytest.MonkeyPatch
@@ -247,7 +265,9 @@ def test_postgres_placeholders_and_the_connection_is_closed(
     connection.close()
     assert status.watermark == 3
     assert status.expired_unredacted == 2
-    assert statements and all("%s" in sql for sql in statements)
+    # (the cursor refuses "?"); the queries without parameters need none
+    assert statements and all("%s" in sql or "?" not in sql for sql in statements)
+    assert sum("%s" in sql for sql in statements) >= 8
     assert closed == [True]
 
 
@@ -410,9 +430,111 @@ def test_avatars_are_not_media_past_the_device_tier(tmp_path: Path) -> None:
         "INSERT INTO local_media_repository (media_id, created_ts) VALUES (?, ?)",
         [("user_avatar", NOW - 30 * DAY), ("room_avatar", NOW - 30 * DAY)],
     )
-    connection.execute("INSERT INTO profiles VALUES (?, ?)", (ALICE, f"mxc://{SERVER}/user_avatar"))
-    connection.execute("INSERT INTO room_stats_state VALUES (?, ?)", (ROOM, f"mxc://{SERVER}/room_avatar"))
+    connection.execute(
+        "INSERT INTO profiles (user_id, avatar_url) VALUES (?, ?)", (ALICE, f"mxc://{SERVER}/user_avatar")
+    )
+    connection.execute(
+        "INSERT INTO room_stats_state (room_id, avatar) VALUES (?, ?)", (ROOM, f"mxc://{SERVER}/room_avatar")
+    )
     connection.commit()
     connection.close()
 
     assert retention_status(homeserver_config(path)).media_past_device_tier == 0
+
+
+# --- what stays in clear, and the retries -------------------------------------------------
+
+
+def test_inventory_counts(tmp_path: Path) -> None:
+    """Each category counts its items and dates the oldest by its arrival."""
+    path = tmp_path / "homeserver.db"
+    connection = create_database(path)
+    name = add_event(connection, 1, NOW - 3 * DAY, type="m.room.name", state_key="")
+    topic = add_event(connection, 2, NOW - 2 * DAY, type="m.room.topic", state_key="")
+    add_event(connection, 3, NOW - 9 * DAY, type="m.room.topic", state_key="")  # superseded: not counted
+    avatar = add_event(connection, 4, NOW - DAY, type="m.room.avatar", state_key="")
+    note = add_event(connection, 5, NOW - DAY, type="com.example.note", state_key="")
+    levels = add_event(connection, 6, NOW - 30 * DAY, type="m.room.power_levels", state_key="")
+    alice = add_event(connection, 7, NOW - 4 * DAY, type="m.room.member", state_key=ALICE)
+    bob = add_event(connection, 8, NOW - 5 * DAY, type="m.room.member", state_key="@bob:police.example")
+    for event_id, kind in [
+        (name, "m.room.name"),
+        (topic, "m.room.topic"),
+        (avatar, "m.room.avatar"),
+        (note, "com.example.note"),
+        (levels, "m.room.power_levels"),
+        (alice, "m.room.member"),
+        (bob, "m.room.member"),
+    ]:
+        connection.execute(
+            "INSERT INTO current_state_events (event_id, room_id, type, state_key) VALUES (?, ?, ?, '')",
+            (event_id, ROOM, kind),
+        )
+    connection.executemany(
+        "INSERT INTO room_memberships (event_id, display_name) VALUES (?, ?)",
+        [(alice, "KOK Meier"), (bob, None)],  # bob left: his leave carries no name
+    )
+    connection.executemany(
+        "INSERT INTO profiles (user_id, displayname, avatar_url) VALUES (?, ?, ?)",
+        [(ALICE, "KOK Meier", f"mxc://{SERVER}/face"), (SYSTEM, None, None)],
+    )
+    connection.execute(
+        "INSERT INTO local_media_repository (media_id, created_ts) VALUES ('face', ?)", (NOW - DAY,)
+    )
+    connection.executemany(
+        "INSERT INTO device_inbox (user_id, device_id, stream_id, message_json) VALUES (?, 'D', ?, '{}')",
+        [(ALICE, 5), (ALICE, 6)],
+    )
+    connection.executemany(
+        "INSERT INTO police_policy_retention_marks (stream, taken_at, position) VALUES ('to_device', ?, ?)",
+        [(NOW - 2 * DAY, 4), (NOW - DAY, 5), (NOW - SECOND, 6)],
+    )
+    connection.execute(
+        "INSERT INTO room_aliases (room_alias, room_id) VALUES ('#lage:police.example', ?)", (ROOM,)
+    )
+    connection.execute(
+        "INSERT INTO devices (user_id, device_id, display_name) VALUES (?, 'D', 'iPhone')", (ALICE,)
+    )
+    connection.commit()
+    connection.close()
+
+    status = retention_status(homeserver_config(path))
+
+    assert [(item.label, item.count, item.oldest_ms) for item in status.kept] == [
+        ("room names and topics", 2, NOW - 3 * DAY),
+        ("room avatars (state)", 1, NOW - DAY),
+        ("pinned-event lists", 0, None),
+        ("custom room state", 1, NOW - DAY),
+        ("display names in rooms", 1, NOW - 4 * DAY),
+        ("profiles (display name, avatar)", 1, None),
+        ("avatar images (with thumbnails)", 1, NOW - DAY),
+        ("to-device messages waiting", 2, NOW - DAY),  # the oldest was there at the mark of position 5
+        ("redacted originals", 0, None),
+        ("room aliases", 1, None),
+        ("device names", 1, None),
+    ]
+
+
+def test_retries_by_kind_and_how_overdue_the_oldest_is(database: Path) -> None:
+    with sqlite3.connect(database) as connection:
+        connection.executemany(
+            "INSERT INTO police_policy_retention_retries (event_id, room_id, event_type, received_ts, kind,"
+            " error, attempts, first_failed_at, next_try_at)"
+            " VALUES (?, ?, 'm.room.encrypted', ?, ?, 'e', 1, 0, 0)",
+            [
+                ("$a", ROOM, NOW - 3 * DAY, "forbidden"),
+                ("$b", ROOM, NOW - 2 * DAY, "forbidden"),
+                ("$c", ROOM, NOW - DAY, "not_in_room"),
+            ],
+        )
+    connection.close()
+
+    status = retention_status(homeserver_config(database))
+
+    assert status.retries == {"forbidden": (2, NOW - 3 * DAY), "not_in_room": (1, NOW - DAY)}
+    line = next(line for line in status.lines() if line.startswith("redactions to retry"))
+    # the device tier is 1 day: the oldest is 2 days past it
+    assert (
+        line
+        == "redactions to retry      3 (forbidden 2, not_in_room 1); oldest 172800s past the device lifetime"
+    )

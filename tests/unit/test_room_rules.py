@@ -12,17 +12,32 @@ from synapse_police_policy import retention
 from synapse_police_policy.config import MEGOLM, RoomsConfig
 from synapse_police_policy.decisions import Denial, quote
 from synapse_police_policy.rooms import (
+    MODULE_CLEAR_EVENT_TYPES,
+    MODULE_CLEAR_STATE_TYPES,
+    ROOM_LEVEL_STATE_TYPES,
+    check_clear_text,
     check_directory_publication,
     check_event,
     check_room_creation,
+    check_room_finished,
     check_state,
     malformed_initial_state,
     malformed_request,
     missing_initial_state,
+    seat_service_users,
     secure_initial_state,
 )
 from tests import element_requests as element
-from tests.room_request_strategies import CONFIGS, POLICY_TYPES, REQUESTS
+from tests.room_request_strategies import (
+    CLEAR_CONFIGS,
+    CONFIGS,
+    EVENT_CONTENTS,
+    EVENT_TYPES,
+    POLICY_TYPES,
+    REQUESTS,
+    STATE_KEYS,
+    power_levels,
+)
 
 DEFAULT = RoomsConfig()
 LENIENT = RoomsConfig(refuse_unencrypted_messages=False)
@@ -408,9 +423,132 @@ def test_encrypted_and_reaction_events_allowed(
     assert check_event(config, event_type, None, content) is None
 
 
-def test_state_event_with_message_type_is_not_a_message() -> None:
-    # only non-state events carry what users write
-    assert check_event(DEFAULT, "m.room.message", "", {"body": "x"}) is None
+# --- clear text: an allow-list -------------------------------------------------
+
+SECRET = "Treffpunkt 14 Uhr Hauptstraße"
+#: what issue 18 found accepted in clear: a custom message type, custom state, a state m.room.message
+CLEAR_TEXT_CASES = {
+    "custom_message_type": ("com.example.chat", None, {"msgtype": "m.text", "body": SECRET}),
+    "custom_state": ("com.example.note", "", {"text": SECRET}),
+    "message_as_state": ("m.room.message", "", {"msgtype": "m.text", "body": SECRET}),
+    "message_as_keyed_state": ("m.room.message", "x", {"msgtype": "m.text", "body": SECRET}),
+    "topic_under_another_key": ("m.room.topic", "notes", {"topic": SECRET}),
+    "server_notice": ("m.room.message", None, {"msgtype": "m.server_notice", "body": SECRET}),
+}
+
+
+@pytest.mark.parametrize("case", list(CLEAR_TEXT_CASES))
+def test_clear_text_outside_the_allow_list_is_refused(case: str) -> None:
+    event_type, state_key, content = CLEAR_TEXT_CASES[case]
+    denial = check_event(DEFAULT, event_type, state_key, content)
+    assert denial is not None
+    assert denial.rule == ("rooms.unencrypted_message" if state_key is None else "rooms.clear_state")
+    assert event_type in denial.reason
+    assert "clear" in denial.reason
+    assert SECRET not in denial.reason
+    assert check_event(LENIENT, event_type, state_key, content) is None
+
+
+@pytest.mark.parametrize(
+    ("event_type", "state_key", "content"),
+    [
+        ("m.room.name", "", {"name": "Einsatz 4711"}),
+        ("m.room.topic", "", {"topic": "Lage"}),
+        ("m.room.avatar", "", {"url": "mxc://hs.test/a"}),
+        ("m.room.canonical_alias", "", {"alias": "#leitstelle:hs.test"}),
+        ("m.room.pinned_events", "", {"pinned": ["$e"]}),
+        ("m.room.server_acl", "", {"allow": ["hs.test"], "deny": []}),
+        ("m.room.tombstone", "", {"body": "This room has been replaced", "replacement_room": "!n:hs.test"}),
+        ("m.space.child", "!room:hs.test", {"via": ["hs.test"], "suggested": True}),
+        ("m.space.parent", "!space:hs.test", {"via": ["hs.test"], "canonical": True}),
+        ("m.room.power_levels", "", {"users": {"@a:hs.test": 100}}),
+        ("m.room.retention", "", {"max_lifetime": 1000}),
+        ("m.room.member", "@a:hs.test", {"membership": "join", "displayname": "A"}),
+        ("io.element.functional_members", "", {"service_members": []}),
+        ("com.example.note", "", {}),  # removing custom state
+        ("m.room.topic", "notes", {}),
+        ("m.room.encrypted", None, {"algorithm": MEGOLM, "ciphertext": "AwgA"}),
+        ("m.reaction", None, {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$e", "key": "👍"}}),
+        ("m.room.redaction", None, {"redacts": "$e", "reason": "Retention policy"}),
+    ],
+)
+def test_what_clients_need_passes_in_clear(event_type: str, state_key: str | None, content: dict) -> None:
+    assert check_event(DEFAULT, event_type, state_key, content) is None
+
+
+def test_the_operator_extends_and_shortens_the_lists() -> None:
+    widgets = RoomsConfig(clear_state_types=DEFAULT.clear_state_types | {"im.vector.modular.widgets"})
+    widget = {"type": "jitsi", "url": "https://jitsi.hs.test", "name": "Jitsi"}
+    assert check_event(DEFAULT, "im.vector.modular.widgets", "w1", widget) is not None
+    assert check_event(widgets, "im.vector.modular.widgets", "w1", widget) is None
+    strict = RoomsConfig(clear_event_types=frozenset(), clear_state_types=frozenset())
+    reaction = {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$e", "key": "👍"}}
+    assert check_event(strict, "m.reaction", None, reaction) is not None
+    assert check_event(strict, "m.room.topic", "", {"topic": "Lage"}) is not None
+    # the module's own events stay allowed whatever the lists say
+    assert check_event(strict, "m.room.redaction", None, {"redacts": "$e"}) is None
+    assert check_event(strict, "m.room.retention", "", {"max_lifetime": 1000}) is None
+    assert check_event(strict, "m.room.join_rules", "", {"join_rule": "invite"}) is None
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(config=CLEAR_CONFIGS, event_type=EVENT_TYPES, state_key=STATE_KEYS, content=EVENT_CONTENTS)
+def test_clear_text_rule_refuses_whatever_it_does_not_know(
+    config: RoomsConfig, event_type: str, state_key: str | None, content: dict[str, Any]
+) -> None:
+    denial = check_clear_text(config, event_type, state_key, content)
+    if denial is not None:
+        assert config.refuse_unencrypted_messages
+        assert denial.rule in ("rooms.unencrypted_message", "rooms.clear_state")
+        assert len(denial.reason) < 400
+    # the room rules for an existing room refuse at least as much
+    if event_type != "io.element.functional_members":
+        assert (denial is None) or check_event(config, event_type, state_key, content) == denial
+    if not config.refuse_unencrypted_messages:
+        assert denial is None
+        return
+    if state_key is None:
+        known = MODULE_CLEAR_EVENT_TYPES | config.clear_event_types
+        assert (denial is None) == (event_type in known)
+        return
+    known = MODULE_CLEAR_STATE_TYPES | config.clear_state_types
+    if not content:
+        assert denial is None  # removing state never carries text
+    elif event_type not in known:
+        assert denial is not None
+    else:
+        assert (denial is None) == (event_type not in ROOM_LEVEL_STATE_TYPES or state_key == "")
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"initial_state": [state("com.example.note", {"text": SECRET})]},
+        {"initial_state": [state("m.room.message", {"msgtype": "m.text", "body": SECRET})]},
+        {"initial_state": [state("m.room.name", {"name": SECRET}, state_key="x")]},
+        {"initial_state": [state("com.example.note", {"text": SECRET}, state_key=None)]},
+    ],
+    ids=["custom_state", "message_as_state", "name_under_another_key", "no_state_key"],
+)
+def test_clear_text_in_a_creation_request_is_refused(request_: dict[str, Any]) -> None:
+    denial = check_room_creation(DEFAULT, request_)
+    assert denial is not None
+    assert denial.rule == "rooms.clear_state"
+    assert SECRET not in denial.reason
+    assert check_room_creation(LENIENT, request_) is None
+
+
+def test_name_and_topic_of_a_creation_request_follow_the_state_list() -> None:
+    request = {"name": "Einsatz 4711", "topic": "Lage", "room_alias_name": "einsatz"}
+    assert check_room_creation(DEFAULT, request) is None
+    for field, event_type in [
+        ("name", "m.room.name"),
+        ("topic", "m.room.topic"),
+        ("room_alias_name", "m.room.canonical_alias"),
+    ]:
+        config = RoomsConfig(clear_state_types=DEFAULT.clear_state_types - {event_type})
+        denial = check_room_creation(config, {field: request[field]})
+        assert denial is not None and event_type in denial.reason, field
 
 
 @pytest.mark.parametrize(
@@ -429,8 +567,10 @@ def test_room_level_state_changes(event_type: str, content: dict[str, Any], rule
     assert denial.rule == rule
     # check_event delegates room-level state to check_state
     assert check_state(DEFAULT, event_type, content) == denial
-    # with a non-empty state key it is not room-level state and is ignored
-    assert check_event(DEFAULT, event_type, "sub", content) is None
+    # under another state key no client reads it: content there is clear text for nobody
+    other = check_event(DEFAULT, event_type, "sub", content)
+    assert (other is None) == (content == {})
+    assert other is None or other.rule == "rooms.clear_state"
 
 
 @pytest.mark.parametrize(
@@ -658,6 +798,131 @@ def test_other_entries_are_not_power_levels() -> None:
     ]
     secured, denial = retention.seat_in_initial_state(entries, "@a:hs.test", SEATED, creator_listed=True)
     assert (secured, denial) == (entries, None)
+
+
+# --- power levels at creation: seat_service_users ------------------------------
+
+CREATOR = "@a:hs.test"
+SYSTEM, AUDITOR = SEATED
+
+
+def seat(request: dict[str, Any], *, creator_listed: bool) -> tuple[list[Any], dict[str, Any], Denial | None]:
+    initial_state, _ = secure_initial_state(DEFAULT, request)
+    return seat_service_users(request, initial_state, CREATOR, SEATED, creator_listed)
+
+
+def levels_in(initial_state: list[Any]) -> list[dict[str, Any]]:
+    return [
+        e["content"] for e in initial_state if e["type"] == "m.room.power_levels" and e["state_key"] == ""
+    ]
+
+
+@pytest.mark.parametrize("event_type", ["m.room.encrypted", "m.room.power_levels", "m.room.encryption", "x"])
+def test_a_room_without_power_levels_takes_nothing_but_membership(event_type: str) -> None:
+    """What Synapse leaves of a creation it refused halfway."""
+    denial = check_room_finished(event_type, has_power_levels=False)
+    assert denial is not None and denial.rule == "rooms.unfinished_room"
+    assert check_room_finished(event_type, has_power_levels=True) is None
+    for membership in ("m.room.create", "m.room.member"):
+        assert check_room_finished(membership, has_power_levels=False) is None
+
+
+def test_hostile_initial_state_power_levels_get_the_service_users_seated() -> None:
+    """Issue 18: valid in room version 12, where creators have unlimited power."""
+    request = {"initial_state": [state("m.room.power_levels", {"users": {}, "redact": 100})]}
+    initial_state, _, denial = seat(request, creator_listed=False)
+    assert denial is None
+    assert levels_in(initial_state) == [{"users": {SYSTEM: 100, AUDITOR: 100}, "redact": 100}]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"initial_state": [state("m.room.power_levels", {"users": {CREATOR: 0}, "invite": 50})]},
+        {"initial_state": [state("m.room.power_levels", {"invite": 101})]},
+        {"power_level_content_override": {"invite": 101}},
+        {"power_level_content_override": {"users": {CREATOR: 10}, "invite": 50}},
+        {"initial_state": [state("m.room.power_levels", {"users": {CREATOR: "100"}})]},
+    ],
+    ids=["creator_below_invite", "invite_above_100", "override_invite", "override_creator", "string_level"],
+)
+def test_where_creators_are_listed_the_creator_must_be_able_to_invite(request_: dict[str, Any]) -> None:
+    """The creator invites the service users; a room they cannot enter is never swept."""
+    _, _, denial = seat(request_, creator_listed=True)
+    assert denial is not None
+    assert denial.rule == "retention.system_user_power"
+    assert "invite" in denial.reason
+    # from room version 12 on the creator's power is unlimited (Synapse refuses a listed creator)
+    _, _, unlisted = seat(request_, creator_listed=False)
+    assert unlisted is None
+
+
+def test_a_creator_at_level_zero_may_create_where_anyone_may_invite() -> None:
+    request = {"initial_state": [state("m.room.power_levels", {"users": {CREATOR: 0}, "state_default": 0})]}
+    initial_state, _, denial = seat(request, creator_listed=True)
+    assert denial is None
+    assert levels_in(initial_state)[0]["users"] == {CREATOR: 0, SYSTEM: 100, AUDITOR: 100}
+
+
+def test_a_direct_chat_with_the_auditor_bot_makes_it_a_creator_not_a_listed_user() -> None:
+    """Room version 12: Synapse makes a trusted private chat's invitees creators and
+    refuses power levels that list a creator (a 400 before this rule)."""
+    request = {"preset": "trusted_private_chat", "is_direct": True, "invite": [AUDITOR]}
+    _, override, denial = seat(request, creator_listed=False)
+    assert denial is None
+    assert override["users"] == {SYSTEM: 100}
+    request = {"creation_content": {"additional_creators": [SYSTEM, 7]}}
+    _, override, denial = seat(request, creator_listed=False)
+    assert (override["users"], denial) == ({AUDITOR: 100}, None)
+    # before version 12 nobody but the creator is a creator: both are listed
+    _, override, _ = seat(request, creator_listed=True)
+    assert override["users"] == {CREATOR: 100, SYSTEM: 100, AUDITOR: 100}
+
+
+def test_a_trusted_private_chat_keeps_its_invitees_at_100_before_version_12() -> None:
+    """Synapse gives them 100 in its default users, which an override's users replace."""
+    request = {"preset": "trusted_private_chat", "invite": ["@b:hs.test"]}
+    _, override, _ = seat(request, creator_listed=True)
+    assert override["users"] == {CREATOR: 100, "@b:hs.test": 100, SYSTEM: 100, AUDITOR: 100}
+    own = {**request, "power_level_content_override": {"users": {CREATOR: 100, "@b:hs.test": 50}}}
+    _, override, _ = seat(own, creator_listed=True)
+    assert override["users"]["@b:hs.test"] == 50, "the request's own users map is kept"
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    levels=power_levels([CREATOR, SYSTEM, AUDITOR, "@b:hs.test"]),
+    in_initial_state=st.booleans(),
+    creator_listed=st.booleans(),
+)
+def test_power_levels_at_creation_are_safe_or_refused(
+    levels: dict[str, Any], in_initial_state: bool, creator_listed: bool
+) -> None:
+    """Whatever a creator asks for, the power levels Synapse takes seat the service
+    users with the power the later-change rule demands, or the request is refused."""
+    if in_initial_state:
+        request: dict[str, Any] = {"initial_state": [state("m.room.power_levels", levels)]}
+    else:
+        request = {"power_level_content_override": levels}
+    initial_state, override, denial = seat(request, creator_listed=creator_listed)
+    if denial is not None:
+        assert denial.rule == "retention.system_user_power"
+        # refused only what breaks a rule: a power level above 100 for redacting, or a
+        # creator (where listed) below the invite level
+        needs = [levels.get("redact", 50), levels.get("events", {}).get("m.room.redaction")]
+        needs.append(levels.get("events_default", 0) if needs[1] is None else None)
+        creator = levels.get("users", {}).get(CREATOR, 100)
+        assert any(n is not None and n > 100 for n in needs) or (
+            creator_listed and creator < levels.get("invite", 0)
+        )
+        return
+    taken = levels_in(initial_state)[-1] if in_initial_state else override
+    for user in SEATED:
+        assert retention.check_power_levels(taken, user) is None
+    if creator_listed:
+        assert taken["users"][CREATOR] >= taken.get("invite", 0)
+    else:
+        assert CREATOR not in taken["users"] or CREATOR in levels.get("users", {})
 
 
 # --- properties: the whole input surface of createRoom ------------------------
