@@ -118,10 +118,13 @@ class BotProcess:
                 config[key] = value
         self.config_file.write_text(yaml.safe_dump(config))
 
-    def start(self, timeout: float = 30.0, args: tuple[str, ...] = ()) -> None:
-        """Start the bot and wait for a new ``ready`` line (earlier starts logged theirs too)."""
+    def start(
+        self, timeout: float = 30.0, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
+        """Start the bot and wait for a new ``ready`` line (earlier starts logged theirs too);
+        ``env`` adds to its environment (a test hook such as DISPATCH_TEST_STOP_AFTER)."""
         ready_before = self.log().count(self.ready)
-        self._spawn(args)
+        self._spawn(args, env)
         assert self.process is not None
         deadline = time.monotonic() + timeout
         while self.log().count(self.ready) <= ready_before:
@@ -144,15 +147,24 @@ class BotProcess:
             raise AssertionError(f"the bot did not exit within {timeout}s:\n{self.log()}") from None
         return status, self.log()[logged_before:]
 
-    def _spawn(self, args: tuple[str, ...]) -> None:
+    def _spawn(self, args: tuple[str, ...], env: dict[str, str] | None = None) -> None:
         with self.log_file.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", self.module, "-c", str(self.config_file), *args],
                 cwd=REPO,
-                env=repo_env(),
+                env={**repo_env(), **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+
+    def killed_itself(self, timeout: float = 60.0) -> None:
+        """Wait until the bot killed itself (SIGKILL: a test hook's chosen step was reached)."""
+        assert self.process is not None
+        try:
+            status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the bot did not stop within {timeout}s:\n{self.log()}") from None
+        assert status == -signal.SIGKILL, f"the bot exited with {status}:\n{self.log()}"
 
     def kill(self) -> None:
         """SIGKILL: no chance to finish anything (what a crash or power loss does)."""

@@ -6,6 +6,8 @@
   a repeated alert at time t (pure); ``board``: the status board (pure);
 * ``state``: everything a restart needs (SQLite, encrypted at rest);
 * ``bot``: the matrix-nio side with E2EE (session, event callbacks, loops);
-  ``chat``: message content, rooms and the durable outbox; ``handlers``:
-  commands, statuses, acknowledgements and escalation carried out.
+  ``chat``: message content, rooms and the durable outbox (one transaction ID
+  and ciphertext per message for every attempt); ``handlers``: commands (jobs
+  of recorded steps), statuses, acknowledgements and escalation carried out;
+* ``testhook``: test only, stops the bot right after a chosen step.
 """

@@ -3,10 +3,13 @@
 Commands and acknowledgements are handled as the sync delivers them; the sync
 token is saved (in the state database) only after a whole sync response was
 handled, so a bot killed half-way sees the same events again and the
-``handled`` table makes each count once. A timer loop sends repeated alerts
-and escalations at the stored deadlines; a board loop edits the board
-(``m.replace``) at most once a second. What an event means is decided in
-``handlers.py``; how messages reach rooms (the durable outbox) in ``chat.py``.
+``handled`` table makes each count once. Commands cut short by a restart are
+carried on from their last recorded step once the first sync is in, and
+after every sync. A timer loop sends repeated alerts and escalations at the
+stored deadlines; a board loop edits the board (``m.replace``) at most once a
+second. What an event means is decided in ``handlers.py``; how messages reach
+rooms (the durable outbox, the same transaction ID and ciphertext for every
+attempt) in ``chat.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from nio import (
 
 from ..common.session import Session
 from . import commands
-from .chat import Chat, message
+from .chat import SENDING, Chat, message
 from .config import Config
 from .directory import Directory
 from .handlers import Handlers
@@ -61,13 +64,22 @@ Callback = Callable[[MatrixRoom, Any], Awaitable[None]]
 
 
 class _Client(AsyncClient):
-    """nio encrypts ``m.relates_to`` away; Element reads edits and replies from the wire content."""
+    """nio encrypts ``m.relates_to`` away; Element reads edits and replies from the wire content.
+
+    nio encrypts again at every ``room_send``: for an outbox message the ciphertext of its
+    first attempt is kept (``chat.SENDING``) and sent again at every retry, so a repeated
+    transaction is the same request byte for byte."""
 
     def encrypt(self, room_id: str, message_type: str, content: dict[Any, Any]) -> tuple[str, dict[str, Any]]:
+        sending = SENDING.get()
+        if sending is not None and sending.ciphertext is not None:
+            return "m.room.encrypted", sending.ciphertext
         relates = content.get("m.relates_to")
         event_type, encrypted = super().encrypt(room_id, message_type, content)
         if relates is not None:
             encrypted = {**encrypted, "m.relates_to": relates}
+        if sending is not None:
+            sending.keep(encrypted)
         return event_type, encrypted
 
 
@@ -159,12 +171,19 @@ class DispatchBot:
         return guarded
 
     async def _on_ready(self) -> None:
-        """The first sync is in: the unit rooms can be set up and the loops may start."""
-        try:
-            await self.chat.ensure_unit_rooms()
-        except Exception:
-            log.exception("setting up the unit rooms failed")
+        """The first sync is in: the rooms can be set up (unit rooms made, commanders in the
+        control rooms, neutral names), commands cut short carried on, and the loops may start."""
+        for setup in (
+            self.chat.ensure_unit_rooms,
+            self.chat.ensure_control_members,
+            self.handlers.neutral_room_names,
+        ):
+            try:
+                await setup()
+            except Exception:
+                log.exception("setting up the rooms failed (%s)", setup.__name__)
         await self.handlers.pin_boards()
+        await self.handlers.run_jobs()
         self._ready.set()
         self.handlers.wake.set()
         log.info(
@@ -182,7 +201,7 @@ class DispatchBot:
                 if joined.timeline.limited and joined.timeline.prev_batch:
                     await self._backfill(room_id, joined.timeline.prev_batch)
         await self._retry_pending()
-        await self.chat.flush()
+        await self.handlers.run_jobs()
 
     async def _backfill(self, room_id: str, prev_batch: str) -> None:
         """A limited timeline left events out (many at once, or while the bot was down): fetch
@@ -240,12 +259,11 @@ class DispatchBot:
     # -- events -----------------------------------------------------------------------------------
 
     def _is_new(self, event: Any) -> bool:
-        """Not the bot's own, not history on the first start, and not handled before (marks it)."""
+        """Not the bot's own and not history on the first start (the handlers mark an event
+        handled in the transaction of what it changes, and skip one handled before)."""
         if event.sender == self.config.user_id:
             return False
-        if self._skip_history and self._in_first_sync():
-            return False
-        return self.state.first_time(event.event_id)
+        return not (self._skip_history and self._in_first_sync())
 
     async def _on_invite(self, room: MatrixRoom, event: InviteMemberEvent) -> None:
         if event.state_key != self.config.user_id or event.membership != "invite":
@@ -257,7 +275,9 @@ class DispatchBot:
 
     async def _on_reaction(self, room: MatrixRoom, event: ReactionEvent) -> None:
         if commands.is_ack_reaction(event.key) and self._is_new(event):
-            await self.handlers.reaction(event.sender, event.reacts_to, event.server_timestamp / 1000)
+            await self.handlers.reaction(
+                event.event_id, event.sender, event.reacts_to, event.server_timestamp / 1000
+            )
 
     async def _on_unknown_message(self, room: MatrixRoom, event: RoomMessageUnknown) -> None:
         if event.msgtype == "m.location" and self._is_new(event):

@@ -153,6 +153,35 @@ def _roles(value: Any) -> dict[str, frozenset[str]]:
     return roles
 
 
+def _check_escalation_addressees(raw_roles: Mapping[str, Any], units: tuple[Unit, ...], bot: str) -> None:
+    """Everyone an escalation may address (the units' supervisors, whoever gave an alert, the
+    dispatcher on duty after a handover: dispatchers and supervisors) must be able to receive
+    it: in the control room, where the bot invites them, or else in a direct room the bot
+    makes. The bot cannot do either for itself, nor for a user of another server (inviting
+    one depends on the homeserver's federation, which the bot cannot see)."""
+    server = bot.split(":", 1)[1]
+    entries = [
+        (f"roles.{role}[{index}]", user)
+        for role in ("dispatcher", "supervisor")
+        for index, user in enumerate(raw_roles.get(role) or [])
+    ]
+    entries += [(f"units[{index}].supervisor", unit.supervisor) for index, unit in enumerate(units)]
+    for path, user in entries:
+        if user is None:
+            continue
+        if user == bot:
+            raise ConfigError(
+                f"{path}: expected a person who can be sent an escalation, got the bot itself ({user!r})"
+            )
+        if user.split(":", 1)[1] != server:
+            raise fail(
+                path,
+                f"a user of the bot's server '{server}' (an escalation reaches someone who has not "
+                "joined the control room in a direct room the bot makes)",
+                user,
+            )
+
+
 def _positive_int(raw: Mapping[str, Any], key: str, default: int) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -179,6 +208,8 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
     if ack_unit not in ("s", "m"):
         raise fail("ack_unit", "'m' (ack:<n> in minutes) or 's' (seconds, for tests)", ack_unit)
     store_dir, identity_file = common.store_paths(raw, base, strip=True)
+    roles, units = _roles(raw.get("roles")), _units(raw.get("units"))
+    _check_escalation_addressees(raw["roles"], units, user_id)
     return Config(
         homeserver_url=url,
         user_id=user_id,
@@ -189,8 +220,8 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         state_path=common.path(raw, "state_path", base, strip=True),
         state_key=common.key(raw, "state_key", base, "state key", strip=True),
         control_rooms=tuple(rooms),
-        roles=_roles(raw.get("roles")),
-        units=_units(raw.get("units")),
+        roles=roles,
+        units=units,
         ack_deadline=parse_duration(raw.get("ack_deadline", "5m"), "ack_deadline"),
         ack_unit=_UNITS_S[ack_unit],
         max_alerts=_positive_int(raw, "max_alerts", 3),

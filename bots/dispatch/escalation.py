@@ -5,6 +5,8 @@ addressees who have not acknowledged are alerted again and the supervisors of
 their units are told who is missing; after ``max_alerts`` rounds a last
 escalation goes to the control room and the bot stops repeating. The times
 come from the state on disk, so a restarted bot picks up where it stopped.
+An escalation is posted in the alert's control room; whoever it addresses
+(``addressed``) and has not joined that room gets a copy in a direct room.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from .directory import localpart
 from .state import Addressee, AlertView
 
 
@@ -66,3 +69,30 @@ def supervisors_for(
             if supervisor and addressee.user_id not in told.setdefault(supervisor, []):
                 told[supervisor].append(addressee.user_id)
     return told
+
+
+def addressed(told: Mapping[str, list[str]], sender: str, duty: str | None, bot: str) -> list[str]:
+    """Who an escalation is for: the supervisors told, whoever gave the alert and the dispatcher
+    on duty in its control room (after a handover), each once; never the bot."""
+    people = [*sorted(told), sender, *([duty] if duty else [])]
+    return [user for user in dict.fromkeys(people) if user != bot]
+
+
+def escalation_text(alert: AlertView, step: Step, told: Mapping[str, list[str]], max_alerts: int) -> str:
+    """The escalation of ``step``: numbered by round (as the reminders are), or the last one."""
+    names = ", ".join("{" + a.user_id + "}" for a in step.missing)
+    if step.final:
+        text = (
+            f"⛔ Alert A{alert.id} ({alert.text}): still not acknowledged after "
+            f"{step.rounds} alerts by {names}."
+        )
+    else:
+        text = (
+            f"⚠️ Escalation, alert A{alert.id}, round {step.rounds}/{max_alerts} ({alert.text}): "
+            f"not acknowledged by {names}."
+        )
+    for supervisor, users in sorted(told.items()):
+        text += f"\nSupervisor {{{supervisor}}}: missing from your unit: " + ", ".join(
+            localpart(u) for u in users
+        )
+    return text

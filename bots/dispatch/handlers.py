@@ -1,11 +1,16 @@
 """What the dispatch bot does with what people send: commands, statuses, acknowledgements.
 
-``bot.py`` hands over each event once (replays and history are filtered
-there); here it is checked (who may do what, where), carried out on the state
-and answered through ``chat``. A command that cannot be carried out raises
-``Reply`` before it changed anything, and its sender gets the reason. The
-escalation of unacknowledged alerts and the board's refresh are here too: the
-loops in ``bot.py`` only say when.
+``bot.py`` hands over each event (history is filtered there); here it is
+checked (who may do what, where), carried out on the state and answered
+through ``chat``. What one event changes, the mark that it was handled and the
+messages it sends are written in one transaction, so a replayed event acts
+once and a crash leaves all of it or nothing. A command is a job of recorded
+steps (``State.receive``, ``advance``, ``finish``): where a step needs the
+homeserver (a room made, members invited, a file uploaded), the steps before
+it are recorded first and a restart resumes from the last one. A command that
+cannot be carried out raises ``Reply`` before it changed anything, and its
+sender gets the reason. The escalation of unacknowledged alerts and the
+board's refresh are here too: the loops in ``bot.py`` only say when.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nio import RoomMessageText, RoomMessageUnknown
 
-from . import board, commands, escalation
-from .chat import Chat, message, rendered_notice, replacement
+from . import board, commands, escalation, testhook
+from .chat import Chat, RoomRefused, message, rendered_notice, replacement
 from .clock import clock, clock_zoned
 from .commands import (
     Alert,
@@ -37,12 +43,24 @@ from .commands import (
 )
 from .config import Config, Unit
 from .directory import Directory, NotFound, localpart
-from .state import Addressee, AlertView, Incident, State
+from .state import AFTER_BOARD, AFTER_PIN, Addressee, AlertView, EarlyAck, Incident, Job, State
 
 log = logging.getLogger(__name__)
 
 #: answered alerts stay on the board this long (those of an open incident until it closes)
 BOARD_KEEP_S = 3600.0
+#: a job that failed this often in one run of the bot is given up (its sender is told)
+MAX_JOB_ATTEMPTS = 5
+#: a shared position is kept at most this long (the board shows less)
+MAX_GEO = 1000
+#: the job kind of a dispatch command
+COMMAND = "command"
+
+
+def incident_room_name(number: int) -> str:
+    """An incident room's name: its number only. Room names are state, which no client
+    encrypts: the title and place stay in the (encrypted, pinned) card."""
+    return f"Einsatz {number}"
 
 
 class Reply(Exception):
@@ -58,20 +76,27 @@ class Handlers:
         self.directory = directory
         self.state = state
         self.chat = chat
+        chat.on_alert_sent = self._early_acks
         self.supervisors = {unit.name: unit.supervisor for unit in config.units}
         #: set when an alert is new: the escalation loop looks at its deadline
         self.wake = asyncio.Event()
         #: set when what the board shows changed: the board loop edits it
         self.board_dirty = asyncio.Event()
+        self._jobs = asyncio.Lock()
+        self._job_failures: dict[str, int] = {}
 
     # -- events -----------------------------------------------------------------------------------
 
     async def text(self, room_id: str, event: RoomMessageText) -> None:
         """A new text message: an acknowledgement by reply, or a command where it may be given."""
-        if await self._acknowledged_by_reply(event):
+        if self._acknowledged_by_reply(event):
+            await self.chat.flush()
             return
         command = commands.parse_command(event.body)
         if command is None:
+            if commands.is_acknowledgement(event.body):
+                self._ack_without_reply(room_id, event)
+                await self.chat.flush()
             return
         in_control = room_id in self.chat.control_rooms
         is_status = isinstance(command, OfficerStatus) or (
@@ -80,48 +105,85 @@ class Handlers:
         if not in_control and not is_status:
             return
         if isinstance(command, Invalid):
-            await self.chat.answer(room_id, event.event_id, command.message)
-            return
-        if isinstance(command, OfficerStatus):
-            await self._officer_status(room_id, event, command.code)
-            return
-        if not self.directory.is_commander(event.sender):
+            self._answer_once(room_id, event.event_id, command.message)
+        elif isinstance(command, OfficerStatus):
+            self._officer_status(room_id, event, command.code)
+        elif not self.directory.is_commander(event.sender):
             log.info("refused a command from %s (no dispatcher or supervisor)", event.sender)
-            await self.chat.answer(
+            self._answer_once(
                 room_id,
                 event.event_id,
                 "Refused: only dispatchers and supervisors may give dispatch commands. "
                 "Officers set their status with !s <0-9>.",
             )
-            return
-        try:
-            await self._command(room_id, event, command)
-        except Reply as reply:
-            await self.chat.answer(room_id, event.event_id, str(reply))
-        except NotFound as error:
-            await self.chat.answer(room_id, event.event_id, str(error))
+        else:
+            data = {
+                "room": room_id,
+                "sender": event.sender,
+                "body": event.body,
+                "at": event.server_timestamp / 1000,
+            }
+            if self.state.receive(event.event_id, COMMAND, data, event.server_timestamp / 1000):
+                testhook.reached("received")
+                await self.run_jobs()
+                return
+        await self.chat.flush()
 
-    async def _acknowledged_by_reply(self, event: RoomMessageText) -> bool:
-        """A reply 'ack' to an alert, or (Element's threads) one in the alert's thread."""
+    def _answer_once(self, room_id: str, event_id: str, text: str) -> None:
+        with self.state.atomic():
+            if self.state.first_time(event_id):
+                self.chat.answer(room_id, event_id, text)
+
+    def _acknowledged_by_reply(self, event: RoomMessageText) -> bool:
+        """A reply 'ack' to an alert, or (Element's threads) one in the alert's thread; one to a
+        message not known yet is kept while an alert's event may still be on its way."""
         relates = event.source.get("content", {}).get("m.relates_to") or {}
         replied_to = [(relates.get("m.in_reply_to") or {}).get("event_id")]
         if relates.get("rel_type") == "m.thread":
             replied_to.insert(0, relates.get("event_id"))
-        if not any(replied_to) or not commands.is_acknowledgement(event.body):
+        targets = [target for target in replied_to if isinstance(target, str) and target]
+        if not targets or not commands.is_acknowledgement(event.body):
             return False
-        alert_id = next(
-            (found for e in replied_to if e and (found := self.state.alert_of_event(e)) is not None), None
-        )
-        if alert_id is None:
-            return False
-        await self.acknowledge(alert_id, event.sender, event.server_timestamp / 1000, "reply")
+        return self._ack_event(event.event_id, event.sender, targets, event.server_timestamp / 1000, "reply")
+
+    def _ack_event(self, event_id: str, sender: str, targets: list[str], at: float, via: str) -> bool:
+        """``event_id`` acknowledges the first alert among ``targets``; True when it counted, was
+        kept for later (an alert's event not recorded yet) or was handled before."""
+        with self.state.atomic():
+            alert_id = next(
+                (found for t in targets if (found := self.state.alert_of_event(t)) is not None), None
+            )
+            if alert_id is None and not self.state.unconfirmed_alert_messages():
+                return False
+            if not self.state.first_time(event_id):
+                return True
+            if alert_id is not None:
+                self._acknowledge(alert_id, sender, at, via)
+            else:
+                for target in targets:
+                    self.state.early_ack(target, sender, at, via)
         return True
 
-    async def reaction(self, sender: str, reacts_to: str, at: float) -> None:
+    def _ack_without_reply(self, room_id: str, event: RoomMessageText) -> None:
+        """'ack' typed on its own: not counted (which alert?), but the officer is told how."""
+        waiting = [
+            alert.id
+            for alert in self.state.open_alerts()
+            if any(a.user_id == event.sender for a in alert.missing)
+        ]
+        if waiting:
+            alerts = ", ".join(f"A{number}" for number in waiting)
+            self._answer_once(
+                room_id,
+                event.event_id,
+                f"Not counted: to acknowledge {alerts}, react to the alert's message with ✅ "
+                "or reply to it (not as a new message) with 'ack' / 'quittiert'.",
+            )
+
+    async def reaction(self, event_id: str, sender: str, reacts_to: str, at: float) -> None:
         """An acknowledging reaction (see ``commands.is_ack_reaction``) to an alert's message."""
-        alert_id = self.state.alert_of_event(reacts_to)
-        if alert_id is not None:
-            await self.acknowledge(alert_id, sender, at, "✅")
+        if self._ack_event(event_id, sender, [reacts_to], at, "✅"):
+            await self.chat.flush()
 
     async def location(self, room_id: str, event: RoomMessageUnknown) -> None:
         """A shared position counts in an incident's room or from a member of a unit on an incident."""
@@ -131,37 +193,90 @@ class Handlers:
         on_incident = {unit for incident in self.state.open_incidents() for unit in incident.units}
         in_incident = self.state.incident_by_room(room_id) is not None
         if in_incident or any(unit.name in on_incident for unit in self.directory.units_of(event.sender)):
-            self.state.set_location(event.sender, geo.split(";", 1)[0], event.server_timestamp / 1000)
+            with self.state.atomic():
+                if self.state.first_time(event.event_id):
+                    where = geo.split(";", 1)[0][:MAX_GEO]
+                    self.state.set_location(event.sender, where, event.server_timestamp / 1000)
             self.board_dirty.set()
 
     def may_invite(self, sender: str, room_id: str) -> bool:
         """The bot joins rooms of people in the directory, and its control rooms."""
         return sender in self.directory.users or room_id in self.chat.control_rooms
 
-    # -- commands ---------------------------------------------------------------------------------
+    # -- jobs -------------------------------------------------------------------------------------
 
-    async def _command(self, room_id: str, event: RoomMessageText, command: Any) -> None:
-        log.info("command %s from %s in %s", type(command).__name__, event.sender, room_id)
+    async def run_jobs(self) -> None:
+        """Carry every unfinished command on from its last recorded step, oldest first; then
+        send what they queued. One that keeps failing is given up and its sender told."""
+        async with self._jobs:
+            for job in self.state.jobs():
+                try:
+                    await self._run(job)
+                except Exception:
+                    failures = self._job_failures.get(job.event_id, 0) + 1
+                    self._job_failures[job.event_id] = failures
+                    log.exception(
+                        "command %s stopped at step %r (attempt %d)", job.event_id, job.step, failures
+                    )
+                    if failures >= MAX_JOB_ATTEMPTS:
+                        self._give_up(job)
+        await self.chat.flush()
+
+    def _give_up(self, job: Job) -> None:
+        with self.state.atomic():
+            self.chat.answer(
+                job.data["room"],
+                job.event_id,
+                "This command could not be completed; !status shows what was done.",
+            )
+            self.state.finish(job)
+
+    async def _run(self, job: Job) -> None:
+        command = commands.parse_command(job.data["body"])
+        log.info("command %s from %s, step %s", type(command).__name__, job.data["sender"], job.step)
+        try:
+            await self._command(job, command)
+        except (Reply, NotFound) as reply:  # raised before anything was changed
+            with self.state.atomic():
+                self.chat.answer(job.data["room"], job.event_id, str(reply))
+                self.state.finish(job)
+
+    def _apply(self, job: Job, change: Callable[[], None], next_step: str | None = None, **data: Any) -> Job:
+        """Run ``change`` (state and queued messages) and record the job's next step (None: it is
+        finished) in one transaction."""
+        with self.state.atomic():
+            change()
+            if next_step is None:
+                self.state.finish(job)
+            else:
+                job = self.state.advance(job, next_step, **data)
+        testhook.reached("applied")
+        return job
+
+    async def _command(self, job: Job, command: Any) -> None:
+        room_id, event_id = job.data["room"], job.event_id
         if isinstance(command, Help):
-            await self.chat.answer(room_id, event.event_id, commands.HELP)
+            self._apply(job, lambda: self.chat.answer(room_id, event_id, commands.HELP))
         elif isinstance(command, IncidentNew):
-            await self._incident_new(room_id, event, command)
+            await self._incident_new(job, command)
         elif isinstance(command, Assign | Release):
-            await self._assign(room_id, event, command)
+            await self._assign(job, command)
         elif isinstance(command, Alert):
-            await self._alert(room_id, event, command)
+            await self._alert(job, command)
         elif isinstance(command, Status):
-            await self._post_board(room_id)
+            self._apply(job, lambda: self.chat.queue(room_id, self._board_content(), after=AFTER_BOARD))
         elif isinstance(command, Sitrep):
-            await self._sitrep(room_id, event, command)
+            self._sitrep(job, command)
         elif isinstance(command, Handover):
-            await self._handover(room_id, event, command)
+            await self._handover(job, command)
         elif isinstance(command, Close):
-            await self._close(room_id, event, command)
+            await self._close(job, command)
         elif isinstance(command, Log):
-            if self.state.incident(command.incident) is None:
-                raise Reply(self._no_incident(command.incident))
-            await self._post_diary(room_id, command.incident)
+            await self._log(job, command)
+        else:  # not a command any more (a job of a later version): nothing to do
+            self.state.finish(job)
+
+    # -- commands ---------------------------------------------------------------------------------
 
     def _no_incident(self, number: int) -> str:
         open_ones = ", ".join(f"#{i.id}" for i in self.state.open_incidents()) or "none"
@@ -184,88 +299,220 @@ class Handlers:
         ]
         return "\n".join(lines)
 
-    async def _incident_new(self, room_id: str, event: RoomMessageText, command: IncidentNew) -> None:
-        units = [self.directory.unit(name) for name in command.units]  # NotFound: nothing done yet
-        now = event.server_timestamp / 1000
-        number = self.state.new_incident(
-            command.title, command.prio, command.location, room_id, event.sender, now
-        )
+    async def _incident_new(self, job: Job, command: IncidentNew) -> None:
+        """Steps: the incident recorded (its number), its room made, the cards queued."""
+        room_id, sender, at = job.data["room"], job.data["sender"], job.data["at"]
+        if job.step == "received":
+            units = [self.directory.unit(name) for name in command.units]  # NotFound: nothing done yet
+            with self.state.atomic():
+                number = self.state.new_incident(
+                    command.title, command.prio, command.location, room_id, sender, at
+                )
+                self.state.add_diary(number, at, sender, "command", job.data["body"])
+                for unit in units:
+                    self.state.assign(number, unit.name, at)
+                    self.state.add_diary(
+                        number, at, sender, "assign", f"{unit.call_sign} ({unit.name}) assigned"
+                    )
+                job = self.state.advance(job, "recorded", incident=number)
+            testhook.reached("recorded")
+        number = int(job.data["incident"])
+        incident = self.state.incident(number)
+        assert incident is not None
+        units = [self.directory.unit(name) for name in incident.units]
         members = [m for unit in units for m in unit.members]
         invite = sorted(self.config.roles["dispatcher"]) + members
         try:
-            incident_room = await self.chat.create_room(f"#{number} {command.title}", invite)
-        except RuntimeError as error:
-            self.state.drop_incident(number)
+            incident_room = await self.chat.ensure_room(
+                f"incident:{number}", incident_room_name(number), invite
+            )
+        except RoomRefused as error:
             log.warning("incident #%d: %s", number, error)
-            raise Reply("The incident room could not be created; nothing was recorded. Try again.") from None
-        self.state.set_incident_room(number, incident_room)
-        self.state.add_diary(number, now, event.sender, "command", event.body)
-        for unit in units:
-            self.state.assign(number, unit.name, now)
-            self.state.add_diary(
-                number, now, event.sender, "assign", f"{unit.call_sign} ({unit.name}) assigned"
-            )
-        incident = self.state.incident(number)
-        assert incident is not None
-        card = self._card(incident, units, event.sender)
-        await self.chat.post(incident_room, message(card, mentions=members, author=event.sender))
-        await self.chat.post(
-            room_id, message(card, notice=True, reply_to=event.event_id, author=event.sender)
-        )
-        self.board_dirty.set()
-
-    async def _assign(self, room_id: str, event: RoomMessageText, command: Assign | Release) -> None:
-        incident = self._open_incident(command.incident)
-        unit = self.directory.unit(command.unit)
-        now = event.server_timestamp / 1000
-        if isinstance(command, Assign):
-            if not self.state.assign(incident.id, unit.name, now):
-                raise Reply(f"{unit.call_sign} ({unit.name}) is assigned to #{incident.id} already.")
-            text = f"{unit.call_sign} ({unit.name}) assigned to #{incident.id}"
-            if incident.room_id:
-                room = self.chat.room(incident.room_id)
-                await self.chat.invite(
-                    incident.room_id, [m for m in unit.members if room is None or m not in room.users]
+            with self.state.atomic():
+                self.state.drop_incident(number)
+                self.chat.answer(
+                    room_id,
+                    job.event_id,
+                    "The incident room could not be created; nothing was recorded. Try again.",
                 )
-        else:
-            if not self.state.release(incident.id, unit.name):
-                raise Reply(f"{unit.call_sign} ({unit.name}) is not assigned to #{incident.id}.")
-            text = f"{unit.call_sign} ({unit.name}) released from #{incident.id}"
-        self.state.add_diary(incident.id, now, event.sender, "command", event.body)
-        self.state.add_diary(
-            incident.id, now, event.sender, "assign" if isinstance(command, Assign) else "release", text
-        )
-        if incident.room_id:
-            await self.chat.post(
-                incident.room_id, message(text + ".", mentions=unit.members, author=event.sender)
-            )
-        await self.chat.answer(room_id, event.event_id, text + ".")
+                self.state.finish(job)
+            return
+
+        def cards() -> None:
+            self.state.set_incident_room(number, incident_room)
+            card = self._card(incident, units, sender)
+            self.chat.queue(incident_room, message(card, mentions=members, author=sender), after=AFTER_PIN)
+            self.chat.queue(room_id, message(card, notice=True, reply_to=job.event_id, author=sender))
+
+        self._apply(job, cards)
         self.board_dirty.set()
 
-    async def _sitrep(self, room_id: str, event: RoomMessageText, command: Sitrep) -> None:
-        sender, now = event.sender, event.server_timestamp / 1000
-        incident = self._open_incident(command.incident)
-        self.state.add_diary(incident.id, now, sender, "sitrep", command.text)
-        if incident.room_id:
-            await self.chat.post(
-                incident.room_id,
-                message(f"Situation report #{incident.id} by {{{sender}}}: {command.text}", author=sender),
-            )
-        await self.chat.answer(room_id, event.event_id, f"Situation report added to incident #{incident.id}.")
+    async def _assign(self, job: Job, command: Assign | Release) -> None:
+        """Steps: the change with its messages, then the unit's members invited."""
+        if job.step == "received":
+            room_id, sender, at = job.data["room"], job.data["sender"], job.data["at"]
+            incident = self._open_incident(command.incident)
+            unit = self.directory.unit(command.unit)
+            invite: list[str] = []
+            if isinstance(command, Assign):
+                text = f"{unit.call_sign} ({unit.name}) assigned to #{incident.id}"
+                room = self.chat.room(incident.room_id) if incident.room_id else None
+                if incident.room_id:
+                    invite = [m for m in unit.members if room is None or m not in room.users]
+            else:
+                text = f"{unit.call_sign} ({unit.name}) released from #{incident.id}"
 
-    async def _close(self, room_id: str, event: RoomMessageText, command: Close) -> None:
-        sender, now = event.sender, event.server_timestamp / 1000
-        incident = self._open_incident(command.incident)
-        self.state.add_diary(incident.id, now, sender, "command", event.body)
-        self.state.add_diary(incident.id, now, sender, "closed", command.text or "closed")
-        self.state.close_incident(incident.id, sender, now)
-        if incident.room_id:
-            note = f"Incident #{incident.id} closed by {{{sender}}}" + (
-                f": {command.text}" if command.text else "."
+            def change() -> None:
+                if isinstance(command, Assign) and not self.state.assign(incident.id, unit.name, at):
+                    raise Reply(f"{unit.call_sign} ({unit.name}) is assigned to #{incident.id} already.")
+                if isinstance(command, Release) and not self.state.release(incident.id, unit.name):
+                    raise Reply(f"{unit.call_sign} ({unit.name}) is not assigned to #{incident.id}.")
+                self.state.add_diary(incident.id, at, sender, "command", job.data["body"])
+                kind = "assign" if isinstance(command, Assign) else "release"
+                self.state.add_diary(incident.id, at, sender, kind, text)
+                if incident.room_id:
+                    self.chat.queue(
+                        incident.room_id, message(text + ".", mentions=unit.members, author=sender)
+                    )
+                self.chat.answer(room_id, job.event_id, text + ".")
+
+            job = self._apply(
+                job, change, "invite" if invite else None, invite_room=incident.room_id, invite=invite
             )
-            await self.chat.post(incident.room_id, message(note, notice=True, author=sender))
-        await self._post_diary(room_id, incident.id)
+            self.board_dirty.set()
+        if job.step == "invite":
+            await self.chat.invite(job.data["invite_room"], list(job.data["invite"]))
+            self.state.finish(job)
+
+    def _sitrep(self, job: Job, command: Sitrep) -> None:
+        room_id, sender, at = job.data["room"], job.data["sender"], job.data["at"]
+        incident = self._open_incident(command.incident)
+
+        def change() -> None:
+            self.state.add_diary(incident.id, at, sender, "sitrep", command.text)
+            if incident.room_id:
+                self.chat.queue(
+                    incident.room_id,
+                    message(
+                        f"Situation report #{incident.id} by {{{sender}}}: {command.text}", author=sender
+                    ),
+                )
+            self.chat.answer(room_id, job.event_id, f"Situation report added to incident #{incident.id}.")
+
+        self._apply(job, change)
+
+    async def _close(self, job: Job, command: Close) -> None:
+        """Steps: closed with the note and the diary's text, then the diary file uploaded and posted."""
+        room_id, sender, at = job.data["room"], job.data["sender"], job.data["at"]
+        if job.step == "received":
+            incident = self._open_incident(command.incident)
+
+            def change() -> None:
+                self.state.add_diary(incident.id, at, sender, "command", job.data["body"])
+                self.state.add_diary(incident.id, at, sender, "closed", command.text or "closed")
+                self.state.close_incident(incident.id, sender, at)
+                if incident.room_id:
+                    note = f"Incident #{incident.id} closed by {{{sender}}}" + (
+                        f": {command.text}" if command.text else "."
+                    )
+                    self.chat.queue(incident.room_id, message(note, notice=True, author=sender))
+                self._queue_diary_text(room_id, incident.id)
+
+            job = self._apply(job, change, "diary-file")
+            self.board_dirty.set()
+        await self._diary_file(job, command.incident)
+
+    async def _log(self, job: Job, command: Log) -> None:
+        """Steps: the diary's text, then its file."""
+        if job.step == "received":
+            if self.state.incident(command.incident) is None:
+                raise Reply(self._no_incident(command.incident))
+            job = self._apply(
+                job, lambda: self._queue_diary_text(job.data["room"], command.incident), "diary-file"
+            )
+        await self._diary_file(job, command.incident)
+
+    async def _alert(self, job: Job, command: Alert) -> None:
+        """Steps: the addressees' rooms made where needed (a replay finds them), then the alert
+        with all its messages and the confirmation in one transaction."""
+        room_id, sender, now = job.data["room"], job.data["sender"], job.data["at"]
+        addressees, incident_id = await self._addressees(room_id, command.targets)
+        addressees.pop(sender, None)
+        if not addressees:
+            raise Reply("Nobody to alert: the targets name no one but you.")
+        period = command.ack * self.config.ack_unit if command.ack else self.config.ack_deadline
+        due = clock_zoned(now + period, self.config.timezone)
+
+        def change() -> None:
+            alert_id = self.state.new_alert(
+                incident_id=incident_id,
+                control_room=room_id,
+                sender=sender,
+                text=command.text,
+                at=now,
+                period=period,
+                addressees=addressees.values(),
+            )
+            if incident_id is not None:
+                self.state.add_diary(incident_id, now, sender, "command", job.data["body"])
+                self.state.add_diary(
+                    incident_id, now, sender, "alert", f"A{alert_id} to {len(addressees)}: {command.text}"
+                )
+            for alert_room, users in _by_room(addressees.values()).items():
+                names = " ".join("{" + user + "}" for user in users)
+                text = (
+                    f"🔔 Alert A{alert_id} from {{{sender}}}: {command.text}\n"
+                    f"For: {names}\nAcknowledge with ✅ or reply 'ack' / 'quittiert' by {due}."
+                )
+                self.chat.queue(alert_room, message(text, mentions=users, author=sender), alert_id=alert_id)
+            self.chat.answer(
+                room_id,
+                job.event_id,
+                f"Alert A{alert_id} sent to {len(addressees)} "
+                f"({', '.join(sorted(localpart(u) for u in addressees))}); "
+                f"acknowledgement due by {due}.",
+            )
+
+        self._apply(job, change)
+        self.wake.set()
         self.board_dirty.set()
+
+    async def _handover(self, job: Job, command: Handover) -> None:
+        """Steps: the duty, diary and summary, then the new dispatcher invited if not in the room."""
+        room_id, sender, now = job.data["room"], job.data["sender"], job.data["at"]
+        if job.step == "received":
+            user = self.directory.user(command.user)
+            if not self.config.has_role(user, "dispatcher"):
+                raise Reply(
+                    f"{localpart(user)} is no dispatcher; hand over to one of: "
+                    + ", ".join(sorted(localpart(d) for d in self.config.roles["dispatcher"]))
+                    + "."
+                )
+            room = self.chat.room(room_id)
+            invite = room is not None and user not in room.users
+
+            def change() -> None:
+                self.state.put(f"duty:{room_id}", user)
+                lines = [f"Handover: {{{sender}}} hands the control room to {{{user}}}."]
+                incidents = self.state.open_incidents()
+                lines.append(f"Open incidents: {len(incidents)}")
+                for incident in incidents:
+                    lines.append(
+                        f"  #{incident.id} prio {incident.prio} {incident.title} - "
+                        f"units {', '.join(incident.units) or 'none'}"
+                    )
+                    self.state.add_diary(incident.id, now, sender, "handover", f"handed over to {user}")
+                alerts = [a for a in self.state.open_alerts() if a.missing]
+                lines.append(f"Alerts waiting for acknowledgement: {len(alerts)}")
+                for alert in alerts:
+                    missing = ", ".join(localpart(a.user_id) for a in alert.missing)
+                    lines.append(f"  A{alert.id} {alert.text} - missing {missing}")
+                self.chat.queue(room_id, message("\n".join(lines), mentions=(user,), author=sender))
+
+            job = self._apply(job, change, "invite" if invite else None, invite=[user])
+        if job.step == "invite":
+            await self.chat.invite(room_id, list(job.data["invite"]))
+            self.state.finish(job)
 
     async def _room_for(self, user_id: str, control_room: str) -> tuple[str, tuple[str, ...]]:
         """Where an alert reaches a user (unit room, control room, else a direct room), via which units."""
@@ -339,80 +586,11 @@ class Handlers:
         except NotFound:
             return None
 
-    async def _alert(self, room_id: str, event: RoomMessageText, command: Alert) -> None:
-        addressees, incident_id = await self._addressees(room_id, command.targets)
-        addressees.pop(event.sender, None)
-        if not addressees:
-            raise Reply("Nobody to alert: the targets name no one but you.")
-        now = event.server_timestamp / 1000
-        period = command.ack * self.config.ack_unit if command.ack else self.config.ack_deadline
-        alert_id = self.state.new_alert(
-            incident_id=incident_id,
-            control_room=room_id,
-            sender=event.sender,
-            text=command.text,
-            at=now,
-            period=period,
-            addressees=addressees.values(),
-        )
-        if incident_id is not None:
-            self.state.add_diary(incident_id, now, event.sender, "command", event.body)
-            self.state.add_diary(
-                incident_id, now, event.sender, "alert", f"A{alert_id} to {len(addressees)}: {command.text}"
-            )
-        due = clock_zoned(now + period, self.config.timezone)
-        for alert_room, users in _by_room(addressees.values()).items():
-            names = " ".join("{" + user + "}" for user in users)
-            text = (
-                f"🔔 Alert A{alert_id} from {{{event.sender}}}: {command.text}\n"
-                f"For: {names}\nAcknowledge with ✅ or reply 'ack' / 'quittiert' by {due}."
-            )
-            await self.chat.post(
-                alert_room, message(text, mentions=users, author=event.sender), alert_id=alert_id
-            )
-        await self.chat.answer(
-            room_id,
-            event.event_id,
-            f"Alert A{alert_id} sent to {len(addressees)} "
-            f"({', '.join(sorted(localpart(u) for u in addressees))}); "
-            f"acknowledgement due by {due}.",
-        )
-        self.wake.set()
-        self.board_dirty.set()
-
-    async def _handover(self, room_id: str, event: RoomMessageText, command: Handover) -> None:
-        user = self.directory.user(command.user)
-        if not self.config.has_role(user, "dispatcher"):
-            raise Reply(
-                f"{localpart(user)} is no dispatcher; hand over to one of: "
-                + ", ".join(sorted(localpart(d) for d in self.config.roles["dispatcher"]))
-                + "."
-            )
-        now = event.server_timestamp / 1000
-        self.state.put(f"duty:{room_id}", user)
-        room = self.chat.room(room_id)
-        if room is not None and user not in room.users:
-            await self.chat.invite(room_id, [user])
-        lines = [f"Handover: {{{event.sender}}} hands the control room to {{{user}}}."]
-        incidents = self.state.open_incidents()
-        lines.append(f"Open incidents: {len(incidents)}")
-        for incident in incidents:
-            lines.append(
-                f"  #{incident.id} prio {incident.prio} {incident.title} - "
-                f"units {', '.join(incident.units) or 'none'}"
-            )
-            self.state.add_diary(incident.id, now, event.sender, "handover", f"handed over to {user}")
-        alerts = [a for a in self.state.open_alerts() if a.missing]
-        lines.append(f"Alerts waiting for acknowledgement: {len(alerts)}")
-        for alert in alerts:
-            missing = ", ".join(localpart(a.user_id) for a in alert.missing)
-            lines.append(f"  A{alert.id} {alert.text} - missing {missing}")
-        await self.chat.post(room_id, message("\n".join(lines), mentions=(user,), author=event.sender))
-
     # -- acknowledgements, status, escalation ---------------------------------------------------------
 
-    async def acknowledge(self, alert_id: int, user_id: str, at: float, via: str) -> None:
-        """Count an addressee's acknowledgement once; the last one closes the alert."""
+    def _acknowledge(self, alert_id: int, user_id: str, at: float, via: str) -> None:
+        """Count an addressee's acknowledgement once; the last one closes the alert (call inside
+        the transaction of the event that acknowledged)."""
         if not self.state.acknowledge(alert_id, user_id, at, via):
             return
         log.info("alert A%d acknowledged by %s (%s)", alert_id, user_id, via)
@@ -422,89 +600,109 @@ class Handlers:
             self.state.add_diary(alert.incident_id, at, user_id, "ack", f"A{alert_id} acknowledged ({via})")
         if not alert.missing and not alert.closed:
             self.state.close_alert(alert_id)
-            await self.chat.post(
+            self.chat.queue(
                 alert.control_room,
                 message(f"✅ Alert A{alert_id}: all {len(alert.addressees)} acknowledged.", notice=True),
             )
         self.board_dirty.set()
 
-    async def _officer_status(self, room_id: str, event: RoomMessageText, code: int) -> None:
+    def _early_acks(self, alert_id: int, early: list[EarlyAck]) -> None:
+        """Acknowledgements of an alert message given before its event was recorded count now."""
+        for ack in early:
+            self._acknowledge(alert_id, ack.user_id, ack.at, ack.via)
+
+    def _officer_status(self, room_id: str, event: RoomMessageText, code: int) -> None:
         sender, now = event.sender, event.server_timestamp / 1000
-        if not self.directory.is_officer(sender):
-            await self.chat.answer(
-                room_id, event.event_id, "Refused: only officers in the directory set a status."
+        with self.state.atomic():
+            if not self.state.first_time(event.event_id):
+                return
+            if not self.directory.is_officer(sender):
+                self.chat.answer(
+                    room_id, event.event_id, "Refused: only officers in the directory set a status."
+                )
+                return
+            self.state.set_status(sender, code, now)
+            meaning = commands.STATUS_CODES[code]
+            units = {unit.name for unit in self.directory.units_of(sender)}
+            for incident in self.state.open_incidents():
+                if units & set(incident.units):
+                    self.state.add_diary(incident.id, now, sender, "status", f"status {code} ({meaning})")
+            log.info("status %d from %s", code, sender)
+            self.chat.queue(
+                room_id,
+                {"m.relates_to": {"rel_type": "m.annotation", "event_id": event.event_id, "key": "✅"}},
+                event_type="m.reaction",
             )
-            return
-        self.state.set_status(sender, code, now)
-        meaning = commands.STATUS_CODES[code]
-        units = {unit.name for unit in self.directory.units_of(sender)}
-        for incident in self.state.open_incidents():
-            if units & set(incident.units):
-                self.state.add_diary(incident.id, now, sender, "status", f"status {code} ({meaning})")
-        log.info("status %d from %s", code, sender)
-        await self.chat.post(
-            room_id,
-            {"m.relates_to": {"rel_type": "m.annotation", "event_id": event.event_id, "key": "✅"}},
-            event_type="m.reaction",
-        )
-        if code in commands.URGENT_CODES:
-            dispatchers = tuple(sorted(self.config.roles["dispatcher"]))
-            for control_room in sorted(self.chat.control_rooms):
-                duty = self.state.get(f"duty:{control_room}")
-                notify = (duty,) if duty else dispatchers
-                mark = "🔴" if code == 0 else "🟠"
-                text = f"{mark} Status {code} ({meaning}) from {{{sender}}} - {self.directory.label(sender)}"
-                await self.chat.post(control_room, message(text, mentions=notify, author=sender))
+            if code in commands.URGENT_CODES:
+                dispatchers = tuple(sorted(self.config.roles["dispatcher"]))
+                for control_room in sorted(self.chat.control_rooms):
+                    duty = self.state.get(f"duty:{control_room}")
+                    notify = (duty,) if duty else dispatchers
+                    mark = "🔴" if code == 0 else "🟠"
+                    text = (
+                        f"{mark} Status {code} ({meaning}) from {{{sender}}} - {self.directory.label(sender)}"
+                    )
+                    self.chat.queue(control_room, message(text, mentions=notify, author=sender))
         self.board_dirty.set()
 
     async def escalate_due(self, now: float) -> float | None:
         """Repeat and escalate the alerts whose deadline passed; the next deadline (None: none)."""
         alerts = {a.id: a for a in self.state.open_alerts()}
         for step in escalation.due_steps(alerts.values(), now, self.config.max_alerts):
-            await self._escalate(alerts[step.alert_id], step)
+            try:
+                await self._escalate(alerts[step.alert_id], step)
+            except Exception:  # the others are not held up; this one is tried again
+                log.exception("escalating alert A%d failed", step.alert_id)
+        await self.chat.flush()
         return escalation.next_due(self.state.open_alerts())
 
     async def _escalate(self, alert: AlertView, step: escalation.Step) -> None:
-        self.state.set_due(alert.id, step.next_due, step.rounds)
+        """One round: the missing alerted again, the escalation in the control room, and a copy
+        in a direct room for each addressee of it who has not joined the control room."""
         if step.done:
-            self.state.close_alert(alert.id)
+            with self.state.atomic():
+                self.state.set_due(alert.id, step.next_due, step.rounds)
+                self.state.close_alert(alert.id)
             return
         missing = [a.user_id for a in step.missing]
-        log.info("alert A%d: %d missing, round %d", alert.id, len(missing), step.rounds)
-        if step.realert:
-            for room_id, users in _by_room(step.missing).items():
-                names = " ".join("{" + user + "}" for user in users)
-                text = (
-                    f"🔔 Reminder {step.rounds}/{self.config.max_alerts}, alert A{alert.id}: {alert.text}\n"
-                    f"Not acknowledged yet: {names}. Acknowledge with ✅ or reply 'ack'."
-                )
-                await self.chat.post(room_id, message(text, mentions=users), alert_id=alert.id)
         told = escalation.supervisors_for(step.missing, self.supervisors)
-        names = ", ".join("{" + user + "}" for user in missing)
-        if step.final:
-            text = (
-                f"⛔ Alert A{alert.id} ({alert.text}): still not acknowledged after "
-                f"{step.rounds} alerts by {names}."
-            )
-        else:
-            text = f"⚠️ Escalation, alert A{alert.id} ({alert.text}): not acknowledged by {names}."
-        for supervisor, users in sorted(told.items()):
-            text += f"\nSupervisor {{{supervisor}}}: missing from your unit: " + ", ".join(
-                localpart(u) for u in users
-            )
-        mentions = (*missing, *told, alert.sender)
-        await self.chat.post(alert.control_room, message(text, mentions=mentions))
-        if alert.incident_id is not None:
-            self.state.add_diary(
-                alert.incident_id,
-                time.time(),
-                self.config.user_id,
-                "escalation",
-                f"A{alert.id} round {step.rounds}: missing {', '.join(missing)}",
-            )
+        duty = self.state.get(f"duty:{alert.control_room}")
+        addressed = escalation.addressed(told, alert.sender, duty, self.config.user_id)
+        joined = self.chat.joined(alert.control_room)
+        direct: dict[str, str] = {}
+        for user in addressed:
+            if user not in joined:
+                try:
+                    direct[user] = await self.chat.direct_room(user)
+                except Exception as error:  # the control room still gets it; the copy is lost
+                    log.warning("alert A%d: no direct room for an escalation: %r", alert.id, error)
+        log.info("alert A%d: %d missing, round %d", alert.id, len(missing), step.rounds)
+        text = escalation.escalation_text(alert, step, told, self.config.max_alerts)
+        with self.state.atomic():
+            self.state.set_due(alert.id, step.next_due, step.rounds)
+            if step.realert:
+                for room_id, users in _by_room(step.missing).items():
+                    names = " ".join("{" + user + "}" for user in users)
+                    reminder = (
+                        f"🔔 Reminder {step.rounds}/{self.config.max_alerts}, "
+                        f"alert A{alert.id}: {alert.text}\n"
+                        f"Not acknowledged yet: {names}. Acknowledge with ✅ or reply 'ack'."
+                    )
+                    self.chat.queue(room_id, message(reminder, mentions=users), alert_id=alert.id)
+            self.chat.queue(alert.control_room, message(text, mentions=(*missing, *addressed)))
+            for user, room_id in sorted(direct.items()):
+                self.chat.queue(room_id, message(text, mentions=(user,), named=(*missing, *addressed)))
+            if alert.incident_id is not None:
+                self.state.add_diary(
+                    alert.incident_id,
+                    time.time(),
+                    self.config.user_id,
+                    "escalation",
+                    f"A{alert.id} round {step.rounds}: missing {', '.join(missing)}",
+                )
         self.board_dirty.set()
 
-    # -- board and diary ----------------------------------------------------------------------------
+    # -- board, diary, room names -------------------------------------------------------------------
 
     def _board_content(self) -> dict[str, Any]:
         data = board.BoardData(
@@ -517,15 +715,6 @@ class Handlers:
             zone=self.config.timezone,
         )
         return rendered_notice(*board.render(data, time.time()))
-
-    async def _post_board(self, room_id: str) -> None:
-        """`!status`: a new board message, the one edited from now on, pinned in place of
-        the previous one (a board that scrolls away is not looked at)."""
-        previous = self.state.boards().get(room_id)
-        event_id = await self.chat.send_now(room_id, self._board_content())
-        if event_id is not None:
-            self.state.set_board(room_id, event_id)
-            await self.chat.pin(room_id, event_id, previous)
 
     async def pin_boards(self) -> None:
         """Pin each board at start: boards posted before pinning existed, or unpinned meanwhile."""
@@ -541,18 +730,61 @@ class Handlers:
         for room_id, board_event in boards.items():
             await self.chat.send_now(room_id, replacement(board_event, content))
 
-    async def _post_diary(self, room_id: str, incident_id: int) -> None:
-        """The diary as a readable message and as an encrypted JSON attachment."""
+    async def neutral_room_names(self) -> None:
+        """Rooms the bot made carry neutral names: an incident's number, a unit's call sign.
+        Rooms named by an earlier version (after the incident's title) are renamed."""
+        wanted: dict[str, str] = {}
+        for unit in self.config.units:
+            room_id = self.state.room(f"unit:{unit.name}")
+            if room_id is not None:
+                wanted[room_id] = unit.call_sign
+        for number, room_id in self.state.incident_rooms().items():
+            wanted[room_id] = incident_room_name(number)
+        for room_id in self.state.rooms_named("dm:").values():
+            wanted[room_id] = "Dispatch"
+        for room_id, name in wanted.items():
+            try:
+                await self.chat.rename(room_id, name)
+            except Exception as error:
+                log.warning("renaming %s failed: %r", room_id, error)
+
+    def _queue_diary_text(self, room_id: str, incident_id: int) -> None:
+        """The diary as a readable message."""
         incident = self.state.incident(incident_id)
         assert incident is not None
-        entries = self.state.diary(incident_id)
         zone = self.config.timezone
         lines = [
             f"📓 Diary of incident #{incident.id}: {incident.title} "
             f"({'open' if incident.open else 'closed'}), times {zone.key}"
         ]
-        lines += [f"{clock(e.at, zone)} {localpart(e.author)} [{e.kind}] {e.text}" for e in entries]
-        await self.chat.post(room_id, message("\n".join(lines), notice=True))
+        lines += [
+            f"{clock(e.at, zone)} {localpart(e.author)} [{e.kind}] {e.text}"
+            for e in self.state.diary(incident_id)
+        ]
+        self.chat.queue(room_id, message("\n".join(lines), notice=True))
+
+    async def _diary_file(self, job: Job, incident_id: int) -> None:
+        """The diary as an encrypted JSON attachment (an upload cut short is simply made again)."""
+        room_id = job.data["room"]
+        data = self._diary_document(incident_id)
+        name = f"incident-{incident_id}-diary.json"
+        file = await self.chat.upload_encrypted(data, name, "application/json")
+
+        def post() -> None:
+            if file is not None:
+                self.chat.queue(room_id, file)
+            else:
+                self.chat.queue(
+                    room_id,
+                    message("The diary file could not be uploaded; !log shows it again.", notice=True),
+                )
+
+        self._apply(job, post)
+
+    def _diary_document(self, incident_id: int) -> bytes:
+        incident = self.state.incident(incident_id)
+        assert incident is not None
+        entries = self.state.diary(incident_id)
         document = {
             "incident": {
                 "number": incident.id,
@@ -569,12 +801,7 @@ class Handlers:
                 {"at": _iso(e.at), "author": e.author, "kind": e.kind, "text": e.text} for e in entries
             ],
         }
-        data = json.dumps(document, indent=2, ensure_ascii=False).encode()
-        name = f"incident-{incident.id}-diary.json"
-        if not await self.chat.post_encrypted_file(room_id, data, name, "application/json"):
-            await self.chat.post(
-                room_id, message("The diary file could not be uploaded; !log shows it again.", notice=True)
-            )
+        return json.dumps(document, indent=2, ensure_ascii=False).encode()
 
 
 def _by_room(addressees: Any) -> dict[str, list[str]]:
@@ -589,4 +816,4 @@ def _iso(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
-__all__ = ["Handlers", "Reply"]
+__all__ = ["Handlers", "Reply", "incident_room_name"]

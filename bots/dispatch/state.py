@@ -6,11 +6,22 @@ message per control room, rooms the bot made, messages still to send (the
 outbox) and the events already handled (a replayed sync acts once).
 Deadlines are stored as wall-clock times, so escalation is on time after a restart.
 
+**Exactly once.** What one event changes is written in one transaction
+(``atomic``) together with the mark that it was handled and the messages it
+sends; those wait in the outbox, each with its transaction ID (and, once
+encrypted, its ciphertext), so a retry after a crash is the same request and
+the homeserver answers with the event it made the first time. A command with
+steps (``jobs``) records each step; a restart carries on from the last one.
+A room the bot creates is announced first (``pending_rooms``: a token the
+room carries in its creation content), so a creation cut short by a crash is
+found again instead of made twice.
+
 **Encryption at rest** (``bots.common.crypto``). What people wrote or where
 they are is AES-256-GCM ciphertext, bound to its row and column (``SEALED``):
-incident titles and locations, alert texts, the diary, officers' positions
-and the outbox's messages. In clear: IDs, timestamps, statuses, priorities,
-unit names and user IDs, which the queries need. The main key never touches
+incident titles and locations, alert texts, the diary, officers' positions,
+the outbox's messages (and their Megolm ciphertexts) and unfinished commands.
+In clear: IDs, timestamps, statuses, priorities, unit names, user IDs and
+transaction IDs, which the queries need. The main key never touches
 the state; the state keeps a random HKDF salt and a key check value, and
 opening it with another key raises ``WrongKeyError``. A state written in clear
 by an earlier version is encrypted when first opened with a key (its clear
@@ -43,7 +54,8 @@ SEALED: dict[str, tuple[str, tuple[str, ...]]] = {
     "alerts": ("id", ("text",)),
     "diary": ("id", ("text",)),
     "locations": ("user_id", ("geo",)),
-    "outbox": ("id", ("content",)),
+    "outbox": ("id", ("content", "encrypted")),
+    "jobs": ("event_id", ("data",)),
 }
 
 SCHEMA = """
@@ -74,7 +86,31 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL, content BLOB NOT NULL,
     alert_id INTEGER, event_type TEXT NOT NULL DEFAULT 'm.room.message');
 CREATE TABLE IF NOT EXISTS handled (event_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS jobs (
+    event_id TEXT PRIMARY KEY, kind TEXT NOT NULL, step TEXT NOT NULL, data BLOB NOT NULL,
+    at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pending_rooms (key TEXT PRIMARY KEY, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS early_acks (
+    target TEXT NOT NULL, user_id TEXT NOT NULL, at REAL NOT NULL, via TEXT NOT NULL,
+    PRIMARY KEY (target, user_id));
 """
+#: columns added after the first version: (table, column, declaration); an older state gets them
+ADDED_COLUMNS = (
+    # the transaction ID of every attempt to send this message (the homeserver deduplicates by it)
+    ("outbox", "txn_id", "TEXT"),
+    # the ciphertext of the first attempt (sealed like the content): every retry sends it again
+    ("outbox", "encrypted", "BLOB"),
+    # what follows the send: 'pin' (the incident card), 'board' (a new board, pinned)
+    ("outbox", "after", "TEXT"),
+    # the event it became, while what follows is still to do
+    ("outbox", "event_id", "TEXT"),
+    # the board it replaces (its pin goes to the new one)
+    ("outbox", "replaces", "TEXT"),
+)
+#: what a message ``after`` its send needs: pinned in the room
+AFTER_PIN = "pin"
+#: a new board: the one edited from now on, pinned in place of the previous
+AFTER_BOARD = "board"
 
 
 @attrs.frozen
@@ -146,6 +182,37 @@ class Outgoing:
     content: dict[str, Any]
     alert_id: int | None
     event_type: str
+    #: the same for every attempt, across restarts (the homeserver answers a repeat with the first event)
+    txn_id: str = ""
+    #: the ciphertext of the first attempt in an encrypted room (None: not encrypted yet)
+    encrypted: dict[str, Any] | None = None
+    #: ``AFTER_PIN``, ``AFTER_BOARD`` or None
+    after: str | None = None
+    #: set once sent while what comes ``after`` is still to do
+    event_id: str | None = None
+    #: the board this one replaces (``AFTER_BOARD``)
+    replaces: str | None = None
+
+
+@attrs.frozen
+class Job:
+    """A command between its steps: what it came with (``data``: room, sender, body, time, and
+    what its steps recorded) and the last step done."""
+
+    event_id: str
+    kind: str
+    step: str
+    data: dict[str, Any]
+
+
+@attrs.frozen
+class EarlyAck:
+    """An acknowledgement of an event the bot does not know yet: perhaps an alert whose send
+    was cut short before its event ID was recorded (it counts once it is)."""
+
+    user_id: str
+    at: float
+    via: str
 
 
 class StateError(Exception):
@@ -163,12 +230,14 @@ class State:
         if self.path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.db = sqlite3.connect(self.path, isolation_level=None)
+        self._tx = _Tx(self.db)
         try:
             # freed pages are zeroed: no clear text of a state encrypted in place stays behind
             self.db.execute("PRAGMA secure_delete=ON")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            self._migrate()
             self._unlock(key)
         except BaseException:
             self.db.close()
@@ -177,8 +246,23 @@ class State:
     def close(self) -> None:
         self.db.close()
 
+    def _migrate(self) -> None:
+        """Columns a later version added; outbox rows of an earlier one get their transaction ID."""
+        for table, column, declaration in ADDED_COLUMNS:
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        for (row,) in self.db.execute("SELECT id FROM outbox WHERE txn_id IS NULL").fetchall():
+            self.db.execute("UPDATE outbox SET txn_id = ? WHERE id = ?", (new_txn_id(), row))
+
     def _transaction(self) -> _Tx:
-        return _Tx(self.db)
+        return self._tx
+
+    def atomic(self) -> _Tx:
+        """One transaction for everything inside (nested ones join it): what an event changes,
+        its handled mark and the messages it queues are written together or not at all.
+        Nothing inside may await: another task would write into the same transaction."""
+        return self._tx
 
     # -- encryption -----------------------------------------------------------------------------
 
@@ -479,7 +563,13 @@ class State:
         return row[0] if row else None
 
     def set_room(self, key: str, room_id: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO rooms (key, room_id) VALUES (?, ?)", (key, room_id))
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO rooms (key, room_id) VALUES (?, ?)", (key, room_id))
+            self.db.execute("DELETE FROM pending_rooms WHERE key = ?", (key,))
+
+    def drop_pending_room(self, key: str) -> None:
+        """A creation the homeserver refused: the next attempt starts afresh."""
+        self.db.execute("DELETE FROM pending_rooms WHERE key = ?", (key,))
 
     def board(self, room_id: str) -> str | None:
         row = self.db.execute("SELECT event_id FROM boards WHERE room_id = ?", (room_id,)).fetchone()
@@ -499,11 +589,14 @@ class State:
         content: dict[str, Any],
         alert_id: int | None = None,
         event_type: str = "m.room.message",
+        after: str | None = None,
     ) -> int:
+        """Put a message in the outbox with its transaction ID, before any attempt to send it."""
         with self._transaction():
             cursor = self.db.execute(
-                "INSERT INTO outbox (room_id, content, alert_id, event_type) VALUES (?, x'', ?, ?)",
-                (room_id, alert_id, event_type),
+                "INSERT INTO outbox (room_id, content, alert_id, event_type, txn_id, after)"
+                " VALUES (?, x'', ?, ?, ?, ?)",
+                (room_id, alert_id, event_type, new_txn_id(), after),
             )
             assert cursor.lastrowid is not None
             self._store_sealed("outbox", cursor.lastrowid, content=json.dumps(content))
@@ -511,19 +604,155 @@ class State:
 
     def outbox(self) -> list[Outgoing]:
         rows = self.db.execute(
-            "SELECT id, room_id, content, alert_id, event_type FROM outbox ORDER BY id"
+            "SELECT id, room_id, content, alert_id, event_type, txn_id, encrypted, after, event_id, replaces"
+            " FROM outbox ORDER BY id"
         ).fetchall()
-        return [
-            Outgoing(id_, room, json.loads(str(self._open(content, "outbox", "content", id_))), alert, kind)
-            for id_, room, content, alert, kind in rows
-        ]
+        found: list[Outgoing] = []
+        for id_, room, content, alert, kind, txn_id, encrypted, after, event_id, replaces in rows:
+            sealed = self._open(encrypted, "outbox", "encrypted", id_)
+            found.append(
+                Outgoing(
+                    id_,
+                    room,
+                    json.loads(str(self._open(content, "outbox", "content", id_))),
+                    alert,
+                    kind,
+                    txn_id,
+                    None if sealed is None else json.loads(sealed),
+                    after,
+                    event_id,
+                    replaces,
+                )
+            )
+        return found
 
-    def sent(self, outgoing_id: int, event_id: str | None, alert_id: int | None) -> None:
-        """An outbox message went out; an alert message is remembered for the acknowledgements."""
+    def keep_ciphertext(self, outgoing_id: int, encrypted: dict[str, Any]) -> None:
+        """The ciphertext of the first attempt: a retry sends exactly these bytes again."""
+        self._store_sealed("outbox", outgoing_id, encrypted=json.dumps(encrypted))
+
+    def sent(self, outgoing_id: int, event_id: str | None, alert_id: int | None) -> list[EarlyAck]:
+        """An outbox message went out (``event_id``; None: given up). An alert's event is
+        remembered for the acknowledgements, and those given before it was known are returned
+        (they count now). A message with something to do ``after`` stays until ``finished``."""
         with self._transaction():
+            early: list[EarlyAck] = []
             if alert_id is not None and event_id is not None:
                 self.add_alert_event(event_id, alert_id)
-            self.db.execute("DELETE FROM outbox WHERE id = ?", (outgoing_id,))
+                early = [
+                    EarlyAck(user, at, via)
+                    for user, at, via in self.db.execute(
+                        "SELECT user_id, at, via FROM early_acks WHERE target = ? ORDER BY at", (event_id,)
+                    )
+                ]
+                self.db.execute("DELETE FROM early_acks WHERE target = ?", (event_id,))
+            row = self.db.execute("SELECT room_id, after FROM outbox WHERE id = ?", (outgoing_id,)).fetchone()
+            if row is None:
+                return early
+            room_id, after = row
+            if after is None or event_id is None:
+                self.db.execute("DELETE FROM outbox WHERE id = ?", (outgoing_id,))
+            else:
+                replaces = None
+                if after == AFTER_BOARD:
+                    replaces = self.board(room_id)
+                    self.set_board(room_id, event_id)
+                self.db.execute(
+                    "UPDATE outbox SET event_id = ?, replaces = ? WHERE id = ?",
+                    (event_id, replaces, outgoing_id),
+                )
+            if not self.unconfirmed_alert_messages():
+                self.db.execute("DELETE FROM early_acks")
+        return early
+
+    def finished(self, outgoing_id: int) -> None:
+        """What came after the send is done: the message leaves the outbox."""
+        self.db.execute("DELETE FROM outbox WHERE id = ?", (outgoing_id,))
+
+    def unconfirmed_alert_messages(self) -> bool:
+        """Alert messages in the outbox whose event is not known yet (perhaps sent already)."""
+        row = self.db.execute(
+            "SELECT 1 FROM outbox WHERE alert_id IS NOT NULL AND event_id IS NULL LIMIT 1"
+        ).fetchone()
+        return row is not None
+
+    def early_ack(self, target: str, user_id: str, at: float, via: str) -> bool:
+        """Keep an acknowledgement of an event not known as an alert while an alert message may
+        be on its way (its event ID not recorded yet); False (nothing kept) otherwise."""
+        if not self.unconfirmed_alert_messages():
+            return False
+        self.db.execute(
+            "INSERT OR IGNORE INTO early_acks (target, user_id, at, via) VALUES (?, ?, ?, ?)",
+            (target, user_id, at, via),
+        )
+        return True
+
+    # -- jobs: commands with steps ----------------------------------------------------------------
+
+    def receive(self, event_id: str, kind: str, data: dict[str, Any], at: float) -> bool:
+        """Mark the event handled and record it as a job at its first step ('received');
+        False when it was handled before (a replayed sync)."""
+        with self._transaction():
+            if not self.first_time(event_id):
+                return False
+            self.db.execute(
+                "INSERT INTO jobs (event_id, kind, step, data, at) VALUES (?, ?, 'received', x'', ?)",
+                (event_id, kind, at),
+            )
+            self._store_sealed("jobs", event_id, data=json.dumps(data))
+        return True
+
+    def jobs(self) -> list[Job]:
+        """The jobs not finished, oldest first."""
+        rows = self.db.execute("SELECT event_id, kind, step, data FROM jobs ORDER BY at, rowid").fetchall()
+        return [
+            Job(event_id, kind, step, json.loads(str(self._open(data, "jobs", "data", event_id))))
+            for event_id, kind, step, data in rows
+        ]
+
+    def advance(self, job: Job, step: str, **data: Any) -> Job:
+        """Record that ``job`` reached ``step`` (with what the step found out)."""
+        merged = {**job.data, **data}
+        with self._transaction():
+            self.db.execute("UPDATE jobs SET step = ? WHERE event_id = ?", (step, job.event_id))
+            self._store_sealed("jobs", job.event_id, data=json.dumps(merged))
+        return Job(job.event_id, job.kind, step, merged)
+
+    def finish(self, job: Job) -> None:
+        """The job's last step is done: it leaves the table (its text with it)."""
+        self.db.execute("DELETE FROM jobs WHERE event_id = ?", (job.event_id,))
+
+    # -- rooms being created ----------------------------------------------------------------------
+
+    def room_token(self, key: str) -> tuple[str, bool]:
+        """The token of the room ``key`` is created with, and whether an earlier attempt had it
+        already (that room may exist: look for it before creating another)."""
+        row = self.db.execute("SELECT token FROM pending_rooms WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return row[0], True
+        token = secrets.token_hex(16)
+        self.db.execute("INSERT INTO pending_rooms (key, token) VALUES (?, ?)", (key, token))
+        return token, False
+
+    def known_rooms(self) -> set[str]:
+        """Every room the state names (its own rooms, incident rooms, boards)."""
+        rooms = {room for (room,) in self.db.execute("SELECT room_id FROM rooms")}
+        rooms |= {
+            room for (room,) in self.db.execute("SELECT room_id FROM incidents WHERE room_id IS NOT NULL")
+        }
+        return rooms
+
+    def rooms_named(self, prefix: str) -> dict[str, str]:
+        """Rooms the bot made whose key starts with ``prefix`` ('dm:', 'unit:'): key -> room ID."""
+        rows = self.db.execute(
+            "SELECT key, room_id FROM rooms WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return dict(rows)
+
+    def incident_rooms(self) -> dict[int, str]:
+        """Incident number -> its room, open or closed (the rooms stay)."""
+        return dict(
+            self.db.execute("SELECT id, room_id FROM incidents WHERE room_id IS NOT NULL ORDER BY id")
+        )
 
 
 def _subkeys(main_key: bytes, salt: bytes) -> tuple[bytes, bytes]:
@@ -534,14 +763,25 @@ def _subkeys(main_key: bytes, salt: bytes) -> tuple[bytes, bytes]:
     )
 
 
+def new_txn_id() -> str:
+    """A transaction ID for one outgoing message (random: unique for the device, never reused)."""
+    return f"dispatch-{secrets.token_hex(16)}"
+
+
 class _Tx:
-    """BEGIN ... COMMIT (or ROLLBACK on an exception) on an autocommit connection."""
+    """BEGIN ... COMMIT (or ROLLBACK on an exception) on an autocommit connection; a nested
+    use joins the outer transaction (the outermost commits or rolls back)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.depth = 0
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        if self.depth == 0:
+            self.db.execute("BEGIN IMMEDIATE")
+        self.depth += 1
 
     def __exit__(self, kind: object, *_: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        self.depth -= 1
+        if self.depth == 0:
+            self.db.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -3,7 +3,12 @@ E2EE clients: an incident with two units, an alert acknowledged by reaction and 
 reply and escalated for the rest, the board edited in place and pinned, no result of a
 command mentioning its author, times in Europe/Berlin, officer statuses with a
 status 0 alert, a refused officer command, a restart by SIGKILL during an open alert,
-and the incident closed with its diary (a message and an encrypted JSON file)."""
+and the incident closed with its diary (a message and an encrypted JSON file).
+
+A second bot is killed right after chosen steps of its commands (the test hook
+``DISPATCH_TEST_STOP_FILE``) and restarted: nothing is lost or doubled; it also shows
+escalations reaching a unit's supervisor, neutral room names, a board that stays small and
+a server database without the incidents' titles and places."""
 
 from __future__ import annotations
 
@@ -413,3 +418,261 @@ async def test_dispatch_bot_end_to_end(hs, setup, tmp_path):
     for secret in ("Zugriff vorbereiten", "Lage melden", "Juwelier", "festgenommen", "Hauptstraße"):
         assert secret not in log
         assert secret.encode() not in state, secret
+
+
+# -- exactly once across crashes, escalations that arrive, neutral names, a bounded board ----------
+
+CRASH_BOT = "dispatch-crash"
+CRASH_DEVICE = "DISPATCH-CRASH"
+
+
+def replying_to(bot_id: str, room: str, event_id: str) -> Callable[[str, Event], bool]:
+    """The bot's answers to the command ``event_id``."""
+
+    def match(room_id: str, event: Event) -> bool:
+        reply = relates_to(event).get("m.in_reply_to") or {}
+        return room_id == room and event.sender == bot_id and reply.get("event_id") == event_id
+
+    return match
+
+
+def count(watcher: Watcher, match: Callable[[str, Event], bool]) -> int:
+    return sum(1 for room_id, event in watcher.events if match(room_id, event))
+
+
+def rooms_named(watcher: Watcher, name: str) -> list[str]:
+    return [room_id for room_id, room in watcher.client.rooms.items() if room.name == name]
+
+
+def database_holds(hs: Homeserver, needles: tuple[str, ...]) -> dict[str, list[str]]:
+    """needle -> the tables of Synapse's database (SQLite or PostgreSQL) whose rows contain it."""
+    homeserver = yaml.safe_load(hs.config_path.read_text())
+    if homeserver["database"]["name"] == "sqlite3":
+        tables = hs.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+    else:
+        tables = hs.query("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+    found: dict[str, list[str]] = {}
+    for (table,) in tables:
+        if table.startswith("_temp_"):
+            continue  # Synapse's background updates create and drop these
+        for row in hs.query(f'SELECT * FROM "{table}"'):
+            text = " ".join(
+                bytes(v).decode("latin-1") if isinstance(v, bytes | memoryview) else str(v) for v in row
+            )
+            for needle in needles:
+                if needle in text and table not in found.setdefault(needle, []):
+                    found[needle].append(table)
+    return found
+
+
+async def test_exactly_once_across_crashes_escalation_names_and_board(hs: Homeserver, tmp_path: Path):
+    """SIGKILL right after chosen steps of `!incident new` and `!alert` (the test hook): after the
+    restart every officer has each alert once, the dispatcher one answer, and an acknowledgement
+    of the copy received (also one given while the bot was down) counts. A unit's supervisor
+    listed only on the unit gets the escalation; 'ack' on its own is answered. Rooms are named
+    by number and call sign (a room named by an earlier version is renamed); Synapse's database
+    holds neither an incident's title nor its place; a huge position and title leave the board
+    updating."""
+    tag = uuid.uuid4().hex[:6]
+    names = {role: f"{role}-{tag}" for role in ("disp", "sup", "o1", "o2")}
+    users = {role: hs.user_id(name) for role, name in names.items()}
+    bot_id = hs.user_id(CRASH_BOT)
+    config = {
+        **bot_account(hs, tmp_path, CRASH_BOT, CRASH_DEVICE, label="dispatch bot"),
+        "state_path": "state.sqlite",
+        "state_key_file": "state.key",
+        "control_rooms": [f"#leitstelle-{tag}:{hs.server_name}"],
+        "roles": {"dispatcher": [users["disp"]]},
+        "units": [
+            {
+                "name": "alpha",
+                "call_sign": "Adler 1",
+                "members": [users["o1"], users["o2"]],
+                "supervisor": users["sup"],  # only here, not under roles
+            }
+        ],
+        "ack_deadline": "1h",
+        "ack_unit": "s",
+        "max_alerts": 2,
+    }
+    (tmp_path / "state.key").write_text(os.urandom(32).hex())
+    (tmp_path / "dispatch.yaml").write_text(yaml.safe_dump(config))
+    hook = tmp_path / "stop-after"
+    env = {"DISPATCH_TEST_STOP_FILE": str(hook)}
+    bot = BotProcess("bots.dispatch", tmp_path / "dispatch.yaml", tmp_path / "bot.log", ready=READY)
+    watchers: dict[str, Watcher] = {}
+    with stopped_afterwards(bot):
+        bot.start(env=env)
+        try:
+            for role in names:
+                password = f"pw-{uuid.uuid4().hex}"
+                hs.register_user(names[role], password, login=False)
+                client = await login(hs, names[role], password, tmp_path / f"store-{role}")
+                watchers[role] = Watcher(client)
+            disp, sup, o1, o2 = (watchers[role] for role in ("disp", "sup", "o1", "o2"))
+            officers = (o1, o2)
+            for watcher in watchers.values():
+                await watcher.wait_joined(1)  # the supervisor too: invited to the control room
+            (control,) = disp.client.rooms
+            assert control in sup.client.rooms
+            (unit_room,) = o1.client.rooms
+            assert o1.client.rooms[unit_room].name == "Adler 1"
+
+            async def crashed_at(
+                step: str, text: str, before_restart: Callable[[], Any] | None = None
+            ) -> str:
+                """``text`` sent with the bot set to die right after ``step``; restarted."""
+                hook.write_text(step)
+                event_id = await send(disp.client, control, {"msgtype": "m.text", "body": text})
+                bot.killed_itself()
+                if before_restart is not None:
+                    await before_restart()
+                bot.start(env=env)
+                return event_id
+
+            # !incident new, killed with the number recorded and no room, then with the room made
+            # but not recorded: one room each (found again after the crash), one card each
+            answers: list[str] = []
+            for number, step in ((1, "recorded"), (2, "room-created")):
+                command_id = await crashed_at(
+                    step, f"!incident new Einbruch Juwelier prio:1 units:alpha loc:Hauptstraße {number}"
+                )
+                answers.append(command_id)
+                await disp.wait(replying_to(bot_id, control, command_id), timeout=30)
+                for officer in officers:
+                    await officer.wait(from_bot(bot_id, text=f"Incident #{number}"), timeout=30)
+                    assert len(rooms_named(officer, f"Einsatz {number}")) == 1, step
+                assert count(disp, replying_to(bot_id, control, command_id)) == 1, step
+            incident_room = rooms_named(o1, "Einsatz 1")[0]
+            card = next(e for r, e in o1.events if r == incident_room and "Incident #1" in body(e))
+            assert card.event_id in await pinned(o1.client, incident_room, card.event_id)
+
+            # !alert, killed at each step; every officer acknowledges the copy received
+            async def react_while_down() -> None:
+                for officer in officers:  # the alert is on the server, its event not recorded
+                    await officer.wait(from_bot(bot_id, unit_room, "Lage 3"))
+                _, copy = await o1.wait(from_bot(bot_id, unit_room, "Lage 3"))
+                await send(
+                    o1.client,
+                    unit_room,
+                    {"m.relates_to": {"rel_type": "m.annotation", "event_id": copy.event_id, "key": "✅"}},
+                    "m.reaction",
+                )
+
+            old_name: list[str] = []
+
+            async def named_by_an_earlier_version() -> None:
+                """The incident room renamed as the bot (its saved token), as versions before
+                neutral names did; the restart renames it."""
+                token = json.loads((tmp_path / "store" / "credentials.json").read_text())["access_token"]
+                status, answer = hs.request(
+                    "PUT",
+                    f"/_matrix/client/v3/rooms/{incident_room}/state/m.room.name",
+                    {"name": "#1 Alter Name"},
+                    token=token,
+                )
+                assert status == 200, answer
+                old_name.append(answer["event_id"])
+
+            before_restart = {"sent": react_while_down, "sent#2": named_by_an_earlier_version}
+            for cycle, step in enumerate(("received", "encrypted", "sent", "sent#2"), start=1):
+                text = f"Lage {cycle} melden"
+                mark = len(disp.events)
+                command_id = await crashed_at(step, f"!alert alpha {text}", before_restart.get(step))
+                answers.append(command_id)
+                await disp.wait(replying_to(bot_id, control, command_id), timeout=30)
+                for officer in officers:
+                    _, copy = await officer.wait(from_bot(bot_id, unit_room, text), timeout=30)
+                    if officer is o2 or step != "sent":
+                        await send(
+                            officer.client,
+                            unit_room,
+                            {
+                                "msgtype": "m.text",
+                                "body": "ack",
+                                "m.relates_to": {"m.in_reply_to": {"event_id": copy.event_id}},
+                            }
+                            if officer is o2
+                            else {
+                                "m.relates_to": {
+                                    "rel_type": "m.annotation",
+                                    "event_id": copy.event_id,
+                                    "key": "✅",
+                                }
+                            },
+                            "m.room.message" if officer is o2 else "m.reaction",
+                        )
+                _, done = await disp.wait(from_bot(bot_id, control, "all 2 acknowledged"), since=mark)
+                # the outbox sends in order: whatever the crash could have doubled came before this
+                for watcher in (*officers, disp):
+                    await watcher.sync()
+                for officer in officers:
+                    assert count(officer, from_bot(bot_id, text=text)) == 1, (step, officer.user_id)
+                assert count(disp, replying_to(bot_id, control, command_id)) == 1, step
+                assert count(disp, from_bot(bot_id, control, done.body)) == 1, step
+
+            # the room named by an earlier version (before the last restart) has its neutral
+            # name again, and the earlier name's event is redacted
+            deadline = time.monotonic() + 30
+            while o1.client.rooms[incident_room].name != "Einsatz 1":
+                assert time.monotonic() < deadline, o1.client.rooms[incident_room].name
+                await o1.sync()
+            status, event = hs.request(
+                "GET",
+                f"/_matrix/client/v3/rooms/{incident_room}/event/{old_name[0]}",
+                token=o1.client.access_token,
+            )
+            assert status == 200 and event["content"] == {}, event
+
+            # the unit's supervisor (listed only on the unit) gets the escalation; 'ack' on its
+            # own is answered with how to acknowledge
+            await command(disp, control, "!alert alpha Funkkontrolle ack:2", bot_id, "sent to 2")
+            await o1.wait(from_bot(bot_id, unit_room, "Funkkontrolle"))
+            await command(o1, unit_room, "ack", bot_id, "Not counted")
+            _, escalation = await sup.wait(from_bot(bot_id, text="round 2/2 (Funkkontrolle)"), timeout=30)
+            assert users["sup"] in escalation.source["content"]["m.mentions"]["user_ids"]
+
+            # the board keeps updating with a 10 KB title and a position too large to show
+            await command(disp, control, "!status", bot_id, "Dispatch board")
+            big_title = "Grosslage " + "x" * 10_000
+            await command(disp, control, f"!incident new {big_title} units:alpha", bot_id, "Incident #3")
+            await send(
+                o1.client,
+                incident_room,
+                {
+                    "msgtype": "m.location",
+                    "body": "Position",
+                    "geo_uri": "geo:52.52" + "0" * 40_000 + ",13.40",
+                },
+            )
+            _, edit = await disp.wait(
+                lambda room_id, event: (
+                    room_id == control
+                    and event.sender == bot_id
+                    and relates_to(event).get("rel_type") == "m.replace"
+                    and "geo:52.5200" in board_text(event)
+                    and "#3" in board_text(event)
+                ),
+                timeout=30,
+            )
+            assert "…" in board_text(edit) and len(board_text(edit)) < 20_000
+            # nothing came twice, also later
+            for watcher in watchers.values():
+                await watcher.sync()
+            for command_id in answers:
+                assert count(disp, replying_to(bot_id, control, command_id)) == 1
+            for cycle in range(1, 5):
+                for officer in officers:
+                    assert count(officer, from_bot(bot_id, text=f"Lage {cycle} melden")) == 1
+            for number in (1, 2):
+                assert count(o1, from_bot(bot_id, text=f"Incident #{number} ")) == 1
+        finally:
+            for watcher in watchers.values():
+                await watcher.client.close()
+        assert bot.stop() == 0
+    log = bot.log()
+    assert "Traceback" not in log, log
+    # the incidents' titles and places are in encrypted messages only, never in the server's
+    # database, where the rooms' (neutral) names are
+    found = database_holds(hs, ("Juwelier", "Hauptstra", "Grosslage", "Einsatz 2"))
+    assert set(found) == {"Einsatz 2"}, found

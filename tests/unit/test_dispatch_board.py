@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from bots.dispatch.board import MAX_NAMES, BoardData, age, render
+import json
+
+import attrs
+
+from bots.dispatch.board import MAX_BOARD_BYTES, MAX_CELL, MAX_NAMES, BoardData, age, cell, render, size
+from bots.dispatch.chat import rendered_notice, replacement
 from bots.dispatch.config import Unit
 from bots.dispatch.state import Addressee, AlertView, Incident
 
@@ -54,7 +59,13 @@ def test_hundreds_of_addressees_stay_small():
     )
     plain, rich = render(data(people, members), NOW)
     assert "150/300" in plain
-    assert f"+{150 - MAX_NAMES} more" in plain
+    for line in plain.splitlines():
+        if line.startswith("  A3"):  # both lists: the names that fit, and how many more
+            _, _, acked, missing, _ = line.split(" | ")
+            for names, total in ((acked.split(": ", 1)[1], 150), (missing, 150)):
+                shown, more = names.rsplit(" +", 1)
+                assert len(shown.split(", ")) + int(more.split()[0]) == total
+                assert len(shown.split(", ")) <= MAX_NAMES and len(names) <= MAX_CELL
     assert len(plain.encode()) + len(rich.encode()) < 20_000
 
 
@@ -62,3 +73,45 @@ def test_age():
     assert age(NOW - 5, NOW) == "5 s ago"
     assert age(NOW - 61, NOW) == "1 min ago"
     assert age(NOW + 3, NOW) == "0 s ago"
+
+
+def edit_bytes(plain: str, rich: str) -> int:
+    """The board edit as the homeserver gets it: the content (the board twice), encrypted
+    (base64 of the JSON: a third more) with Megolm's envelope."""
+    content = replacement("$board:x", rendered_notice(plain, rich))
+    return len(json.dumps(content)) * 4 // 3 + 1_000
+
+
+def test_a_cell_is_cut_with_an_ellipsis():
+    assert cell("kurz") == "kurz"
+    assert cell("a\nb  c") == "a b c"
+    long = cell("x" * 1000)
+    assert len(long) == MAX_CELL and long.endswith("…")
+
+
+def test_a_huge_position_and_title_leave_the_board_small():
+    huge = data()
+    incident = attrs.evolve(huge.incidents[0], title="Großlage " + "ü" * 10_000, location="Weg " * 25_000)
+    huge = attrs.evolve(huge, incidents=[incident], locations={"@o2:x": ("geo:52.5" + "0" * 100_000, NOW)})
+    plain, rich = render(huge, NOW)
+    assert size(plain, rich) <= MAX_BOARD_BYTES and edit_bytes(plain, rich) < 64 * 1024
+    assert "Großlage üü" in plain and "geo:52.500" in plain and plain.count("…") >= 3
+    assert max(len(line) for line in plain.splitlines()) < 5 * MAX_CELL
+
+
+def test_the_oldest_rows_are_folded_into_a_count():
+    people = (Addressee("@o1:x", ("alpha",), "!inc", None, None),)
+    alerts = [
+        AlertView(n, None, "!ctl", "@d:x", f"Alarm {n} " + "✅" * 400, NOW, 60.0, NOW, 1, False, people)
+        for n in range(1, 301)
+    ]
+    incidents = [
+        Incident(n, f"Einsatz {n} " + "ä" * 300, 2, "ü" * 300, None, "!ctl", "@d:x", NOW, None, ())
+        for n in range(1, 101)
+    ]
+    plain, rich = render(attrs.evolve(data(), alerts=alerts, incidents=incidents), NOW)
+    assert size(plain, rich) <= MAX_BOARD_BYTES and edit_bytes(plain, rich) < 64 * 1024
+    folded = int(plain.split(" older alerts not shown")[0].rsplit("+", 1)[1])
+    assert 0 < folded < 300
+    assert "A300 | Alarm 300" in plain and "A1 | Alarm 1 " not in plain  # the newest stay
+    assert "<i>+" in rich and "older alerts not shown" in rich

@@ -4,6 +4,7 @@ The handlers run on a real state; the chat records what would be sent."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -19,15 +20,24 @@ from nio import (
     RoomPutStateResponse,
 )
 
-from bots.dispatch.chat import PINNED_EVENTS, Chat, message, pinned_with, rendered_notice
+from bots.dispatch.chat import (
+    MAX_CONTENT_BYTES,
+    PINNED_EVENTS,
+    Chat,
+    bounded,
+    message,
+    pinned_with,
+    rendered_notice,
+)
 from bots.dispatch.config import parse_config
 from bots.dispatch.directory import Directory
 from bots.dispatch.handlers import Handlers
-from bots.dispatch.state import State
+from bots.dispatch.state import Outgoing, State
 from tests.unit.test_dispatch_directory import raw_config
 
 ANNA = "@anna:police.example"  # dispatcher
 OTTO, OLGA = "@otto:police.example", "@olga:police.example"  # streife1
+SVEN = "@sven:police.example"  # supervisor of streife1
 CONTROL = "!control:police.example"
 
 
@@ -114,40 +124,56 @@ async def test_without_the_power_to_pin_the_bot_logs_once_and_carries_on(
     assert server.puts == 2 and server.pinned == ["$theirs"]
 
 
-class RecordingChat:
-    """The part of ``Chat`` the handlers use; what is posted and pinned is recorded."""
+class _EveryRoom(dict[str, Any]):
+    """``client.rooms`` of a client that has synced every room."""
 
-    def __init__(self) -> None:
+    def __contains__(self, room_id: object) -> bool:
+        return True
+
+
+class _Client:
+    rooms = _EveryRoom()
+    should_query_keys = False
+
+
+class RecordingChat(Chat):
+    """The real outbox and rooms on the state; what reaches the homeserver (sends, pins, new
+    rooms) is recorded instead."""
+
+    def __init__(self, state: State, config: Any) -> None:
+        super().__init__(_Client(), state, config)  # type: ignore[arg-type]
         self.control_rooms = {CONTROL}
         self.posts: list[tuple[str, dict[str, Any]]] = []
         self.pins: list[tuple[str, str, str | None]] = []
-        self.rooms = 0
+        self.names: list[str] = []
+        #: sends reach the homeserver, but no answer comes back
+        self.offline = False
 
     def room(self, room_id: str) -> None:
         return None
 
     async def create_room(self, name: str, invite: list[str], **_: Any) -> str:
-        self.rooms += 1
-        return f"!room{self.rooms}:police.example"
+        self.names.append(name)
+        return f"!room{len(self.names)}:police.example"
+
+    async def _created_with(self, token: str) -> None:
+        return None
 
     async def invite(self, room_id: str, users: list[str]) -> None:
         pass
 
-    async def direct_room(self, user_id: str) -> str:
-        return f"!dm-{user_id}"
+    async def _send(self, outgoing: Outgoing) -> tuple[str | None, bool]:
+        if self.offline:
+            return None, False
+        self.posts.append((outgoing.room_id, outgoing.content))
+        return f"$event{len(self.posts)}", False
 
-    async def post(self, room_id: str, content: dict[str, Any], **_: Any) -> None:
-        self.posts.append((room_id, content))
-
-    async def answer(self, room_id: str, event_id: str, text: str, mentions: tuple[str, ...] = ()) -> None:
-        await self.post(room_id, message(text, mentions=mentions, notice=True, reply_to=event_id))
-
-    async def post_encrypted_file(self, room_id: str, data: bytes, name: str, mimetype: str) -> bool:
-        return True
+    async def upload_encrypted(self, data: bytes, name: str, mimetype: str) -> dict[str, Any]:
+        return {"msgtype": "m.file", "body": name}
 
     async def send_now(self, room_id: str, content: dict[str, Any]) -> str:
         self.posts.append((room_id, content))
-        return f"$board{len(self.posts)}"
+        return f"$edit{len(self.posts)}"
 
     async def pin(self, room_id: str, event_id: str, previous: str | None = None) -> bool:
         self.pins.append((room_id, event_id, previous))
@@ -160,9 +186,9 @@ def handlers(tmp_path: Path) -> Iterator[tuple[Handlers, RecordingChat]]:
     config = parse_config(raw_config(), tmp_path)
     state = State(tmp_path / "state.sqlite", config.state_key)
     state.set_room("unit:streife1", "!unit1:police.example")
-    chat = RecordingChat()
+    chat = RecordingChat(state, config)
     try:
-        yield Handlers(config, Directory(config), state, chat), chat  # type: ignore[arg-type]
+        yield Handlers(config, Directory(config), state, chat), chat
     finally:
         state.close()
 
@@ -214,6 +240,87 @@ async def test_each_status_board_is_pinned_in_place_of_the_previous_one(handlers
     handler, chat = handlers
     await handler.text(CONTROL, command("!status", n=1))
     await handler.text(CONTROL, command("!status", n=2))
-    assert chat.pins == [(CONTROL, "$board1", None), (CONTROL, "$board2", "$board1")]
+    assert chat.pins == [(CONTROL, "$event1", None), (CONTROL, "$event2", "$event1")]
     await handler.pin_boards()
-    assert chat.pins[-1] == (CONTROL, "$board2", None)
+    assert chat.pins[-1] == (CONTROL, "$event2", None)
+
+
+def test_a_message_too_large_for_an_event_loses_its_html_and_is_cut() -> None:
+    small = message("kurz")
+    assert bounded(small) == small
+    huge = message("Einbruch " + "ü" * 30_000, mentions=(OTTO,))
+    cut = bounded(huge)
+    assert len(json.dumps(cut)) <= MAX_CONTENT_BYTES and cut["body"].endswith(" … (cut)")
+    assert "formatted_body" not in cut and cut["m.mentions"] == {"user_ids": [OTTO]}
+
+
+async def test_an_incident_room_is_named_by_its_number_and_its_card_pinned(handlers) -> None:
+    handler, chat = handlers
+    await handler.text(CONTROL, command("!incident new Einbruch Juwelier units:streife1 loc:Markt 1", n=1))
+    assert chat.names == ["Einsatz 1"]
+    (card_event,) = [
+        f"$event{n}" for n, (room, c) in enumerate(chat.posts, 1) if room == "!room1:police.example"
+    ]
+    assert chat.pins == [("!room1:police.example", card_event, None)]
+    assert handler.state.outbox() == []
+
+
+async def test_a_command_cut_short_resumes_from_its_last_step(handlers) -> None:
+    handler, chat = handlers
+    failing = chat.create_room
+
+    async def unreachable(name: str, invite: list[str], **_: Any) -> str:
+        raise ConnectionError("the homeserver is away")
+
+    chat.create_room = unreachable  # type: ignore[method-assign]
+    await handler.text(CONTROL, command("!incident new Einbruch units:streife1", n=1))
+    (job,) = handler.state.jobs()
+    assert job.step == "recorded" and chat.posts == []
+    await handler.text(CONTROL, command("!incident new Einbruch units:streife1", n=1))  # a replay
+    chat.create_room = failing  # type: ignore[method-assign]
+    await handler.run_jobs()
+    assert handler.state.jobs() == [] and chat.names == ["Einsatz 1"]
+    assert [c["body"][:13] for _, c in chat.posts] == ["🚨 Incident #1", "🚨 Incident #1"]
+    assert [i.id for i in handler.state.open_incidents()] == [1]
+
+
+async def test_an_acknowledgement_of_an_alert_not_recorded_yet_counts_once_it_is(handlers) -> None:
+    handler, chat = handlers
+    chat.offline = True  # the alert goes out, but its event ID never comes back (a crash)
+    await handler.text(CONTROL, command("!alert streife1 Zugriff", n=1))
+    await handler.reaction("$r1", OTTO, "$event1", 1_751_349_750.0)
+    chat.offline = False
+    await handler.chat.flush()
+    alert = handler.state.alert(1)
+    assert alert is not None and [a.user_id for a in alert.acknowledged] == [OTTO]
+    await handler.reaction("$r1", OTTO, "$event1", 1_751_349_750.0)  # replayed: counted once
+    assert [a.via for a in handler.state.alert(1).acknowledged] == ["✅"]
+
+
+async def test_ack_without_a_reply_is_answered_with_how_to_acknowledge(handlers) -> None:
+    handler, chat = handlers
+    await handler.text("!unit1:police.example", command("ack", sender=OTTO, n=1))
+    assert chat.posts == [], "no alert waits for otto: nothing to say"
+    await handler.text(CONTROL, command("!alert streife1 Zugriff", n=2))
+    await handler.text("!unit1:police.example", command("ack", sender=OTTO, n=3))
+    room, answer = chat.posts[-1]
+    assert room == "!unit1:police.example" and answer["body"].startswith("Not counted: to acknowledge A1")
+    assert "react to the alert's message with ✅" in answer["body"]
+    assert handler.state.alert(1).missing[-1].user_id == OTTO
+
+
+async def test_escalations_reach_those_not_in_the_control_room_in_a_direct_room(handlers) -> None:
+    handler, chat = handlers
+    await handler.text(CONTROL, command("!alert streife1 Zugriff ack:1", n=1))
+    posted = len(chat.posts)
+    await handler.escalate_due(1_751_349_744.0 + 61)
+    rounds = {room: c["body"] for room, c in chat.posts[posted:]}
+    assert rounds["!unit1:police.example"].startswith("🔔 Reminder 2/3, alert A1")
+    escalation = rounds[CONTROL]
+    assert escalation.startswith("⚠️ Escalation, alert A1, round 2/3 (Zugriff)")
+    # nobody has joined the (recorded) control room: sven (the unit's supervisor) and anna
+    # (who gave the alert) get it in direct rooms
+    assert chat.names == ["Dispatch", "Dispatch"]
+    copies = [(room, c) for room, c in chat.posts[posted:] if room.startswith("!room")]
+    assert {c["body"] for _, c in copies} == {escalation}
+    assert sorted(user for _, c in copies for user in c["m.mentions"]["user_ids"]) == [ANNA, SVEN]

@@ -68,6 +68,16 @@ def test_a_valid_config(tmp_path: Path, state_key: bytes):
         ({"roles": {"dispatcher": []}}, "roles.dispatcher: required"),
         ({"roles": {"dispatcher": ["@a:x"], "chief": []}}, "roles.chief: unknown role"),
         ({"roles": {"dispatcher": ["@a:x"], "supervisor": ["bob"]}}, "roles.supervisor[0]"),
+        (
+            {"roles": {"dispatcher": ["@anna:police.example", "@dispatch-bot:police.example"]}},
+            "roles.dispatcher[1]: expected a person who can be sent an escalation, got the bot itself",
+        ),
+        (
+            {"units": [{"name": "a", "members": ["@a:x"], "supervisor": "@sven:elsewhere.example"}]},
+            "units[0].supervisor: expected a user of the bot's server 'police.example' (an escalation "
+            "reaches someone who has not joined the control room in a direct room the bot makes), "
+            "got '@sven:elsewhere.example'",
+        ),
         ({"control_rooms": ["leitstelle"]}, "control_rooms[0]: expected a room ID"),
         ({"control_rooms": []}, "control_rooms: expected a non-empty list"),
         ({"ack_deadline": "5 minutes"}, "ack_deadline: expected a positive duration"),

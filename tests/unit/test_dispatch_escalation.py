@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bots.dispatch.escalation import due_steps, next_due, supervisors_for
+from bots.dispatch.escalation import addressed, due_steps, escalation_text, next_due, supervisors_for
 from bots.dispatch.state import Addressee, AlertView
 
 T0 = 1_800_000_000.0
@@ -64,3 +64,22 @@ def test_supervisors_hear_about_their_units_missing_members():
     told = supervisors_for(missing, {"alpha": "@sup-a:x", "bravo": "@sup-b:x"})
     assert told == {"@sup-a:x": ["@a:x", "@b:x", "@c:x"], "@sup-b:x": ["@c:x"]}
     assert supervisors_for(missing, {"alpha": None}) == {}
+
+
+def test_an_escalation_addresses_the_supervisors_the_sender_and_the_dispatcher_on_duty_once():
+    told = {"@sup-b:x": ["@c:x"], "@sup-a:x": ["@a:x"]}
+    assert addressed(told, "@disp:x", "@duty:x", "@bot:x") == ["@sup-a:x", "@sup-b:x", "@disp:x", "@duty:x"]
+    assert addressed({"@disp:x": ["@a:x"]}, "@disp:x", None, "@bot:x") == ["@disp:x"]
+    assert addressed({}, "@bot:x", "@bot:x", "@bot:x") == []
+
+
+def test_escalation_rounds_are_numbered_and_the_last_says_so():
+    rounds = [
+        escalation_text(a, step, {"@sup-a:x": ["@a:x"]}, 3)
+        for a in (alert(), alert(rounds=2, due_at=T0 + 120), alert(rounds=3, due_at=T0 + 180))
+        for step in due_steps([a], T0 + 200, max_alerts=3)
+    ]
+    assert rounds[0].startswith("⚠️ Escalation, alert A1, round 2/3 (go): not acknowledged by {@a:x}")
+    assert rounds[1].startswith("⚠️ Escalation, alert A1, round 3/3 (go)")
+    assert rounds[2].startswith("⛔ Alert A1 (go): still not acknowledged after 3 alerts")
+    assert all("\nSupervisor {@sup-a:x}: missing from your unit: a" in text for text in rounds)

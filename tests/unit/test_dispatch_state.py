@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from bots.common.crypto import new_key
-from bots.dispatch.state import SCHEMA, Addressee, State, StateError, WrongKeyError
+from bots.dispatch.state import (
+    AFTER_BOARD,
+    AFTER_PIN,
+    SCHEMA,
+    Addressee,
+    EarlyAck,
+    State,
+    StateError,
+    WrongKeyError,
+)
 
 T0 = 1_800_000_000.0
 KEY = new_key()
@@ -216,3 +225,120 @@ def test_the_bot_does_not_start_with_a_wrong_key(tmp_path: Path, capsys: pytest.
     error = capsys.readouterr().err
     assert "cannot start the dispatch bot: the state key does not match the state" in error
     assert "state_key_file or state_key_env" in error
+
+
+def test_a_message_keeps_its_transaction_id_and_first_ciphertext_across_a_reopen(tmp_path: Path):
+    path = tmp_path / "state.sqlite"
+    state = State(path, KEY)
+    first = state.queue("!inc", {"body": "Kanarien-Alarmtext"}, alert_id=None)
+    second = state.queue("!inc", {"body": "card"}, after=AFTER_PIN)
+    (one, two) = state.outbox()
+    assert one.txn_id.startswith("dispatch-") and one.txn_id != two.txn_id and one.encrypted is None
+    state.keep_ciphertext(first, {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgA"})
+    state.close()
+
+    state = State(path, KEY)
+    (again, card) = state.outbox()
+    assert card.txn_id == two.txn_id
+    assert (again.txn_id, again.encrypted) == (
+        one.txn_id,
+        {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgA"},
+    )
+    state.sent(first, "$alert", None)
+    state.sent(second, "$card", None)
+    (pending,) = state.outbox()  # the card is sent but still to be pinned
+    assert (pending.id, pending.event_id, pending.after) == (second, "$card", AFTER_PIN)
+    state.finished(second)
+    assert state.outbox() == []
+    assert b"AwgA" not in on_disk(path) and b"Kanarien-Alarmtext" not in on_disk(path)
+    state.close()
+
+
+def test_a_new_board_takes_the_place_of_the_previous_one_when_sent(tmp_path: Path):
+    state = State(tmp_path / "state.sqlite", KEY)
+    state.set_board("!ctl", "$old")
+    outgoing = state.queue("!ctl", {"body": "board"}, after=AFTER_BOARD)
+    state.sent(outgoing, "$new", None)
+    assert state.board("!ctl") == "$new"
+    (pending,) = state.outbox()
+    assert (pending.event_id, pending.replaces) == ("$new", "$old")
+    state.close()
+
+
+def test_an_outbox_of_an_earlier_version_gets_its_transaction_ids(tmp_path: Path):
+    path = tmp_path / "state.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL,"
+        " content BLOB NOT NULL, alert_id INTEGER, event_type TEXT NOT NULL DEFAULT 'm.room.message')"
+    )
+    db.execute("INSERT INTO outbox (room_id, content) VALUES ('!inc', '{\"body\": \"x\"}')")
+    db.commit()
+    db.close()
+    state = State(path, KEY)
+    (outgoing,) = state.outbox()
+    assert outgoing.content == {"body": "x"} and outgoing.txn_id.startswith("dispatch-")
+    state.close()
+    assert State(path, KEY).outbox()[0].txn_id == outgoing.txn_id
+
+
+def test_an_acknowledgement_before_the_alert_event_is_known_counts_once_it_is(tmp_path: Path):
+    state = State(tmp_path / "state.sqlite", KEY)
+    assert not state.early_ack("$x", "@a:x", T0, "✅"), "nothing on its way: nothing kept"
+    alert_id = state.new_alert(
+        incident_id=None,
+        control_room="!ctl",
+        sender="@d:x",
+        text="go",
+        at=T0,
+        period=30,
+        addressees=[Addressee("@a:x", (), "!unit")],
+    )
+    outgoing = state.queue("!unit", {"body": "alert"}, alert_id)
+    assert state.unconfirmed_alert_messages()
+    assert state.early_ack("$alert", "@a:x", T0 + 3, "✅") and state.early_ack("$other", "@a:x", T0, "✅")
+    assert state.sent(outgoing, "$alert", alert_id) == [EarlyAck("@a:x", T0 + 3, "✅")]
+    assert state.alert_of_event("$alert") == alert_id
+    assert state.db.execute("SELECT COUNT(*) FROM early_acks").fetchone() == (0,), "none on its way: dropped"
+    state.close()
+
+
+def test_a_job_resumes_from_its_last_step_and_its_text_is_sealed(tmp_path: Path):
+    path = tmp_path / "state.sqlite"
+    state = State(path, KEY)
+    data = {"room": "!ctl", "sender": "@d:x", "body": "!incident new Kanarienvogel-Titel", "at": T0}
+    assert state.receive("$cmd", "command", data, T0)
+    assert not state.receive("$cmd", "command", data, T0), "a replayed event is no new job"
+    (job,) = state.jobs()
+    state.advance(job, "recorded", incident=4)
+    state.close()
+
+    state = State(path, KEY)
+    (job,) = state.jobs()
+    assert (job.step, job.data["incident"], job.data["body"]) == ("recorded", 4, data["body"])
+    assert b"Kanarienvogel-Titel" not in on_disk(path)
+    state.finish(job)
+    assert state.jobs() == [] and not state.first_time("$cmd")
+    state.close()
+
+
+def test_a_room_being_made_keeps_its_token_until_it_is_recorded(tmp_path: Path):
+    state = State(tmp_path / "state.sqlite", KEY)
+    token, earlier = state.room_token("incident:1")
+    assert not earlier and state.room_token("incident:1") == (token, True)
+    state.set_room("incident:1", "!inc")
+    assert state.room_token("incident:1")[0] != token, "recorded: a later creation is a new one"
+    state.drop_pending_room("incident:1")
+    assert state.known_rooms() == {"!inc"} and state.rooms_named("incident:") == {"incident:1": "!inc"}
+    state.close()
+
+
+def test_a_transaction_writes_everything_or_nothing(tmp_path: Path):
+    state = State(tmp_path / "state.sqlite", KEY)
+    with pytest.raises(RuntimeError), state.atomic():
+        assert state.first_time("$e")
+        state.new_incident("X", 2, None, "!ctl", "@d:x", T0)  # joins the outer transaction
+        state.queue("!ctl", {"body": "x"})
+        raise RuntimeError("crash")
+    assert state.first_time("$e") and state.open_incidents() == [] and state.outbox() == []
+    state.close()
