@@ -22,6 +22,7 @@ from . import (
     federation_inbound,
     large_room,
     login_rate,
+    media_detection,
     media_upload,
     module_overhead,
     retention_scaling,
@@ -57,6 +58,12 @@ ENTRIES: list[Entry] = [
         "media_upload",
         media_upload.main,
         "upload throughput of 5 MiB and 100 MiB files and the server's peak memory",
+    ),
+    Entry(
+        "media_detection",
+        media_detection.main,
+        f"media content check: false refusals of {media_detection.BUFFERS:,} ciphertext buffers "
+        "(16 bytes to 1 MiB) and detection of a corpus of smuggled files",
     ),
     Entry(
         "device_import",

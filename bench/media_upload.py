@@ -4,10 +4,11 @@ module's content check and without.
 The module judges every upload twice: before the body is stored,
 ``is_user_allowed_to_upload_media_of_size`` checks the declared size and the
 user's daily quota (one database query); once the file is stored,
-``check_media_file_for_spam`` reads its first 256 KiB in a thread and has
-libmagic say what it is (``synapse_police_policy/filetype.py``). Neither
-should cost throughput, and the head read should not make memory grow with
-the size of the file.
+``check_media_file_for_spam`` reads its first 256 KiB and its last block in
+a thread, has libmagic say what it is, and for content libmagic cannot name
+runs the randomness test on those bytes (``synapse_police_policy/filetype.py``).
+Neither should cost throughput, and the reads should not make memory grow
+with the size of the file.
 
 Two Synapse processes on SQLite (policy settings on both, test rate limits),
 one with the module and one without. The module's config lets the bench's

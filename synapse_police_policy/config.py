@@ -170,6 +170,12 @@ class MediaConfig:
     encrypted_max_size: int = 500 * _KIB**2
     #: per user, across all uploads, over the last 24 hours
     daily_upload_quota: int = 5 * _KIB**3
+    #: refuse PDFs with JavaScript, actions run on opening or on events, launch
+    #: actions, embedded files, forms that send data (``filetype.py``)
+    refuse_pdf_active_content: bool = True
+    #: refuse images with data after their end marker, and files of allowed
+    #: types hiding an archive (``filetype.py``)
+    refuse_trailing_data: bool = True
 
     @property
     def largest_upload(self) -> int:
@@ -419,7 +425,17 @@ def parse_size(value: Any, path: tuple[str, ...]) -> int:
 
 
 def _parse_media(raw: Any) -> MediaConfig:
-    section = _mapping(raw, ("media",), {"allowed", "encrypted_max_size", "daily_upload_quota"})
+    section = _mapping(
+        raw,
+        ("media",),
+        {
+            "allowed",
+            "encrypted_max_size",
+            "daily_upload_quota",
+            "refuse_pdf_active_content",
+            "refuse_trailing_data",
+        },
+    )
     defaults = MediaConfig()
     allowed = defaults.allowed
     if "allowed" in section:
@@ -444,6 +460,14 @@ def _parse_media(raw: Any) -> MediaConfig:
         daily_upload_quota=parse_size(section["daily_upload_quota"], ("media", "daily_upload_quota"))
         if "daily_upload_quota" in section
         else defaults.daily_upload_quota,
+        refuse_pdf_active_content=_bool(
+            section["refuse_pdf_active_content"], ("media", "refuse_pdf_active_content")
+        )
+        if "refuse_pdf_active_content" in section
+        else defaults.refuse_pdf_active_content,
+        refuse_trailing_data=_bool(section["refuse_trailing_data"], ("media", "refuse_trailing_data"))
+        if "refuse_trailing_data" in section
+        else defaults.refuse_trailing_data,
     )
 
 

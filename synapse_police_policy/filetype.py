@@ -1,43 +1,58 @@
-"""What a stored file is, from its first bytes, with libmagic (python-magic).
+"""What a stored file is, from its bytes, with libmagic (python-magic), and
+whether content libmagic cannot name is ciphertext (``media.randomness``).
 
-Only the head is read, so memory does not grow with the file; callers run
-``sniff`` in a thread, off the reactor.
+Only the first 256 KiB and the last block are read for that, so memory does
+not grow with the file; the structural checks of allowed types
+(``filescan.py``) read further, in blocks. Callers run ``sniff`` in a thread,
+off the reactor.
 """
 
 from __future__ import annotations
 
 import bz2
-import codecs
 import io
+import itertools
 import os
+import re
 import zlib
 
-import attrs
 import magic
 from PIL import Image
 
-from .media import OPAQUE, RANDOMNESS_SAMPLE, has_structured_signature, looks_random
+from . import filescan
+from .config import MediaConfig
+from .media import (
+    EMPTY_TYPES,
+    OPAQUE,
+    TEXT_DECIDABLE_BYTES,
+    Finding,
+    Randomness,
+    Sniffed,
+    byte_counts,
+    canonical,
+    has_strong_signature,
+    is_textual,
+    randomness,
+)
 
 #: libmagic looks at most this far into a file for the formats we care about
 #: (zip-based office files list their parts near the start).
 HEAD_BYTES = 256 * 1024
-
-
-@attrs.frozen
-class Sniffed:
-    mime: str
-    size: int
-    #: the head looks like ciphertext; only examined where the detected type
-    #: leaves doubt (a weak or a short signature), False elsewhere
-    random_looking: bool
+#: the last block, read besides the head: where a zip archive's directory ends
+TAIL_BYTES = filescan.TAIL_BYTES
+#: what content of no known type that passes the randomness test is
+RANDOM_BYTES = "uniformly random bytes, as encrypted or compressed data are"
+_DEFAULT_RULES = MediaConfig()
+#: what a short signature's stream must decode from to be believed
+_DECODE_SAMPLE = 16 * 1024
 
 
 def _gzip(head: bytes) -> None:
-    zlib.decompressobj(wbits=31).decompress(head[:RANDOMNESS_SAMPLE])
+    zlib.decompressobj(wbits=31).decompress(head[:_DECODE_SAMPLE])
 
 
 def _bzip2(head: bytes) -> None:
-    bz2.BZ2Decompressor().decompress(head[:RANDOMNESS_SAMPLE])
+    bz2.BZ2Decompressor().decompress(head[:_DECODE_SAMPLE])
 
 
 def _jpeg(head: bytes) -> None:
@@ -59,39 +74,115 @@ def _decodes(mime: str, head: bytes) -> bool:
     return True
 
 
-#: share of bytes >= 0x80 from which "text" in a legacy 8-bit charset is
-#: taken for ciphertext (random bytes: one half; German Latin-1 text: a few %)
-_HIGH_BYTES_SHARE = 0.3
+#: what ASCII text is made of: printable characters, tab, line feed, form feed, carriage return
+_ASCII_TEXT = bytes([0x09, 0x0A, 0x0C, 0x0D, *range(0x20, 0x7F)])
 
 
-def _binary_posing_as_text(sample: bytes) -> bool:
-    """libmagic calls about one small ciphertext in eight "text" (every byte
-    outside the control range reads as some 8-bit charset). Real text is ASCII
-    or valid UTF-8, or has few high bytes; such a file stays text."""
-    high = len(sample) - len(sample.translate(None, _HIGH_BYTES))
-    if high < _HIGH_BYTES_SHARE * len(sample):
-        return False
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
-    except UnicodeDecodeError:
-        return True
-    return False
+def _ascii_text(sample: bytes) -> bool:
+    """Whether ``sample`` is ASCII text; uniformly random bytes are with a
+    chance of (100/256)**n: 3e-7 at 16 bytes, below 1e-9 from 23 bytes on."""
+    return not sample.translate(None, _ASCII_TEXT)
 
 
-_HIGH_BYTES = bytes(range(0x80, 0x100))
+def sniff(path: str, rules: MediaConfig = _DEFAULT_RULES) -> Sniffed:
+    """What the file at ``path`` is; for a type ``rules`` allow, also what
+    their options refuse in it (active content in a PDF, data after an image)."""
+    with open(path, "rb", buffering=0) as file:
+        return _sniff(filescan.Reader(file.fileno(), os.fstat(file.fileno()).st_size), rules)
 
 
-def sniff(path: str) -> Sniffed:
-    with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        head = file.read(HEAD_BYTES)
+def _sniff(reader: filescan.Reader, rules: MediaConfig) -> Sniffed:
+    size = reader.size
+    head = reader.read(0, HEAD_BYTES)
+    tail_start = max(len(head), size - TAIL_BYTES)
+    tail = reader.read(tail_start, size - tail_start)
     mime = magic.from_buffer(head, mime=True) if head else "application/x-empty"
-    # The byte statistics matter only for a weak or short signature; skipping
-    # them otherwise keeps the common cases (ciphertext, photos) cheap.
-    weak = mime != OPAQUE and not has_structured_signature(mime)
-    random_looking = (weak or mime in _SHORT_SIGNATURES) and looks_random(head[:RANDOMNESS_SAMPLE])
-    if (random_looking and mime in _SHORT_SIGNATURES and not _decodes(mime, head)) or (
-        mime == "text/plain" and _binary_posing_as_text(head[:RANDOMNESS_SAMPLE])
-    ):
+    if mime in EMPTY_TYPES:
+        return Sniffed(mime=mime, size=size)
+    # The byte statistics matter only where the type leaves doubt; skipping
+    # them for long signatures keeps photos and videos cheap.
+    test: Randomness | None = None
+    random_looking = False
+    if not (has_strong_signature(mime) or (mime == "application/x-object" and head[:4] == b"\x7fELF")):
+        test = randomness(byte_counts(head, tail))
+        random_looking = test.uniform and _chance_match(mime, head, test)
+    if random_looking and mime in _SHORT_SIGNATURES:
         mime = OPAQUE
-    return Sniffed(mime=mime, size=size, random_looking=random_looking)
+    if mime == OPAQUE or random_looking:
+        # what would pass as ciphertext: an archive behind other data is an archive
+        archive = filescan.hidden_archive(reader, head, tail)
+        if archive is not None:
+            return Sniffed(mime=archive.mime, size=size, detail=archive.where)
+        if filescan.pdf_behind(head) is not None:
+            mime, random_looking = "application/pdf", False
+    if mime == OPAQUE:
+        assert test is not None
+        detail = RANDOM_BYTES if random_looking else _unrecognised(head, test)
+        return Sniffed(mime=mime, size=size, random_looking=random_looking, detail=detail)
+    finding = None
+    limit = rules.allowed.get(canonical(mime))
+    if limit is not None and size <= limit:
+        finding = _finding(reader, rules, mime, head, tail)
+    return Sniffed(mime=mime, size=size, random_looking=random_looking, finding=finding)
+
+
+def _chance_match(mime: str, head: bytes, test: Randomness) -> bool:
+    """Whether libmagic's ``mime`` for random-looking bytes is a chance match
+    of a weak signature, not what the bytes are."""
+    if mime == OPAQUE:
+        return True
+    if mime in _SHORT_SIGNATURES:
+        return not _decodes(mime, head)
+    if is_textual(mime):
+        # Real text fails the test from TEXT_DECIDABLE_BYTES on. Below, libmagic
+        # reads about one random buffer in five as text (no control codes): only
+        # ASCII text stays text there, text with other bytes passes as ciphertext.
+        return test.tested >= TEXT_DECIDABLE_BYTES or not _ascii_text(head)
+    return True
+
+
+def _finding(
+    reader: filescan.Reader, rules: MediaConfig, mime: str, head: bytes, tail: bytes
+) -> Finding | None:
+    """What the options refuse in a file of an allowed type."""
+    if rules.refuse_pdf_active_content and mime == "application/pdf":
+        active = filescan.pdf_active_content(reader)
+        if active is not None:
+            return Finding(rule="media.active_content", what=f"it holds {active}")
+    if rules.refuse_trailing_data:
+        archive = filescan.hidden_archive(reader, head, tail)
+        if archive is not None:
+            return Finding(
+                rule="media.trailing_data",
+                what=f"an {archive.mime} archive is hidden in it ({archive.where})",
+            )
+        trailing = filescan.trailing_data(reader, mime, head)
+        if trailing is not None:
+            what = trailing.what
+            if trailing.at is not None:
+                found = magic.from_buffer(reader.read(trailing.at, 64 * 1024), mime=True)
+                what += "" if found == OPAQUE else f", read as {found}"
+            return Finding(rule="media.trailing_data", what=what)
+    return None
+
+
+#: where another file may start inside content of no known type, to name what was found
+_EMBEDDED = re.compile(
+    rb"\x7fELF|MZ|PK\x03\x04|%PDF-|\x89PNG|GIF8[79]a|\xff\xd8\xff|Rar!|7z\xbc\xaf|\x1f\x8b\x08|BZh"
+    rb"|\xfd7zXZ|#!/|(?i:<\?xml|<!doctype|<html|<script|<svg|<body)"
+)
+#: signatures tried with libmagic, at most (each try costs about 0.5 ms)
+_EMBEDDED_TRIES = 8
+
+
+def _unrecognised(head: bytes, test: Randomness) -> str:
+    """What content of no known type that is no ciphertext resembles, and why it is none."""
+    parts = []
+    for match in itertools.islice(_EMBEDDED.finditer(head), _EMBEDDED_TRIES):
+        found = magic.from_buffer(head[match.start() :], mime=True)
+        # a weak signature in other data (x-dosexec after "MZ") is no finding
+        if has_strong_signature(found) or (is_textual(found) and found != "text/plain"):
+            parts.append(f"{found} at byte {match.start():,}")
+            break
+    parts.append(f"its bytes are not uniformly random: {test.failed}")
+    return "; ".join(parts)

@@ -451,8 +451,8 @@ class PolicePolicy:
         no database row."""
         if info.thumbnail is not None:
             return NOT_SPAM
-        sniffed = await self._api.defer_to_thread(sniff, file.path)
-        denial = media.check_file(self._config.media, sniffed.mime, sniffed.size, sniffed.random_looking)
+        sniffed = await self._api.defer_to_thread(sniff, file.path, self._config.media)
+        denial = media.check_file(self._config.media, sniffed)
         if denial is None:
             return NOT_SPAM
         self._decisions.deny(

@@ -5,7 +5,9 @@ the module's media rules cannot look at what it really is; the bot can. To
 give the same verdict, it uses the module's own pieces: the policy YAML is
 parsed by ``synapse_police_policy.config`` (no second copy of the rules), the
 type comes from ``synapse_police_policy.filetype.sniff`` and the verdict from
-``synapse_police_policy.media.check_file``.
+``synapse_police_policy.media.check_file``. Unlike on the server, content of
+no known type is refused: after decryption "unrecognised" cannot mean
+ciphertext.
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ def _in_memory_file(data: bytes) -> Iterator[str]:
 def check_attachment(rules: MediaConfig, data: bytes) -> Verdict:
     """The module's verdict on decrypted bytes (blocking: libmagic; call it in a thread)."""
     with _in_memory_file(data) as path:
-        sniffed = sniff(path)
-    denial = check_file(rules, sniffed.mime, sniffed.size, sniffed.random_looking)
+        sniffed = sniff(path, rules)
+    # decrypted bytes are no ciphertext: content of no known type is refused here
+    denial = check_file(rules, sniffed, plaintext=True)
     if denial is None:
         return Verdict(detected=sniffed.mime, size=sniffed.size)
     return Verdict(detected=sniffed.mime, size=sniffed.size, rule=denial.rule, reason=denial.reason)
@@ -108,7 +111,7 @@ def allowed_summary(rules: MediaConfig) -> str:
 
 def size_limit(rules: MediaConfig, detected: str) -> int:
     """The largest size allowed for content detected as ``detected``: its type's limit, else
-    (ciphertext, unrecognised) ``encrypted_max_size``, as ``check_file`` judges it."""
+    (content judged as ciphertext) ``encrypted_max_size``, as ``check_file`` judges it."""
     return rules.allowed.get(canonical(detected), rules.encrypted_max_size)
 
 

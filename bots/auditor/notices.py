@@ -92,10 +92,20 @@ def media_notice(
     text.text(
         " was removed." if redacted else " breaks the media rules; removing it failed and is tried again."
     )
-    if rule == "media.type":
+    if rule == "media.type" and detected == "application/octet-stream":
+        text.text(" Its content is of no known type, which is not allowed here.")
+        if allowed is not None:
+            _allowed(text, allowed)
+    elif rule == "media.type":
         text.text(" Its content is ").code(detected).text(", a type not allowed here.")
         if allowed is not None:
             _allowed(text, allowed)
+    elif rule == "media.active_content":
+        text.text(" Its content (").code(detected).text(") holds active content ")
+        text.text("(JavaScript, automatic actions or embedded files), which is not allowed here.")
+    elif rule == "media.trailing_data":
+        text.text(" Its content (").code(detected).text(") carries other data behind the ")
+        text.text("file itself, which is not allowed here.")
     elif rule == "media.too_large" and size is not None and limit is not None:
         text.text(" Its content (").code(detected).text(f", {_size(size)}) is larger than the ")
         text.text(f"{_size(limit)} allowed.")

@@ -1,6 +1,7 @@
 """Media judged by content on a real Synapse: the corpus of allowed files is
-accepted, hostile files pretending to be media are refused, and a refusal
-leaves nothing in the media store or the media table."""
+accepted, hostile files pretending to be media are refused, so are files
+smuggled past a check by type alone, and a refusal leaves nothing in the
+media store or the media table."""
 
 from __future__ import annotations
 
@@ -84,6 +85,36 @@ def test_hostile_files_are_refused_by_content(media_hs, make_user, name):
     assert logged["media"].startswith(media_hs.server_name + "/")
 
 
+#: what each refusal names: the detected type, or the option that refused it
+_REASON = {
+    "media.type": "detected from the content",
+    "media.active_content": "media.refuse_pdf_active_content",
+    "media.trailing_data": "media.refuse_trailing_data",
+}
+
+
+@pytest.mark.parametrize("name", sorted(media_corpus.SMUGGLED))
+def test_smuggled_files_are_refused_without_trace(media_hs, make_user, name):
+    """Archives and programs behind a few bytes, text in legacy encodings (all of which
+    libmagic cannot name, so they would pass as ciphertext), active PDFs and images with
+    something behind their end (allowed types by their head)."""
+    user = make_user("officer", homeserver=media_hs)
+    make, content_type, file_name, rule = media_corpus.SMUGGLED[name]
+    body = assert_refused_without_trace(media_hs, user, make(), content_type, file_name, 403, "M_FORBIDDEN")
+    assert _REASON[rule] in body["error"], body
+    [logged] = [e for e in decisions_for(media_hs, user.user_id) if e["rule"] == rule]
+    assert logged["reason"] == body["error"]
+
+
+@pytest.mark.parametrize("name", sorted(media_corpus.ALLOWED_VARIANTS))
+def test_harmless_look_alikes_are_accepted(media_hs, make_user, name):
+    """A PDF that opens at a page, a JPEG padded with zeros, a multi-picture JPEG."""
+    user = make_user("officer", homeserver=media_hs)
+    make, mime = media_corpus.ALLOWED_VARIANTS[name]
+    status, body = upload(media_hs, user.token, make(), mime, "file")
+    assert status == 200, body
+
+
 def test_empty_file_is_refused(media_hs, make_user):
     user = make_user("officer", homeserver=media_hs)
     body = assert_refused_without_trace(media_hs, user, b"", "image/jpeg", "empty.jpg", 403, "M_FORBIDDEN")
@@ -108,6 +139,17 @@ def test_opaque_content_up_to_the_encrypted_limit(media_hs, make_user):
     assert_refused_without_trace(
         media_hs, user, os.urandom(2 * 1024 * KIB + 1), "application/octet-stream", "y", 413, "M_TOO_LARGE"
     )
+
+
+def test_unrecognised_content_that_is_not_random_is_refused(media_hs, make_user):
+    """Half random, half zeros: libmagic names nothing, and it is no ciphertext."""
+    user = make_user("officer", homeserver=media_hs)
+    data = os.urandom(300 * KIB) + bytes(100 * KIB)
+    body = assert_refused_without_trace(
+        media_hs, user, data, "application/octet-stream", "x", 403, "M_FORBIDDEN"
+    )
+    assert "Files of no known type (detected from the content)" in body["error"]
+    assert "chi-square" in body["error"]
 
 
 def test_daily_quota_across_uploads(media_hs, make_user):

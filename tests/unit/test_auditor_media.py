@@ -77,10 +77,11 @@ def test_a_wrong_policy_file_names_the_key(tmp_path, document, fragment):
         (media_corpus.padded(media_corpus.elf(), 4096), "application/x-executable", False),
         (media_corpus.pe(), "application/vnd.microsoft.portable-executable", False),
         (media_corpus.shell_script(), "text/x-shellscript", False),
-        # ciphertext in ciphertext: opaque, as upstream. A fixed buffer: about one
-        # random buffer in 80 reads to libmagic as some type (still allowed, as
-        # random-looking), which would make the detected type flaky here.
-        (random.Random(0).randbytes(8192), "application/octet-stream", True),
+        # after decryption, bytes of no known type are no ciphertext: refused, random or
+        # not. A fixed buffer: about one random buffer in 80 reads to libmagic as some
+        # type, which would make the detected type flaky here.
+        (random.Random(0).randbytes(8192), "application/octet-stream", False),
+        (media_corpus.elf_behind_random(), "application/octet-stream", False),
     ],
 )
 def test_decrypted_attachments_get_the_modules_verdict(rules, data, detected, allowed):
@@ -88,7 +89,25 @@ def test_decrypted_attachments_get_the_modules_verdict(rules, data, detected, al
     assert (verdict.detected, verdict.allowed, verdict.size) == (detected, allowed, len(data))
     if not allowed:
         assert verdict.rule == "media.type"
-        assert detected in verdict.reason and "allowed: application/pdf" in verdict.reason
+        assert "allowed: application/pdf" in verdict.reason
+        assert detected in verdict.reason or "Files of no known type" in verdict.reason
+
+
+@pytest.mark.parametrize("name", sorted(media_corpus.SMUGGLED))
+def test_decrypted_smuggled_files_are_refused(rules, name):
+    """What the server refuses in clear uploads, the bot refuses in decrypted attachments:
+    the repository's policy file turns both options on."""
+    assert rules.refuse_pdf_active_content and rules.refuse_trailing_data
+    make, _declared, _file_name, rule = media_corpus.SMUGGLED[name]
+    verdict = check_attachment(rules, make())
+    assert (verdict.allowed, verdict.rule) == (False, rule), verdict
+
+
+@pytest.mark.parametrize("name", sorted(media_corpus.ALLOWED_VARIANTS))
+def test_decrypted_harmless_look_alikes_are_allowed(rules, name):
+    make, mime = media_corpus.ALLOWED_VARIANTS[name]
+    verdict = check_attachment(rules, make())
+    assert (verdict.detected, verdict.allowed) == (mime, True), verdict
 
 
 def test_no_plaintext_reaches_the_file_system(rules, tmp_path, monkeypatch):
@@ -317,6 +336,20 @@ def test_a_hostile_file_name_stays_one_short_code_span(rules):
         ),
         ("media.too_large", "application/octet-stream", 600 * 1024**2, "larger than the 500.0 MiB allowed."),
         ("media.empty", "application/x-empty", 0, "Empty files are not allowed."),
+        (
+            "media.active_content",
+            "application/pdf",
+            1,
+            "Its content (`application/pdf`) holds active content (JavaScript, automatic actions or "
+            "embedded files), which is not allowed here.",
+        ),
+        (
+            "media.trailing_data",
+            "image/jpeg",
+            1,
+            "Its content (`image/jpeg`) carries other data behind the file itself, which is not "
+            "allowed here.",
+        ),
         ("media.other", "image/png", 1, "It breaks the media rule `media.other`."),
     ],
 )
@@ -324,3 +357,9 @@ def test_other_rules_say_why_in_one_sentence(rules, rule, detected, size, fragme
     body = _notice(rules, rule, detected, size=size)["body"]
     assert fragment in body
     assert "Allowed types" not in body
+
+
+def test_content_of_no_known_type_is_told_as_such(rules):
+    body = _notice(rules, "media.type", "application/octet-stream")["body"]
+    assert "Its content is of no known type, which is not allowed here. Allowed types: " in body
+    assert "octet-stream" not in body

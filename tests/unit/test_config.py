@@ -178,7 +178,16 @@ def test_unknown_top_level_key() -> None:
                 "sweep_interval",
             ],
         ),
-        ("media", ["allowed", "daily_upload_quota", "encrypted_max_size"]),
+        (
+            "media",
+            [
+                "allowed",
+                "daily_upload_quota",
+                "encrypted_max_size",
+                "refuse_pdf_active_content",
+                "refuse_trailing_data",
+            ],
+        ),
         ("auditor", ["user_id"]),
         ("directory", ["hidden_users"]),
     ],
@@ -528,8 +537,9 @@ def test_media_allowed_empty_or_not_a_mapping(value: Any) -> None:
 
 def test_unknown_key_in_media() -> None:
     msg = config_error({"media": {"max_size": "1M"}})
-    assert (
-        msg == "media.max_size: unknown key; expected one of: allowed, daily_upload_quota, encrypted_max_size"
+    assert msg == (
+        "media.max_size: unknown key; expected one of: allowed, daily_upload_quota, encrypted_max_size, "
+        "refuse_pdf_active_content, refuse_trailing_data"
     )
 
 

@@ -1,5 +1,7 @@
 """filetype.sniff: the type libmagic reads in a stored file's head, the file's
-size, and whether the head looks like ciphertext; only the head is read."""
+size, and whether the content may be ciphertext; only the head and the last
+block are read for that. (What the options find in allowed types, and the
+smuggled corpus: test_filescan.py.)"""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from synapse_police_policy.config import MediaConfig
-from synapse_police_policy.filetype import HEAD_BYTES, Sniffed, sniff
-from synapse_police_policy.media import OPAQUE, RANDOMNESS_SAMPLE, canonical, check_file
+from synapse_police_policy.filetype import HEAD_BYTES, RANDOM_BYTES, TAIL_BYTES, Sniffed, sniff
+from synapse_police_policy.media import OPAQUE, canonical, check_file
 from tests import media_corpus
 
 DEFAULT = MediaConfig()
@@ -30,7 +32,7 @@ def test_allowed_corpus_detects_as_its_type(tmp_path: Path, mime: str) -> None:
     sniffed = sniff(written(tmp_path, mime, data))
     assert canonical(sniffed.mime) == mime, sniffed
     assert sniffed.size == len(data)
-    assert check_file(DEFAULT, sniffed.mime, sniffed.size, sniffed.random_looking) is None
+    assert check_file(DEFAULT, sniffed) is None
 
 
 @pytest.mark.parametrize("mime", sorted(media_corpus.ALLOWED))
@@ -49,7 +51,7 @@ def test_hostile_corpus_is_refused(tmp_path: Path, name: str) -> None:
     sniffed = sniff(written(tmp_path, filename, data))
     assert sniffed.mime != OPAQUE
     assert sniffed.size == len(data)
-    denial = check_file(DEFAULT, sniffed.mime, sniffed.size, sniffed.random_looking)
+    denial = check_file(DEFAULT, sniffed)
     assert denial is not None, sniffed
     assert denial.rule == "media.type"
     assert f"Files of type {sniffed.mime}" in denial.reason
@@ -58,7 +60,7 @@ def test_hostile_corpus_is_refused(tmp_path: Path, name: str) -> None:
 def test_empty_file(tmp_path: Path) -> None:
     sniffed = sniff(written(tmp_path, "empty", b""))
     assert sniffed == Sniffed(mime="application/x-empty", size=0, random_looking=False)
-    denial = check_file(DEFAULT, sniffed.mime, sniffed.size, sniffed.random_looking)
+    denial = check_file(DEFAULT, sniffed)
     assert denial is not None
     assert denial.rule == "media.empty"
 
@@ -67,24 +69,43 @@ def test_random_file_is_opaque(tmp_path: Path) -> None:
     # seeded: libmagic misreads about 1% of random heads (see test_media_rules)
     data = random.Random(3).randbytes(100_000)
     sniffed = sniff(written(tmp_path, "attachment", data))
-    # libmagic has no doubt here, so the byte statistics are not even computed
-    assert sniffed == Sniffed(mime=OPAQUE, size=len(data), random_looking=False)
-    assert check_file(DEFAULT, sniffed.mime, sniffed.size, sniffed.random_looking) is None
+    assert sniffed == Sniffed(mime=OPAQUE, size=len(data), random_looking=True, detail=RANDOM_BYTES)
+    assert check_file(DEFAULT, sniffed) is None
+    # the auditor bot's decrypted bytes are plaintext: random bytes are refused there
+    denial = check_file(DEFAULT, sniffed, plaintext=True)
+    assert denial is not None and RANDOM_BYTES in denial.reason
 
 
 #: an MPEG audio frame header: a weak signature, so the statistics decide
 MP3_FRAME = b"\xff\xfb\x90\x64"
 
 
-def test_randomness_is_judged_on_the_head_only(tmp_path: Path) -> None:
-    # random head, zeros beyond the randomness sample: ciphertext-like
-    data = MP3_FRAME + random.Random(5).randbytes(RANDOMNESS_SAMPLE) + bytes(HEAD_BYTES)
+def test_randomness_is_judged_on_the_head_and_the_last_block(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    middle = bytes(2 * HEAD_BYTES)  # never read
+    # random head and last block, zeros between: ciphertext-like
+    data = MP3_FRAME + rng.randbytes(HEAD_BYTES) + middle + rng.randbytes(TAIL_BYTES)
     sniffed = sniff(written(tmp_path, "a", data))
     assert (sniffed.mime, sniffed.random_looking) == ("audio/mpeg", True)
-    # zeros in the head, random beyond it: not
-    data = MP3_FRAME + bytes(HEAD_BYTES) + random.Random(6).randbytes(64 * 1024)
+    # zeros in the last block: not
+    data = MP3_FRAME + rng.randbytes(HEAD_BYTES) + middle + bytes(TAIL_BYTES)
     sniffed = sniff(written(tmp_path, "b", data))
     assert (sniffed.mime, sniffed.random_looking) == ("audio/mpeg", False)
+    # zeros late in the head: not
+    data = MP3_FRAME + rng.randbytes(HEAD_BYTES // 2) + bytes(HEAD_BYTES) + rng.randbytes(TAIL_BYTES)
+    sniffed = sniff(written(tmp_path, "c", data))
+    assert (sniffed.mime, sniffed.random_looking) == ("audio/mpeg", False)
+
+
+def test_unrecognised_content_that_is_not_random_is_refused(tmp_path: Path) -> None:
+    # one zero block after a random head: not what ciphertext looks like
+    data = random.Random(8).randbytes(HEAD_BYTES) + bytes(TAIL_BYTES)
+    sniffed = sniff(written(tmp_path, "half", data))
+    assert (sniffed.mime, sniffed.random_looking) == (OPAQUE, False)
+    assert sniffed.detail is not None and "chi-square" in sniffed.detail
+    denial = check_file(DEFAULT, sniffed)
+    assert denial is not None and denial.rule == "media.type"
+    assert "this is not one: its bytes are not uniformly random: a byte-frequency chi-square" in denial.reason
 
 
 def test_hostile_payload_after_the_head_is_not_seen(tmp_path: Path) -> None:
@@ -127,7 +148,7 @@ def test_sniff_reads_only_the_head(tmp_path: Path, head: bytes) -> None:
     assert peak < 4 * 1024**2, f"peak {peak} bytes: the whole file was read"
     if head:
         assert sniffed.mime == "video/mp4"
-        assert check_file(DEFAULT, sniffed.mime, sniffed.size, sniffed.random_looking) is None
+        assert check_file(DEFAULT, sniffed) is None
     else:
         assert not sniffed.random_looking
 
@@ -147,16 +168,16 @@ def test_tracemalloc_would_see_a_full_read(tmp_path: Path) -> None:
 
 
 def test_small_ciphertext_is_not_taken_for_text(tmp_path: Path) -> None:
-    """libmagic reads about one small random buffer in eight as text/plain;
-    from 32 bytes on, none of these is refused."""
+    """libmagic reads about one small random buffer in five as text/plain;
+    from 16 bytes on, none of these is refused."""
     rng = random.Random(11)
     path = tmp_path / "attachment"
     refused = []
-    for size in range(32, 160):
+    for size in range(16, 160):
         for _ in range(10):
             path.write_bytes(rng.randbytes(size))
             sniffed = sniff(str(path))
-            if check_file(DEFAULT, sniffed.mime, sniffed.size, sniffed.random_looking) is not None:
+            if check_file(DEFAULT, sniffed) is not None:
                 refused.append((size, sniffed.mime))
     assert refused == []
 
@@ -175,5 +196,5 @@ def test_real_text_stays_text(tmp_path: Path, text: bytes) -> None:
     path.write_bytes(text * 3)
     sniffed = sniff(str(path))
     assert sniffed.mime.startswith("text/")
-    denial = check_file(DEFAULT, sniffed.mime, sniffed.size, sniffed.random_looking)
+    denial = check_file(DEFAULT, sniffed)
     assert denial is not None and denial.rule == "media.type"
