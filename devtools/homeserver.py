@@ -89,6 +89,22 @@ def _max_upload_size(module_config: Mapping[str, Any]) -> str:
         return MediaConfig().synapse_max_upload_size
 
 
+def audit_tier_settings(audit: str, purge_interval: str = "1h") -> dict[str, Any]:
+    """Synapse's retention settings for the audit tier: rooms announce the device tier
+    in m.room.retention; the server keeps history until the audit tier by clamping
+    purges to it. Tests with tiers of seconds purge more often."""
+    return {
+        "retention": {
+            "enabled": True,
+            "default_policy": {"max_lifetime": audit},
+            "allowed_lifetime_min": audit,
+            "allowed_lifetime_max": audit,
+            "purge_jobs": [{"interval": purge_interval}],
+        },
+        "redaction_retention_period": audit,
+    }
+
+
 def policy_aligned_settings(server_name: str, module_config: Mapping[str, Any]) -> dict[str, Any]:
     """Homeserver settings that carry the part of the policy Synapse enforces
     itself; ``police-policy check-config`` accepts exactly these."""
@@ -104,16 +120,7 @@ def policy_aligned_settings(server_name: str, module_config: Mapping[str, Any]) 
         "encryption_enabled_by_default_for_room_type": "all",
         "room_list_publication_rules": [{"action": "deny"}],
         "max_upload_size": _max_upload_size(module_config),
-        # Rooms announce the device tier in m.room.retention; the server keeps
-        # history until the audit tier by clamping purges to it.
-        "retention": {
-            "enabled": True,
-            "default_policy": {"max_lifetime": audit},
-            "allowed_lifetime_min": audit,
-            "allowed_lifetime_max": audit,
-            "purge_jobs": [{"interval": "1h"}],
-        },
-        "redaction_retention_period": audit,
+        **audit_tier_settings(audit),
     }
 
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from PIL import Image, PngImagePlugin
 
-from devtools.homeserver import Homeserver
+from devtools.homeserver import Homeserver, audit_tier_settings
 from synapse_police_policy.bootstrap import connect_database
 from synapse_police_policy.config import DEFAULT_CLEAR_STATE_TYPES
 from tests.integration.test_media_types import upload
@@ -65,16 +65,7 @@ def inventory_hs(start_homeserver) -> Homeserver:
             # custom state with content, as an operator may allow it
             "rooms": {"clear_state_types": sorted(DEFAULT_CLEAR_STATE_TYPES | {"com.example.note"})},
         },
-        extra={
-            "retention": {
-                "enabled": True,
-                "default_policy": {"max_lifetime": AUDIT},
-                "allowed_lifetime_min": AUDIT,
-                "allowed_lifetime_max": AUDIT,
-                "purge_jobs": [{"interval": "2s"}],
-            },
-            "redaction_retention_period": AUDIT,
-        },
+        extra=audit_tier_settings(AUDIT, purge_interval="2s"),
     )
 
 

@@ -25,7 +25,7 @@ from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
 from synapse.crypto.event_signing import add_hashes_and_signatures
 from synapse.events import make_event_from_dict
 
-from devtools.homeserver import Homeserver
+from devtools.homeserver import Homeserver, audit_tier_settings
 from synapse_police_policy.retention_status import retention_status as status_of
 from tests import e2ee, media_corpus
 from tests.integration.test_media_remote import download
@@ -190,16 +190,7 @@ def test_audit_tier_purges_the_events_from_the_database(start_homeserver, make_u
         module_config={
             "retention": {"device_lifetime": "3s", "audit_lifetime": audit, "sweep_interval": "1s"}
         },
-        extra={
-            "retention": {
-                "enabled": True,
-                "default_policy": {"max_lifetime": audit},
-                "allowed_lifetime_min": audit,
-                "allowed_lifetime_max": audit,
-                "purge_jobs": [{"interval": "2s"}],
-            },
-            "redaction_retention_period": audit,
-        },
+        extra=audit_tier_settings(audit, purge_interval="2s"),
     )
     alice = make_user("alice", homeserver=hs)
     room_id = create(hs, alice.token)
