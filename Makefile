@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 NODE_STAMP := tests/strict_client/node_modules/.package-lock.json
 
-.PHONY: run test bench lint format install clean system-packages
+.PHONY: run test test-setup bench lint format install clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,11 @@ $(NODE_STAMP): tests/strict_client/package-lock.json tests/strict_client/package
 	touch $(NODE_STAMP)
 
 ## Run the whole test suite against real Synapse (POLICE_TEST_POSTGRES=1 for PostgreSQL).
-test: $(STAMP) system-packages $(NODE_STAMP)
+test: test-setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything the suite needs installed; `.ci/run` does it once before its two runs.
+test-setup: $(STAMP) system-packages $(NODE_STAMP)
 
 ## Benchmarks (not tests): prints a table of ratios measured in one run.
 bench: $(STAMP)

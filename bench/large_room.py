@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from devtools.homeserver import Homeserver
+from synapse_police_policy.config import RetentionConfig
 
 from .accounts import BenchError, enrolled_users
 from .module_overhead import (
@@ -68,9 +69,11 @@ def _localparts(members: int) -> list[str]:
     return [f"member-{i:04d}" for i in range(1, members - 1)]
 
 
-def set_up(label: str, hs: Homeserver, members: int = MEMBERS) -> Target:
+def set_up(label: str, hs: Homeserver, members: int = MEMBERS, *, seated: tuple[str, ...] = ()) -> Target:
     """A room of ``members`` joined members: the sender created it and invited
-    everyone else, who joined (the module makes every room invite-only)."""
+    everyone else, who joined (the module makes every room invite-only).
+    ``seated``: the service users the module seats in every room besides them
+    (the retention system user, with its default config)."""
     started = time.perf_counter()
     localparts = ["receiver", *_localparts(members)]
     sender_token, *tokens = enrolled_users(hs, ["sender", *localparts], PASSWORD, workers=SETUP_WORKERS)
@@ -91,7 +94,7 @@ def set_up(label: str, hs: Homeserver, members: int = MEMBERS) -> Target:
     joined = ok(
         *hs.request("GET", f"{room_path(room_id)}/joined_members", token=sender_token), "joined_members"
     )["joined"]
-    expected = {hs.user_id(localpart) for localpart in ["sender", *localparts]}
+    expected = {hs.user_id(localpart) for localpart in ["sender", *localparts, *seated]}
     if set(joined) != expected:
         raise BenchError(
             f"{label}: {len(joined)} joined members, expected {len(expected)} "
@@ -117,7 +120,7 @@ def main() -> None:
         # Each Synapse is one process: filling both at once keeps both cores busy.
         with ThreadPoolExecutor(2) as pool:
             without_setup = pool.submit(set_up, "without module", without_hs)
-            with_setup = pool.submit(set_up, "with module", with_hs)
+            with_setup = pool.submit(set_up, "with module", with_hs, seated=(RetentionConfig().system_user,))
             without, with_ = without_setup.result(), with_setup.result()
         check_module(without, loaded=False)
         check_module(with_, loaded=True)

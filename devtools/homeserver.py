@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from cryptography.x509.oid import NameOID
 from signedjson.key import generate_signing_key, write_signing_keys
 from synapse.config._base import ConfigError
 
+from devtools.ports import free_port as free_port  # the servers started here take their ports from it
 from synapse_police_policy.bootstrap import connect_database, enroll_directly
 from synapse_police_policy.config import MediaConfig, parse_config
 
@@ -71,12 +71,6 @@ def send(request: urllib.request.Request, timeout: float = 30, context: Any = No
         return status, json.loads(raw)
     except ValueError:
         return status, raw.decode("utf8", "replace")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _max_upload_size(module_config: Mapping[str, Any]) -> str:

@@ -59,7 +59,10 @@ def start_homeserver(
     """Start a homeserver: ``start_homeserver(name, module_config={...}, extra={...})``.
 
     It runs on SQLite, or on its own database of the session's PostgreSQL
-    cluster when POLICE_TEST_POSTGRES=1. All are stopped when the session ends.
+    cluster when POLICE_TEST_POSTGRES=1. A homeserver is stopped when the test
+    module that started it ends (``_stop_the_modules_homeservers``), one
+    started with ``for_session=True`` when the session ends: an idle Synapse
+    still runs its background jobs, and dozens of them slow every later test.
     """
     started: list[Homeserver] = []
 
@@ -71,6 +74,7 @@ def start_homeserver(
         extra: dict[str, Any] | None = None,
         federation_address: str | None = None,
         x_forwarded: bool = False,
+        for_session: bool = False,
     ) -> Homeserver:
         """``federation_address`` (a loopback address such as 127.0.0.2) adds a
         TLS federation listener there; the server name is then address:port."""
@@ -91,19 +95,43 @@ def start_homeserver(
             x_forwarded=x_forwarded,
         )
         homeserver = Homeserver(spec)
-        started.append(homeserver)
+        (session_servers if for_session else started).append(homeserver)
         homeserver.start()
         return homeserver
 
+    session_servers: list[Homeserver] = []
+    start.started = started  # type: ignore[attr-defined]
     yield start
-    for homeserver in started:
+    for homeserver in [*started, *session_servers]:
         homeserver.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_modules_homeservers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Stop the homeservers this module started, after its other fixtures (its bots)
+    are torn down: this fixture is set up first, so it is torn down last."""
+    if not _uses_homeservers(request):
+        yield
+        return
+    start: StartHomeserver = request.getfixturevalue("start_homeserver")
+    before = len(start.started)  # type: ignore[attr-defined]
+    yield
+    started = start.started  # type: ignore[attr-defined]
+    for homeserver in started[before:]:
+        homeserver.stop()
+    del started[before:]
+
+
+def _uses_homeservers(request: pytest.FixtureRequest) -> bool:
+    """Whether the module's tests start homeservers through the factory (the unit
+    tests do not, and need no PostgreSQL cluster)."""
+    return request.path.parent.name in {"integration", "browser"}
 
 
 @pytest.fixture(scope="session")
 def hs(start_homeserver: StartHomeserver) -> Homeserver:
     """Our homeserver with the module and its default policy."""
-    return start_homeserver("ours")
+    return start_homeserver("ours", for_session=True)
 
 
 @pytest.fixture
@@ -120,7 +148,14 @@ def make_user(hs: Homeserver) -> Callable[..., Account]:
     return make
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).parent.name == "integration":
             item.add_marker(pytest.mark.integration)
+    if USE_POSTGRES:
+        # The PostgreSQL run is for what runs on the session's PostgreSQL: the homeservers and
+        # stores built on the ``postgres`` fixture. Everything else runs the same either way and
+        # was run by the SQLite run (``.ci/run`` runs both).
+        kept = [item for item in items if "postgres" in getattr(item, "fixturenames", ())]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept

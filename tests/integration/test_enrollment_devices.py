@@ -13,7 +13,7 @@ import pytest
 from devtools.homeserver import Homeserver
 from tests.integration.test_decision_log import decisions_for
 
-SWEEP_SECONDS = 1
+SWEEP_SECONDS = 2
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def devices_of(hs: Homeserver, admin_token: str, user_id: str) -> set[str]:
 
 
 def wait_until_gone(
-    hs: Homeserver, admin_token: str, user_id: str, device_id: str, timeout: float = 15
+    hs: Homeserver, admin_token: str, user_id: str, device_id: str, timeout: float = 60
 ) -> None:
     deadline = time.monotonic() + timeout
     while device_id in devices_of(hs, admin_token, user_id):
@@ -66,14 +66,20 @@ def test_device_from_register_is_refused_and_swept(open_hs, admin):
     hs = open_hs
     registered = register_via_client_api(hs, f"walkin-{uuid.uuid4().hex[:6]}")
     status, body = create_room(hs, registered["access_token"])
-    assert status == 403, body
-    assert "not enrolled" in body["error"]
-    [entry] = [
-        e
-        for e in decisions_for(hs, registered["user_id"])
-        if e.get("rule") == "devices.request_from_unenrolled_device"
-    ]
-    assert entry["device"] == registered["device_id"]
+    if status == 403:
+        assert "not enrolled" in body["error"]
+        [entry] = [
+            e
+            for e in decisions_for(hs, registered["user_id"])
+            if e.get("rule") == "devices.request_from_unenrolled_device"
+        ]
+        assert entry["device"] == registered["device_id"]
+    else:
+        # On a loaded machine the sweep may remove the device between /register and the
+        # request: then the token is gone (401, or Synapse's 404 when it vanished while
+        # Synapse was reading it) and the device never got anything done either.
+        assert (status, body["errcode"]) in {(401, "M_UNKNOWN_TOKEN"), (404, "M_UNKNOWN")}, body
+        assert registered["device_id"] not in devices_of(hs, admin, registered["user_id"])
     wait_until_gone(hs, admin, registered["user_id"], registered["device_id"])
     status, body = hs.request("GET", "/_matrix/client/v3/account/whoami", token=registered["access_token"])
     assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")

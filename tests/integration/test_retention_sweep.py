@@ -377,6 +377,7 @@ def test_a_redaction_without_power_does_not_stop_the_sweep(ours, peer, make_user
     alice, bob = make_user("alice", homeserver=ours), make_user("bob", homeserver=peer)
     room_id = shared_room(ours, peer, alice, bob)
     message = send_encrypted_looking(ours, alice.token, room_id)
+    [(sent_at,)] = ours.query("SELECT origin_server_ts FROM events WHERE event_id = ?", (message,))
 
     pdu = forged_redaction(ours, peer, bob.user_id, room_id, message)
     forged = event_id_of(ours, room_id, pdu)
@@ -397,7 +398,10 @@ def test_a_redaction_without_power_does_not_stop_the_sweep(ours, peer, make_user
     status, event = ours.request(
         "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/event/{quote(message)}", token=alice.token
     )
-    assert status == 200 and "ciphertext" in event["content"], (status, event)
+    if time.time() * 1000 < sent_at + FEDERATED_DEVICE_S * 1000 - 500:
+        # Still within the device lifetime: Synapse hands the event out, unredacted. (On a
+        # loaded machine the lifetime may be over by now, and Synapse hands out nothing.)
+        assert status == 200 and "ciphertext" in event["content"], (status, event)
 
     wait_for(lambda: message in system_redactions(ours), 60, "the sweep passed over the event")
     [(by_system,)] = ours.query(
