@@ -8,7 +8,9 @@ ciphertext), so the bot keeps its own archive:
   index, redaction marks and the 90-day purge (``crypto`` and
   ``blind_index`` hold its keys and its search tokens);
 * ``consultation_log``: who consulted or passed on archived content, and why;
-* ``export``: signed export bundles; ``cli``: ``police-audit`` to verify them.
+* ``export``: signed export bundles; ``cli``: ``police-audit`` to verify them;
+* ``parser``, ``runner``, ``replies``, ``requests``, ``chat``: the auditors'
+  commands and the four-eyes export from request to delivery.
 
 The Matrix client part (matrix-nio with E2EE) builds on these.
 """

@@ -18,11 +18,12 @@ leave a file without a row, never a row without its file, and
 
 **Encryption at rest** (``crypto.py``). The main key never touches the
 archive; the archive keeps a random HKDF salt and a key check value, and
-opening it with another key raises ``WrongKeyError``. Bodies, attachment
-names and attachment bytes are AES-256-GCM ciphertexts bound to their event
-ID and role. In clear on disk: event and room IDs, senders, device IDs,
-timestamps, event types and msgtypes, attachment mimetypes and sizes,
-redaction marks and policy-violation marks (a rule and a detected type) with
+opening it with another key raises ``WrongKeyError``. Bodies, the full event
+content, attachment names and attachment bytes, and events held for their
+keys are AES-256-GCM ciphertexts bound to their event ID and role. In clear
+on disk: event and room IDs, senders, device IDs, timestamps, event types
+and msgtypes, relations (``relates_to``, ``rel_type``), attachment mimetypes
+and sizes, redaction marks and policy-violation marks (a rule and a detected type) with
 the state of their enforcement: what the search filters, the purge and the
 bot's enforcement need. What enforcing a violation needs later (the media IDs
 to quarantine, the reason the sender is told) is sealed like a body. Clear
@@ -30,6 +31,24 @@ text never enters SQLite, so no journal, WAL or temporary file can hold it.
 A purge zeroes the pages it frees (``secure_delete``), merges the index and
 truncates the WAL, so neither ciphertexts nor tokens of purged messages stay
 in the files (the file system may still hold their old blocks).
+
+**Authentication.** Each message row carries ``mac``: HMAC-SHA256 (its own
+subkey) over every clear column (IDs, sender, device, times, type, redaction
+and violation marks, relation) and its attachment rows (index, mimetype,
+size, file name). Reading a row checks it: an SQL edit of a sender, device or
+redaction mark raises ``CorruptRecordError``, and ``verify_records`` lists
+every such row. A redaction re-computes the MAC only after checking the old
+one. Rows of archives from before the MACs get theirs when the archive is
+first opened by this version; ``archive_meta`` then holds a marker (a MAC)
+saying so, and an archive at this schema without it is refused. What a MAC
+cannot show: a whole row deleted (the purge deletes rows too).
+
+**Full events and edits.** ``content`` is the event's whole decrypted content;
+``body`` the text Element displays, which the blind index indexes (each
+version of an edited message is a row and searchable). ``relates_to`` and
+``rel_type`` link threads, replies and edits; ``versions`` gives an edited
+message's history, and ``replaced_by`` / ``SearchHit.current`` say whether a
+row is the current version.
 
 **Search** (``blind_index.py``). An FTS5 table holds each message's word
 tokens (keyed hashes, not words) plus a room and a sender token; a query is
@@ -49,6 +68,7 @@ call run at a time.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import secrets
@@ -77,6 +97,7 @@ from .crypto import (
 )
 
 __all__ = [
+    "REPLACE",
     "Archive",
     "ArchiveError",
     "ArchiveStats",
@@ -84,12 +105,14 @@ __all__ = [
     "Attachment",
     "CorruptRecordError",
     "Enforcement",
+    "HeldEvent",
     "KeyLoadError",
     "Message",
     "PendingEnforcement",
     "SearchHit",
     "StoredAttachment",
     "WrongKeyError",
+    "canonical_content",
     "load_key",
     "new_key",
 ]
@@ -172,15 +195,43 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO enforcements (message_id, enforced_at) "
         "SELECT id, archived_at FROM messages WHERE violation IS NOT NULL",
     ),
+    # The full event (issue 19): content: nonce || AES-GCM(canonical JSON of the decrypted
+    # content), NULL for messages of earlier versions; relates_to/rel_type: the thread, reply
+    # or edit it belongs to; mac: HMAC-SHA256 over every clear column (see "Authentication"),
+    # filled for the existing rows when the archive is next opened with its key. held_events:
+    # Megolm events waiting for their keys (event: nonce || AES-GCM(the event's JSON)).
+    (
+        "ALTER TABLE messages ADD COLUMN content BLOB",
+        "ALTER TABLE messages ADD COLUMN relates_to TEXT",
+        "ALTER TABLE messages ADD COLUMN rel_type TEXT",
+        "ALTER TABLE messages ADD COLUMN mac BLOB",
+        "CREATE INDEX messages_relates ON messages (relates_to, id) WHERE relates_to IS NOT NULL",
+        """
+        CREATE TABLE held_events (
+            event_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            event BLOB NOT NULL,
+            received_at INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX held_events_received ON held_events (received_at)",
+    ),
 )
 
 _COLUMNS = (
     "id, event_id, room_id, sender, device_id, origin_server_ts, event_type, msgtype, body, "
-    "attachments, archived_at, redacted_at, redacted_by, violation"
+    "attachments, archived_at, redacted_at, redacted_by, violation, content, relates_to, rel_type, mac"
 )
 #: the same, qualified for a join with the messages table as ``m``
 _M_COLUMNS = ", ".join(f"m.{column}" for column in _COLUMNS.split(", "))
 _COLUMN_COUNT = len(_COLUMNS.split(", "))
+#: the edit relation: a row with it replaces the displayed content of ``relates_to``
+REPLACE = "m.replace"
+#: the encoding the row MAC is computed over: compact JSON, ASCII only (never changes)
+_MAC_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+#: what ``archive_meta`` holds once every row carries its MAC: HMAC(MAC key, this label)
+_MACS_LABEL = b"police-auditor-archive rows authenticated"
 
 
 class ArchiveError(Exception):
@@ -207,6 +258,22 @@ def _nonempty(_instance: object, attribute: attrs.Attribute[str], value: str) ->
 
 _str = attrs.validators.instance_of(str)
 _optional_str = attrs.validators.optional(_str)
+
+
+def _json_object(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{attribute.name} must be JSON text, got {type(value).__name__}")
+    try:
+        parsed = json.loads(value)
+    except ValueError as error:
+        raise ValueError(f"{attribute.name} is not valid JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{attribute.name} must be a JSON object, got {type(parsed).__name__}")
+
+
+def canonical_content(content: Any) -> str:
+    """The one JSON text of an event's content the archive stores (``Message.content``)."""
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @attrs.frozen
@@ -249,6 +316,12 @@ class Message:
     violation: str | None = attrs.field(default=None, validator=_optional_str)
     #: with a violation: what enforcing it needs (see ``Archive.unenforced``)
     enforcement: Enforcement | None = attrs.field(default=None)
+    #: the event's whole decrypted content, canonical JSON (``canonical_content``); sealed
+    content: str = attrs.field(default="{}", validator=_json_object)
+    #: the event this one relates to (``m.relates_to.event_id`` or a reply's ``m.in_reply_to``)
+    relates_to: str | None = attrs.field(default=None, validator=_optional_str)
+    #: "m.replace", "m.thread", "m.reference", "m.annotation" or "m.in_reply_to" (a plain reply)
+    rel_type: str | None = attrs.field(default=None, validator=_optional_str)
 
 
 @attrs.frozen
@@ -280,10 +353,28 @@ class ArchivedMessage:
     redacted_by: str | None
     #: the policy rule the message broke and what was found; None: none
     violation: str | None = None
+    #: the event's whole decrypted content as archived (canonical JSON; "{}" for messages
+    #: archived before full events were)
+    content: str = "{}"
+    relates_to: str | None = None
+    rel_type: str | None = None
+    #: the newest edit (by the same sender) that supersedes this version; None: this is the
+    #: current version. For an edit row: a newer edit of the same original, if any.
+    replaced_by: str | None = None
 
     @property
     def redacted(self) -> bool:
         return self.redacted_at is not None
+
+    @property
+    def current(self) -> bool:
+        """This version is what Element shows now (not superseded by a later edit)."""
+        return self.replaced_by is None
+
+    @property
+    def edit_of(self) -> str | None:
+        """The original's event ID when this row is an edit."""
+        return self.relates_to if self.rel_type == REPLACE else None
 
 
 @attrs.frozen
@@ -303,6 +394,22 @@ class SearchHit:
     message: ArchivedMessage
     #: about 120 characters of the body around the first matching word
     snippet: str
+    #: False when the hit is a version a later edit superseded
+    current: bool = True
+
+
+@attrs.frozen
+class HeldEvent:
+    """An encrypted event waiting for its keys (``Archive.hold_undecrypted``)."""
+
+    event_id: str
+    room_id: str
+    #: the event as received (Megolm ciphertext), JSON
+    event_json: str
+    #: when the bot first received it (ms)
+    received_at: int
+    #: how often it was held again (each failed retry counts one)
+    attempts: int
 
 
 @attrs.frozen
@@ -322,6 +429,8 @@ class ArchiveStats:
     database_bytes: int
     #: violations whose enforcement (redaction, quarantine) has not succeeded yet
     unenforced_violations: int = 0
+    #: encrypted events waiting for their keys (``hold_undecrypted``)
+    held_events: int = 0
 
 
 def _utf8(text: str) -> bytes:
@@ -347,6 +456,8 @@ class Archive:
 
     #: the schema steps of this backend (``archive_pg`` has its own)
     migrations: tuple[tuple[str, ...], ...] = MIGRATIONS
+    #: the schema version whose step added the row MACs
+    _mac_version = 4
 
     def __init__(
         self,
@@ -369,15 +480,17 @@ class Archive:
         self._db = self._connect(create)
         try:
             self._configure()
-            self._migrate()
+            migrated_from = self._migrate()
             keys = self._keys(key)
+            self._cipher = Cipher(keys.content, FORMAT)
+            self._mac_key = keys.mac
+            self._authenticate_rows(migrated_from)
         except self._database_errors as error:
             self._db.close()
             raise ArchiveError(f"{self._where}: not an auditor archive ({error})") from error
         except BaseException:
             self._db.close()
             raise
-        self._cipher = Cipher(keys.content, FORMAT)
         self._index = BlindIndex(keys.index)
 
     # -- opening (the SQLite backend; ``archive_pg.PostgresArchive`` overrides these) ----------------
@@ -411,7 +524,8 @@ class Archive:
         ):
             self._db.execute(f"PRAGMA {pragma}")
 
-    def _migrate(self) -> None:
+    def _migrate(self) -> int:
+        """Bring the schema up to date; the version it had (0: new)."""
         with self._write() as db:
             tables = self._tables(db)
             if tables and "archive_schema_version" not in tables:
@@ -432,6 +546,7 @@ class Archive:
                 db.execute("INSERT INTO archive_schema_version VALUES (?)", (len(migrations),))
             else:
                 db.execute("UPDATE archive_schema_version SET version = ?", (len(migrations),))
+        return int(version)
 
     def _keys(self, key: bytes) -> ArchiveKeys:
         with self._write() as db:
@@ -456,6 +571,38 @@ class Archive:
             )
         return keys
 
+    def _authenticate_rows(self, migrated_from: int) -> None:
+        """Give every row of an archive from before the MACs its MAC, once.
+
+        The marker in ``archive_meta`` (a MAC itself) says it was done. Missing
+        from an archive that was already at the MAC step, it was deleted: MACs
+        are then never recomputed, or clearing them would launder an edit.
+        """
+        marker = hmac.digest(self._mac_key, _MACS_LABEL, "sha256")
+        with self._write() as db:
+            row = db.execute("SELECT value FROM archive_meta WHERE name = 'row_macs'").fetchone()
+            if row is not None:
+                if not secrets.compare_digest(bytes(row[0]), marker):
+                    raise CorruptRecordError(f"{self._where}: the row authentication marker was altered")
+                return
+            if migrated_from >= self._mac_version:
+                raise CorruptRecordError(
+                    f"{self._where}: the row authentication marker is missing: the archive was altered"
+                )
+            last = -1
+            while True:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?", (last, PURGE_BATCH)
+                ).fetchall()
+                if not rows:
+                    break
+                attachments = self._attachment_rows(db, rows)
+                for row in rows:
+                    mac = self._row_mac(row, attachments.get(row[0], ()))
+                    db.execute("UPDATE messages SET mac = ? WHERE id = ?", (mac, row[0]))
+                last = rows[-1][0]
+            db.execute("INSERT INTO archive_meta VALUES ('row_macs', ?)", (marker,))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -473,10 +620,12 @@ class Archive:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # a full disk may have ended the transaction already: the first error counts
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -491,49 +640,103 @@ class Archive:
     # -- writing ---------------------------------------------------------------------------------
 
     def add(self, message: Message) -> bool:
-        """Archive ``message``; False when its event ID is archived already (nothing changes)."""
+        """Archive ``message``; False when its event ID is archived already (nothing changes).
+
+        Raises on any failure to write (a full disk, a lost database): nothing
+        is then stored, and the caller must not take the event as archived."""
         return self.add_many([message]) == 1
 
     def add_many(self, messages: Iterable[Message]) -> int:
         """Archive ``messages`` in one transaction; the number that were new."""
+        batch = list(messages)
         written: list[Path] = []
         new = 0
         try:
             with self._write() as db:
-                for message in messages:
-                    new += self._insert(db, message, written)
+                known, pending = self._batch_lookup(db, [message.event_id for message in batch])
+                for message in batch:
+                    new += self._insert(db, message, written, known, pending)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
             raise
         return new
 
-    def _insert(self, db: sqlite3.Connection, message: Message, written: list[Path]) -> bool:
-        if db.execute("SELECT 1 FROM messages WHERE event_id = ?", (message.event_id,)).fetchone():
+    @staticmethod
+    def _batch_lookup(db: Any, event_ids: Sequence[str]) -> tuple[set[str], dict[str, tuple[int, str]]]:
+        """The event IDs of a batch archived already, and the redactions waiting for them: two
+        queries per 500 messages instead of two per message."""
+        known: set[str] = set()
+        pending: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            known.update(
+                event_id
+                for (event_id,) in db.execute(
+                    f"SELECT event_id FROM messages WHERE event_id IN ({marks})", chunk
+                )
+            )
+            for event_id, redacted_at, redacted_by in db.execute(
+                "SELECT event_id, redacted_at, redacted_by FROM pending_redactions "
+                f"WHERE event_id IN ({marks})",
+                chunk,
+            ):
+                pending[event_id] = (redacted_at, redacted_by)
+        return known, pending
+
+    def _insert(
+        self,
+        db: sqlite3.Connection,
+        message: Message,
+        written: list[Path],
+        known: set[str],
+        pending: dict[str, tuple[int, str]],
+    ) -> bool:
+        if message.event_id in known:
             return False
+        known.add(message.event_id)
         row_id = self._next_id(db, message.origin_server_ts)
-        redaction = db.execute(
-            "SELECT redacted_at, redacted_by FROM pending_redactions WHERE event_id = ?", (message.event_id,)
-        ).fetchone()
+        redaction = pending.pop(message.event_id, None)
         if redaction:
             db.execute("DELETE FROM pending_redactions WHERE event_id = ?", (message.event_id,))
+        stored_attachments: list[tuple] = []
+        for index, attachment in enumerate(message.attachments):
+            file = self._write_file(
+                self._cipher.seal(attachment.data, message.event_id, f"attachment-data/{index}"), written
+            )
+            stored_attachments.append(
+                (
+                    row_id,
+                    index,
+                    self._cipher.seal(_utf8(attachment.name), message.event_id, f"attachment-name/{index}"),
+                    attachment.mimetype,
+                    attachment.size,
+                    file,
+                )
+            )
+        row = (
+            row_id,
+            message.event_id,
+            message.room_id,
+            message.sender,
+            message.device_id,
+            message.origin_server_ts,
+            message.event_type,
+            message.msgtype,
+            self._cipher.seal(_utf8(message.body), message.event_id, "body"),
+            len(message.attachments),
+            self._clock(),
+            *(redaction or (None, None)),
+            message.violation,
+            self._cipher.seal(_utf8(message.content), message.event_id, "content"),
+            message.relates_to,
+            message.rel_type,
+        )
+        marks = ", ".join("?" * _COLUMN_COUNT)
         db.execute(
-            f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row_id,
-                message.event_id,
-                message.room_id,
-                message.sender,
-                message.device_id,
-                message.origin_server_ts,
-                message.event_type,
-                message.msgtype,
-                self._cipher.seal(_utf8(message.body), message.event_id, "body"),
-                len(message.attachments),
-                self._clock(),
-                *(redaction or (None, None)),
-                message.violation,
-            ),
+            f"INSERT INTO messages ({_COLUMNS}) VALUES ({marks})",
+            (*row, self._row_mac(row, stored_attachments)),
         )
         self._index_add(db, row_id, message)
         if message.violation is not None:
@@ -543,21 +746,8 @@ class Archive:
                 "INSERT INTO enforcements (message_id, details) VALUES (?, ?)",
                 (row_id, self._cipher.seal(_utf8(details), message.event_id, "enforcement")),
             )
-        for index, attachment in enumerate(message.attachments):
-            file = self._write_file(
-                self._cipher.seal(attachment.data, message.event_id, f"attachment-data/{index}"), written
-            )
-            db.execute(
-                "INSERT INTO attachments VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    row_id,
-                    index,
-                    self._cipher.seal(_utf8(attachment.name), message.event_id, f"attachment-name/{index}"),
-                    attachment.mimetype,
-                    attachment.size,
-                    file,
-                ),
-            )
+        if stored_attachments:
+            db.executemany("INSERT INTO attachments VALUES (?, ?, ?, ?, ?, ?)", stored_attachments)
         return True
 
     @staticmethod
@@ -592,14 +782,17 @@ class Archive:
         content stays. The first redaction recorded wins. False when the event is
         not archived (yet): the redaction is kept and applied when it arrives."""
         with self._write() as db:
-            updated = db.execute(
-                "UPDATE messages SET redacted_at = ?, redacted_by = ? "
-                "WHERE event_id = ? AND redacted_at IS NULL",
-                (redacted_at, redacted_by, event_id),
-            ).rowcount
-            if updated:
-                return True
-            if db.execute("SELECT 1 FROM messages WHERE event_id = ?", (event_id,)).fetchone():
+            found = db.execute(f"SELECT {_COLUMNS} FROM messages WHERE event_id = ?", (event_id,)).fetchone()
+            if found is not None:
+                attachments = self._attachment_rows(db, [found]).get(found[0], ())
+                # check before re-computing: a new MAC must never bless an altered row
+                self._check_mac(found, attachments)
+                if found[11] is None:
+                    row = (*found[:11], redacted_at, redacted_by, *found[13 : _COLUMN_COUNT - 1])
+                    db.execute(
+                        "UPDATE messages SET redacted_at = ?, redacted_by = ?, mac = ? WHERE id = ?",
+                        (redacted_at, redacted_by, self._row_mac(row, attachments), found[0]),
+                    )
                 return True
             db.execute(
                 "INSERT INTO pending_redactions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -654,6 +847,7 @@ class Archive:
                 count = db.execute("DELETE FROM messages WHERE id < ?", (end,)).rowcount
                 if row is None:
                     db.execute("DELETE FROM pending_redactions WHERE redacted_at < ?", (cutoff_ms,))
+                    db.execute("DELETE FROM held_events WHERE received_at < ?", (cutoff_ms,))
             for file in files:
                 self._file_path(file).unlink(missing_ok=True)
             deleted += count
@@ -790,7 +984,10 @@ class Archive:
                     (low, high, limit, offset),
                 ).fetchall()
             found = set(query_words)
-            return [SearchHit(message, snippet(message.body, found)) for message in self._messages(db, rows)]
+            return [
+                SearchHit(message, snippet(message.body, found), message.current)
+                for message in self._messages(db, rows)
+            ]
 
     def unenforced(self, limit: int = 20) -> list[PendingEnforcement]:
         """Up to ``limit`` violations not yet enforced and due (new, or their back-off is
@@ -861,6 +1058,7 @@ class Archive:
             (unenforced,) = db.execute(
                 "SELECT count(*) FROM enforcements WHERE enforced_at IS NULL"
             ).fetchone()
+            (held,) = db.execute("SELECT count(*) FROM held_events").fetchone()
         return ArchiveStats(
             messages=messages,
             redacted=redacted,
@@ -874,6 +1072,7 @@ class Archive:
             violations=violations,
             database_bytes=self._database_bytes(),
             unenforced_violations=unenforced,
+            held_events=held,
         )
 
     def _database_bytes(self) -> int:
@@ -891,20 +1090,72 @@ class Archive:
                 "another record"
             ) from None
 
-    def _messages(self, db: sqlite3.Connection, rows: Sequence[tuple]) -> list[ArchivedMessage]:
+    def _attachment_rows(self, db: Any, rows: Sequence[tuple]) -> dict[int, list[tuple]]:
+        """The attachment rows (message_id, idx, name, mimetype, size, file) of ``rows``."""
         with_files = [row[0] for row in rows if row[9]]
         attachments: dict[int, list[tuple]] = {}
         if with_files:
             marks = ", ".join("?" * len(with_files))
             for attachment in db.execute(
-                "SELECT message_id, idx, name, mimetype, size FROM attachments "
+                "SELECT message_id, idx, name, mimetype, size, file FROM attachments "
                 f"WHERE message_id IN ({marks}) ORDER BY message_id, idx",
                 with_files,
             ):
                 attachments.setdefault(attachment[0], []).append(attachment)
-        return [self._message(row, attachments.get(row[0], ())) for row in rows]
+        return attachments
 
-    def _message(self, row: tuple, attachments: Iterable[tuple]) -> ArchivedMessage:
+    def _row_mac(self, row: Sequence[Any], attachments: Iterable[Sequence[Any]]) -> bytes:
+        """HMAC-SHA256 over every clear column of a message row and of its attachment rows.
+
+        The ciphertexts are bound to the event ID by their own AES-GCM tag; the
+        MAC covers whether the content is there (NULL for older rows)."""
+        fields = [*row[:8], *row[9:14], *row[15:17], row[14] is not None]
+        described = [[a[1], a[3], a[4], a[5]] for a in attachments]
+        data = _MAC_ENCODER.encode([fields, described]).encode("ascii")
+        return hmac.digest(self._mac_key, data, "sha256")
+
+    def _check_mac(self, row: Sequence[Any], attachments: Iterable[Sequence[Any]]) -> None:
+        stored = row[_COLUMN_COUNT - 1]
+        if stored is None or not hmac.compare_digest(bytes(stored), self._row_mac(row, attachments)):
+            raise CorruptRecordError(
+                f"{row[1]}: the archived record was altered (its columns do not match their MAC: "
+                "sender, device, times, redaction or violation marks, relations or attachments)"
+            )
+
+    def _messages(self, db: Any, rows: Sequence[tuple]) -> list[ArchivedMessage]:
+        attachments = self._attachment_rows(db, rows)
+        newest = self._newest_edits(db, rows)
+        messages = []
+        for row in rows:
+            own = attachments.get(row[0], ())
+            self._check_mac(row, own)
+            event_id, sender, rel_type, relates_to = row[1], row[3], row[16], row[15]
+            target = relates_to if rel_type == REPLACE and relates_to else event_id
+            edit = newest.get((target, sender))
+            replaced_by = edit[1] if edit is not None and edit[0] > row[0] else None
+            messages.append(self._message(row, own, replaced_by))
+        return messages
+
+    def _newest_edits(self, db: Any, rows: Sequence[tuple]) -> dict[tuple[str, str], tuple[int, str]]:
+        """(original's event ID, sender) -> (row ID, event ID) of the newest edit, for ``rows``."""
+        targets = sorted({row[15] if row[16] == REPLACE and row[15] else row[1] for row in rows})
+        newest: dict[tuple[str, str], tuple[int, str]] = {}
+        for start in range(0, len(targets), 500):
+            chunk = targets[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for row_id, event_id, sender, relates_to in db.execute(
+                "SELECT id, event_id, sender, relates_to FROM messages "
+                f"WHERE relates_to IN ({marks}) AND rel_type = ?",
+                (*chunk, REPLACE),
+            ):
+                known = newest.get((relates_to, sender))
+                if known is None or row_id > known[0]:
+                    newest[(relates_to, sender)] = (row_id, event_id)
+        return newest
+
+    def _message(
+        self, row: tuple, attachments: Iterable[tuple], replaced_by: str | None = None
+    ) -> ArchivedMessage:
         (
             _row_id,
             event_id,
@@ -920,6 +1171,10 @@ class Archive:
             redacted_at,
             redacted_by,
             violation,
+            content,
+            relates_to,
+            rel_type,
+            _mac,
         ) = row
         return ArchivedMessage(
             event_id=event_id,
@@ -937,10 +1192,127 @@ class Archive:
                     mimetype=mimetype,
                     size=size,
                 )
-                for _id, idx, name, mimetype, size in attachments
+                for _id, idx, name, mimetype, size, _file in attachments
             ),
             archived_at=archived_at,
             redacted_at=redacted_at,
             redacted_by=redacted_by,
             violation=violation,
+            content="{}" if content is None else _text(self._decrypt(content, event_id, "content")),
+            relates_to=relates_to,
+            rel_type=rel_type,
+            replaced_by=replaced_by,
         )
+
+    # -- versions ----------------------------------------------------------------------------------
+
+    def versions(self, event_id: str) -> list[ArchivedMessage]:
+        """The original of ``event_id`` (its own ID or an edit's) and its edits by the original's
+        sender, oldest first: the last is the current version. Empty when not archived."""
+        with self._read() as db:
+            found = db.execute(
+                "SELECT event_id, sender, relates_to, rel_type FROM messages WHERE event_id = ?", (event_id,)
+            ).fetchone()
+            if found is None:
+                return []
+            original_id, sender, relates_to, rel_type = found
+            if rel_type == REPLACE and relates_to:
+                original = db.execute(
+                    "SELECT event_id, sender FROM messages WHERE event_id = ?", (relates_to,)
+                ).fetchone()
+                # an edit whose original is not archived: the edits of its sender
+                original_id, sender = original if original is not None else (relates_to, sender)
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE event_id = ? "
+                f"UNION ALL SELECT {_COLUMNS} FROM messages WHERE relates_to = ? AND rel_type = ? "
+                "AND sender = ? ORDER BY id",
+                (original_id, original_id, REPLACE, sender),
+            ).fetchall()
+            return self._messages(db, rows)
+
+    # -- events waiting for their keys ---------------------------------------------------------------
+
+    @staticmethod
+    def _held_role(room_id: str, received_at: int) -> str:
+        return f"held-event/{received_at}/{room_id}"
+
+    def hold_undecrypted(self, event_id: str, room_id: str, event_json: str, received_at: int) -> None:
+        """Keep an event the bot cannot decrypt yet, across restarts; holding it again counts an
+        attempt (the first ``received_at`` and JSON stay)."""
+        for name, value in (("event_id", event_id), ("room_id", room_id)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if not isinstance(event_json, str):
+            raise ValueError("event_json must be JSON text")
+        if not isinstance(received_at, int) or not 0 <= received_at < TS_LIMIT:
+            raise ValueError(f"received_at must be an integer in [0, 2**47) (ms), got {received_at!r}")
+        sealed = self._cipher.seal(_utf8(event_json), event_id, self._held_role(room_id, received_at))
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO held_events (event_id, room_id, event, received_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (event_id) DO UPDATE SET attempts = held_events.attempts + 1",
+                (event_id, room_id, sealed, received_at),
+            )
+
+    def undecrypted(self) -> list[HeldEvent]:
+        """Every held event, received longest ago first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT event_id, room_id, event, received_at, attempts FROM held_events "
+                "ORDER BY received_at, event_id"
+            ).fetchall()
+        return [
+            HeldEvent(
+                event_id=event_id,
+                room_id=room_id,
+                event_json=_text(self._decrypt(sealed, event_id, self._held_role(room_id, received_at))),
+                received_at=received_at,
+                attempts=attempts,
+            )
+            for event_id, room_id, sealed, received_at, attempts in rows
+        ]
+
+    def release_undecrypted(self, event_id: str) -> None:
+        """Forget a held event (decrypted and archived, or given up)."""
+        with self._write() as db:
+            db.execute("DELETE FROM held_events WHERE event_id = ?", (event_id,))
+
+    def undecryptable_counts(self, older_than_ms: int) -> dict[str, int]:
+        """Room ID -> number of held events received before ``older_than_ms``."""
+        with self._read() as db:
+            return {
+                room_id: int(count)
+                for room_id, count in db.execute(
+                    "SELECT room_id, count(*) FROM held_events WHERE received_at < ? GROUP BY room_id",
+                    (older_than_ms,),
+                )
+            }
+
+    # -- verification ------------------------------------------------------------------------------
+
+    def verify_records(self, batch: int = PURGE_BATCH) -> Iterator[str]:
+        """Check every message (its MAC, body, content and attachment names) and every held event;
+        yield one sentence per altered record. Nothing yielded: the archive is intact."""
+        last = -1
+        while True:
+            with self._read() as db:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+                ).fetchall()
+                attachments = self._attachment_rows(db, rows)
+            if not rows:
+                break
+            for row in rows:
+                try:
+                    self._check_mac(row, attachments.get(row[0], ()))
+                    self._message(row, attachments.get(row[0], ()))
+                except CorruptRecordError as error:
+                    yield str(error)
+            last = rows[-1][0]
+        with self._read() as db:
+            held = db.execute("SELECT event_id, room_id, event, received_at FROM held_events").fetchall()
+        for event_id, room_id, sealed, received_at in held:
+            try:
+                self._decrypt(sealed, event_id, self._held_role(room_id, received_at))
+            except CorruptRecordError as error:
+                yield str(error)

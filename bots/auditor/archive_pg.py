@@ -96,6 +96,24 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO enforcements (message_id, enforced_at) "
         "SELECT id, archived_at FROM messages WHERE violation IS NOT NULL",
     ),
+    # as the SQLite archive's fourth step: full events, relations, row MACs, held events
+    (
+        "ALTER TABLE messages ADD COLUMN content BYTEA",
+        "ALTER TABLE messages ADD COLUMN relates_to TEXT",
+        "ALTER TABLE messages ADD COLUMN rel_type TEXT",
+        "ALTER TABLE messages ADD COLUMN mac BYTEA",
+        "CREATE INDEX messages_relates ON messages (relates_to, id) WHERE relates_to IS NOT NULL",
+        """
+        CREATE TABLE held_events (
+            event_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            event BYTEA NOT NULL,
+            received_at BIGINT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX held_events_received ON held_events (received_at)",
+    ),
 )
 _TABLES = (
     "messages",
@@ -103,6 +121,7 @@ _TABLES = (
     "message_tokens",
     "pending_redactions",
     "enforcements",
+    "held_events",
     "archive_meta",
 )
 
@@ -153,6 +172,7 @@ class PostgresArchive(Archive):
     """
 
     migrations = PG_MIGRATIONS
+    _mac_version = 3
     _database_errors = (psycopg2.DatabaseError,)
 
     def __init__(

@@ -8,6 +8,7 @@ are read by ``bots.common.config``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,19 @@ KEYS = ACCOUNT_KEYS | {
     "metrics_address",
     "purge_interval",
     "timezone",
+    "signing_key_password_file",
+    "signing_key_password_env",
+    "signing_key_fingerprint",
+    "chain_heads_file",
+    "chain_head_interval",
+    "dpo_room",
+    "undecryptable_after",
+    "export_request_lifetime",
 }
+
+#: a key fingerprint: SHA-256 of the raw Ed25519 public key, 64 hex digits
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+_ROOM_ID = re.compile(r"![^:\s]+:\S+")
 
 
 @attrs.frozen
@@ -76,6 +89,21 @@ class Config(Account):
     #: the zone of every time the bot prints and of the days in !search and !export (the
     #: auditor reads local time; the host may run in UTC)
     timezone: ZoneInfo = attrs.field(factory=lambda: zone(DEFAULT_ZONE))
+    #: the signing key's own key (32 bytes, from signing_key_password_file/_env), kept apart
+    #: from the archive; None: the key file is stored unencrypted (a warning at start-up)
+    signing_key_password: bytes | None = attrs.field(default=None, repr=False)
+    #: the pinned fingerprint of the export signing key (SHA-256 of the raw public key, hex)
+    signing_key_fingerprint: str | None = None
+    #: where the signed consultation-log heads are appended (the operator ships it off the host)
+    chain_heads_file: Path | None = None
+    #: seconds between two chain-head exports
+    chain_head_interval: int = 3_600
+    #: the data-protection officer's room: each exported head is also sent there; None: not sent
+    dpo_room: str | None = None
+    #: seconds after which an event still waiting for its keys counts as undecryptable
+    undecryptable_after: int = 3_600
+    #: seconds after which an open export request expires
+    export_request_lifetime: int = 7 * 86_400
 
     @property
     def audit_lifetime_ms(self) -> int:
@@ -168,7 +196,50 @@ def parse_config(raw: Any, base: Path | None = None) -> Config:
         metrics_address=common.string(raw, "metrics_address", required=False) or "127.0.0.1",
         purge_interval=parse_duration(raw.get("purge_interval", "1d"), "purge_interval"),
         timezone=timezone_setting(raw),
+        signing_key_password=_signing_key_password(raw, base),
+        signing_key_fingerprint=signing_key_fingerprint(raw),
+        chain_heads_file=(
+            common.path(raw, "chain_heads_file", base)
+            if raw.get("chain_heads_file") is not None
+            else log_path.parent / "chain-heads.jsonl"
+        ),
+        chain_head_interval=parse_duration(raw.get("chain_head_interval", "1h"), "chain_head_interval"),
+        dpo_room=_room(raw, "dpo_room"),
+        undecryptable_after=parse_duration(raw.get("undecryptable_after", "1h"), "undecryptable_after"),
+        export_request_lifetime=parse_duration(
+            raw.get("export_request_lifetime", "7d"), "export_request_lifetime"
+        ),
     )
+
+
+def _signing_key_password(raw: Mapping[str, Any], base: Path) -> bytes | None:
+    if raw.get("signing_key_password_file") is None and raw.get("signing_key_password_env") is None:
+        return None
+    return common.key(raw, "signing_key_password", base, "signing key password")
+
+
+def signing_key_fingerprint(raw: Mapping[str, Any]) -> str | None:
+    """The pinned ``signing_key_fingerprint`` (lower-case hex), None when not set.
+    ``police-audit`` reads it from the bot's config without the rest of it."""
+    value = raw.get("signing_key_fingerprint")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _FINGERPRINT.fullmatch(value.strip().lower()):
+        raise fail(
+            "signing_key_fingerprint",
+            "the export signing key's fingerprint: 64 hex digits (the bot logs it at start-up)",
+            value,
+        )
+    return value.strip().lower()
+
+
+def _room(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ROOM_ID.fullmatch(value):
+        raise fail(key, "a Matrix room ID such as '!abc:example.org'", value)
+    return value
 
 
 def _policy(path: Path | None) -> tuple[MediaConfig | None, int | None]:

@@ -22,15 +22,32 @@ that log in SQLite, append-only and hash-chained:
 * ``consultation_chain`` also records the head (the last appended entry), so
   deleting the newest entries shows up as a gap at the end.
 
+* The checkpoint may only stand where the retention rule allowed a purge:
+  ``consultation_chain.anchor_time_ms`` is the time of the last purged entry,
+  and each entry (from schema version 3) hashes ``prev_time_ms``, the time of
+  the entry before it, so the first remaining entry vouches for the
+  checkpoint's time. ``verify()`` refuses a checkpoint whose entry was still
+  under retention: moving the checkpoint forward to delete the newest entries
+  is detected while any entry remains after it.
+* Search parameters (``query``) are sealed with AES-256-GCM under a key
+  derived from the archive's main key (given as ``key``; salt and key check in
+  ``log_meta``), bound to the entry's sequence number: the log holds no
+  search words in clear. The hash covers the sealed text, so ``verify()``
+  needs no key. Entries of earlier versions keep their clear text.
+
 The log proves itself only against its own file: whoever can rewrite the whole
-file can rebuild a consistent chain. To detect that, record ``head_hash`` of
-``verify()`` somewhere else from time to time (an auditor room, the operator's
-ticket); a later chain must still contain that hash at that sequence number.
+file can rebuild a consistent chain. ``chain_heads.py`` signs the chain head
+(sequence number and hash) into a file the operator ships off the host;
+``chain_heads.check_heads`` checks that every exported head is still in the chain, or
+was purged lawfully.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
 import json
 import sqlite3
 import time
@@ -41,12 +58,35 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from cryptography.exceptions import InvalidTag
+
+from ..common import crypto
 
 #: ``prev_hash`` of the first entry ever made.
 GENESIS_HASH = "0" * 64
 
 #: ``PRAGMA user_version`` of the schema below.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: the label of the log's key derivations and sealed queries
+KEY_LABEL = b"police-auditor-log/v1"
+#: how a sealed query starts in the ``query`` column (base64 of nonce || AES-GCM follows)
+SEALED_PREFIX = "sealed:"
+
+#: version 3: sealed queries (log_meta: key salt and check), the time of each entry's
+#: predecessor and of the checkpoint, so the checkpoint's place can be held to the retention rule
+_V3 = """
+CREATE TABLE IF NOT EXISTS log_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+ALTER TABLE consultations ADD COLUMN prev_time_ms INTEGER;
+ALTER TABLE consultation_chain ADD COLUMN anchor_time_ms INTEGER;
+INSERT INTO log_meta (name, value)
+    SELECT 'legacy_anchor_seq', CAST(anchor_seq AS TEXT) FROM consultation_chain WHERE anchor_seq > 0;
+CREATE TRIGGER IF NOT EXISTS consultation_chain_anchor_time BEFORE UPDATE OF anchor_seq ON consultation_chain
+WHEN NEW.anchor_seq != OLD.anchor_seq AND NEW.anchor_time_ms IS NULL
+BEGIN
+    SELECT RAISE(ABORT, 'the checkpoint moves with the time of its entry (purge_expired)');
+END;
+"""
 
 #: version 2: commands the bot has taken on, so a replayed sync never runs
 #: (and logs) a consultation twice
@@ -108,8 +148,11 @@ END;
 )
 
 _COLUMNS = (
-    "seq, time_ms, auditor, action, case_ref, reason, recipient, query, result_count, prev_hash, entry_hash"
+    "seq, time_ms, auditor, action, case_ref, reason, recipient, query, result_count, prev_hash, entry_hash, "
+    "prev_time_ms"
 )
+#: the same for a log of schema version 1 or 2, read as it is
+_OLD_COLUMNS = _COLUMNS.replace("prev_time_ms", "NULL")
 
 
 class Action(StrEnum):
@@ -120,6 +163,10 @@ class Action(StrEnum):
     EXPORT_REQUEST = "export_request"
     EXPORT_APPROVE = "export_approve"
     EXPORT_DENY = "export_deny"
+    #: The approved bundle reached the requester's room: the disclosure itself.
+    EXPORT_DELIVER = "export_deliver"
+    #: An approved delivery was stopped (others could read the room), or a request expired.
+    EXPORT_STOP = "export_stop"
     #: The bot refused a request (no reason given, out of the auditor's scope, ...).
     REFUSAL = "refusal"
     #: Someone read this log.
@@ -134,12 +181,21 @@ class Problem(StrEnum):
     EDITED = "edited"
     #: Sequence numbers are missing: entries were deleted.
     GAP = "gap"
+    #: The checkpoint stands where the retention rule allowed no purge (moved forward), or its
+    #: time does not match the entry after it.
+    CHECKPOINT = "checkpoint"
+    #: A head exported earlier (``chain_heads``) is no longer in the chain.
+    HEAD = "exported head"
     #: The entry is intact but stands at another position than it was made at.
     REORDERED = "reordered"
 
 
 class NotAConsultationLog(Exception):
     """The file is not a consultation log (or of an unknown schema version)."""
+
+
+class LogKeyError(Exception):
+    """The key given is not the key the log's queries were sealed with."""
 
 
 class ChainBroken(Exception):
@@ -152,7 +208,8 @@ class ChainBroken(Exception):
 
 @attrs.frozen
 class Entry:
-    """One log entry. ``query`` is JSON text (the search parameters, event IDs, ...)."""
+    """One log entry. ``query`` is JSON text (the search parameters, event IDs, ...), or
+    ``sealed:...`` as stored when sealed (``ConsultationLog.entries`` opens it)."""
 
     seq: int
     time_ms: int
@@ -165,6 +222,8 @@ class Entry:
     result_count: int
     prev_hash: str
     entry_hash: str
+    #: the time of the entry before (None: the first entry, or made before schema version 3)
+    prev_time_ms: int | None = None
 
     @property
     def time(self) -> datetime:
@@ -177,6 +236,8 @@ class Entry:
         """
         fields = attrs.asdict(self)
         del fields["entry_hash"]
+        if fields["prev_time_ms"] is None:  # entries of earlier versions hashed without it
+            del fields["prev_time_ms"]
         if seq is not None:
             fields["seq"] = seq
         return hashlib.sha256(canonical_json(fields).encode("utf8")).hexdigest()
@@ -195,6 +256,8 @@ class VerifyResult:
     broken_seq: int | None = None
     problem: Problem | None = None
     detail: str = ""
+    #: the time of the head entry (None: no entry made yet, or not known)
+    head_time_ms: int | None = None
 
     def describe(self) -> str:
         if self.ok:
@@ -225,6 +288,10 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def _iso(time_ms: int) -> str:
+    return datetime.fromtimestamp(time_ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
 class ConsultationLog:
     """The log in one SQLite file; the schema is created on first use.
 
@@ -234,9 +301,18 @@ class ConsultationLog:
     """
 
     def __init__(
-        self, path: str | Path, *, read_only: bool = False, clock: Callable[[], int] = _now_ms
+        self,
+        path: str | Path,
+        *,
+        read_only: bool = False,
+        clock: Callable[[], int] = _now_ms,
+        key: bytes | None = None,
     ) -> None:
+        """``key``: the archive's main key; the log seals queries under a key derived from
+        it (without: queries are stored in clear, and sealed ones cannot be read)."""
         self._clock = clock
+        self._cipher: crypto.Cipher | None = None
+        self._columns = _COLUMNS
         if read_only:
             uri = Path(path).resolve().as_uri() + "?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
@@ -244,23 +320,68 @@ class ConsultationLog:
             self._db = sqlite3.connect(path, isolation_level=None, timeout=5)
         try:
             self._check_or_create_schema(read_only)
+            if key is not None:
+                self._cipher = self._open_key(key, read_only)
         except BaseException:
             self._db.close()
             raise
 
+    def _open_key(self, key: bytes, read_only: bool) -> crypto.Cipher:
+        if self._columns is _OLD_COLUMNS:
+            raise NotAConsultationLog("a log of schema version 1 or 2 has no sealed queries")
+        meta = dict(self._db.execute("SELECT name, value FROM log_meta").fetchall())
+        if "key_salt" not in meta:
+            if read_only:
+                raise LogKeyError("the log has no sealed queries yet")
+            salt = crypto.new_salt()
+            check = crypto.check_value(crypto.derive_subkey(key, salt, KEY_LABEL, b"check"), KEY_LABEL)
+            self._db.executemany(
+                "INSERT INTO log_meta (name, value) VALUES (?, ?)", [("key_salt", salt), ("key_check", check)]
+            )
+            meta = {"key_salt": salt, "key_check": check}
+        salt = bytes(meta["key_salt"])
+        check = crypto.check_value(crypto.derive_subkey(key, salt, KEY_LABEL, b"check"), KEY_LABEL)
+        if not hmac.compare_digest(check, bytes(meta["key_check"])):
+            raise LogKeyError("the key does not match the consultation log's (use the archive's main key)")
+        return crypto.Cipher(crypto.derive_subkey(key, salt, KEY_LABEL, b"query"), KEY_LABEL)
+
+    def _seal_query(self, text: str, seq: int) -> str:
+        if self._cipher is None:
+            return text
+        sealed = self._cipher.seal(text.encode("utf-8", "surrogatepass"), str(seq), "query")
+        return SEALED_PREFIX + base64.b64encode(sealed).decode("ascii")
+
+    def open_query(self, entry: Entry) -> str:
+        """The entry's query as JSON text (sealed ones need the key; ``LogKeyError`` without it)."""
+        if not entry.query.startswith(SEALED_PREFIX):
+            return entry.query
+        if self._cipher is None:
+            raise LogKeyError(f"entry {entry.seq}: its query is sealed; open the log with the key")
+        try:
+            sealed = base64.b64decode(entry.query[len(SEALED_PREFIX) :], validate=True)
+            return self._cipher.open(sealed, str(entry.seq), "query").decode("utf-8", "surrogatepass")
+        except (InvalidTag, binascii.Error, ValueError):
+            raise LogKeyError(f"entry {entry.seq}: its sealed query does not open (altered)") from None
+
     def _check_or_create_schema(self, read_only: bool) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version == 1 and not read_only:
-            self._db.executescript(f"BEGIN; {_ANSWERED} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        if version in (1, 2) and not read_only:
+            self._db.executescript(
+                f"BEGIN; {_ANSWERED} {_V3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
             version = SCHEMA_VERSION
-        if version in (1, SCHEMA_VERSION):
+        if version in (1, 2, SCHEMA_VERSION):
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if {"consultations", "consultation_chain"} <= tables:
+                if version != SCHEMA_VERSION:
+                    self._columns = _OLD_COLUMNS
                 return
         elif version == 0 and not read_only:
             (objects,) = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             if objects == 0:
-                self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+                self._db.executescript(
+                    f"BEGIN; {_SCHEMA} {_V3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
                 return
         raise NotAConsultationLog(f"not a consultation log (schema version {version})")
 
@@ -299,9 +420,10 @@ class ConsultationLog:
         query_text = canonical_json(dict(query or {}))
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            head_seq, head_hash = self._db.execute(
-                "SELECT head_seq, head_hash FROM consultation_chain WHERE id = 1"
+            head_seq, head_hash, anchor_time = self._db.execute(
+                "SELECT head_seq, head_hash, anchor_time_ms FROM consultation_chain WHERE id = 1"
             ).fetchone()
+            head = self._db.execute("SELECT time_ms FROM consultations WHERE seq = ?", (head_seq,)).fetchone()
             unhashed = Entry(
                 seq=head_seq + 1,
                 time_ms=self._clock(),
@@ -310,14 +432,15 @@ class ConsultationLog:
                 case_ref=case_ref,
                 reason=reason,
                 recipient=recipient,
-                query=query_text,
+                query=self._seal_query(query_text, head_seq + 1),
                 result_count=result_count,
                 prev_hash=head_hash,
                 entry_hash="",
+                prev_time_ms=head[0] if head is not None else anchor_time,
             )
             entry = attrs.evolve(unhashed, entry_hash=unhashed.computed_hash())
             self._db.execute(
-                f"INSERT INTO consultations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO consultations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 attrs.astuple(entry),
             )
             self._db.execute(
@@ -328,26 +451,57 @@ class ConsultationLog:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return entry
+        return attrs.evolve(entry, query=query_text)
 
     def entries(self, auditor: str | None = None) -> list[Entry]:
-        """All entries in sequence order, or those of one auditor."""
+        """All entries in sequence order, or those of one auditor, their queries opened
+        (sealed queries stay as stored when the log was opened without its key)."""
         if auditor is None:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM consultations ORDER BY seq")
+            rows = self._db.execute(f"SELECT {self._columns} FROM consultations ORDER BY seq")
         else:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM consultations WHERE auditor = ? ORDER BY seq", (auditor,)
+                f"SELECT {self._columns} FROM consultations WHERE auditor = ? ORDER BY seq", (auditor,)
             )
-        return [Entry(*row) for row in rows]
+        entries = [Entry(*row) for row in rows]
+        if self._cipher is None:
+            return entries
+        return [attrs.evolve(entry, query=self._shown_query(entry)) for entry in entries]
+
+    def _shown_query(self, entry: Entry) -> str:
+        """The opened query; an altered one stays as stored (``verify`` reports the entry)."""
+        try:
+            return self.open_query(entry)
+        except LogKeyError:
+            return entry.query
 
     def _iter_entries(self) -> Iterator[Entry]:
-        for row in self._db.execute(f"SELECT {_COLUMNS} FROM consultations ORDER BY seq"):
+        for row in self._db.execute(f"SELECT {self._columns} FROM consultations ORDER BY seq"):
             yield Entry(*row)
+
+    def entry(self, seq: int) -> Entry | None:
+        """The entry ``seq`` as stored (its query sealed), None when not (or no longer) in the log."""
+        row = self._db.execute(f"SELECT {self._columns} FROM consultations WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else Entry(*row)
+
+    def chain_state(self) -> tuple[int, str, int, str]:
+        """(checkpoint seq, checkpoint hash, head seq, head hash) as the log records them."""
+        return self._chain_state()
 
     def _chain_state(self) -> tuple[int, str, int, str]:
         return self._db.execute(
             "SELECT anchor_seq, anchor_hash, head_seq, head_hash FROM consultation_chain WHERE id = 1"
         ).fetchone()
+
+    def _anchor_time(self) -> tuple[int | None, bool]:
+        """The checkpoint's time (None: unknown) and whether an earlier version set the checkpoint."""
+        if self._columns is _OLD_COLUMNS:
+            return None, True
+        (anchor_time,) = self._db.execute(
+            "SELECT anchor_time_ms FROM consultation_chain WHERE id = 1"
+        ).fetchone()
+        legacy = self._db.execute("SELECT value FROM log_meta WHERE name = 'legacy_anchor_seq'").fetchone()
+        (anchor_seq,) = self._db.execute("SELECT anchor_seq FROM consultation_chain WHERE id = 1").fetchone()
+        return anchor_time, legacy is not None and str(legacy[0]) == str(anchor_seq)
 
     def _seq_of_hash(self, entry_hash: str) -> int | None:
         row = self._db.execute(
@@ -355,16 +509,53 @@ class ConsultationLog:
         ).fetchone()
         return None if row is None else row[0]
 
-    def verify(self) -> VerifyResult:
-        """Walk the chain from the checkpoint to the head; stop at the first broken entry."""
+    def verify(self, now_ms: int | None = None) -> VerifyResult:
+        """Walk the chain from the checkpoint to the head; stop at the first broken entry.
+
+        ``now_ms`` (default: the clock) is when the retention rule is applied to the
+        checkpoint: its entry must have expired by then."""
+        now_ms = self._clock() if now_ms is None else now_ms
         anchor_seq, anchor_hash, head_seq, head_hash = self._chain_state()
+        anchor_time, legacy_anchor = self._anchor_time()
         checked = 0
         expected_seq, expected_prev = anchor_seq + 1, anchor_hash
+        expected_time = anchor_time
 
         def broken(seq: int, problem: Problem, detail: str) -> VerifyResult:
             return VerifyResult(False, checked, anchor_seq, head_seq, head_hash, seq, problem, detail)
 
+        def checkpoint_problem(made_ms: int | None) -> VerifyResult | None:
+            if anchor_seq == 0:
+                return None
+            if made_ms is None:
+                if legacy_anchor:
+                    return None
+                return broken(
+                    anchor_seq, Problem.CHECKPOINT, "the checkpoint has no time: it was set by hand"
+                )
+            if _ms(expires_at(made_ms)) > now_ms:
+                return broken(
+                    anchor_seq,
+                    Problem.CHECKPOINT,
+                    f"the checkpoint is at entry {anchor_seq}, made {_iso(made_ms)} and kept until"
+                    f" {expires_at(made_ms).date().isoformat()}: entries up to it were deleted before"
+                    " their retention ended (the checkpoint was moved forward)",
+                )
+            return None
+
         for entry in self._iter_entries():
+            if entry.seq == anchor_seq + 1 and anchor_seq > 0:
+                if entry.prev_time_ms is not None:
+                    if anchor_time is not None and entry.prev_time_ms != anchor_time:
+                        return broken(
+                            anchor_seq,
+                            Problem.CHECKPOINT,
+                            f"the checkpoint's time does not match entry {entry.seq}'s record of it",
+                        )
+                    expected_time = entry.prev_time_ms
+                problem = checkpoint_problem(expected_time)
+                if problem is not None:
+                    return problem
             if entry.seq < expected_seq:
                 return broken(
                     entry.seq, Problem.EDITED, f"lies behind the checkpoint at {anchor_seq}: it was moved"
@@ -395,8 +586,12 @@ class ConsultationLog:
                     f"it does not link to entry {entry.seq - 1}: one of the two was replaced",
                 )
             checked += 1
-            expected_seq, expected_prev = entry.seq + 1, entry.entry_hash
+            expected_seq, expected_prev, expected_time = entry.seq + 1, entry.entry_hash, entry.time_ms
 
+        if checked == 0:
+            problem = checkpoint_problem(anchor_time)
+            if problem is not None:
+                return problem
         last_seq = expected_seq - 1
         if last_seq < head_seq:
             missing = f"{expected_seq}" if head_seq == expected_seq else f"{expected_seq}-{head_seq}"
@@ -405,7 +600,8 @@ class ConsultationLog:
             return broken(head_seq + 1, Problem.EDITED, "added behind the recorded head, not by append")
         if expected_prev != head_hash:
             return broken(last_seq, Problem.EDITED, "the last entry is not the recorded head")
-        return VerifyResult(True, checked, anchor_seq, head_seq, head_hash)
+        head_time = expected_time if checked else anchor_time
+        return VerifyResult(True, checked, anchor_seq, head_seq, head_hash, head_time_ms=head_time)
 
     @staticmethod
     def _original_seq(entry: Entry, anchor_seq: int, last_seq: int) -> int | None:
@@ -444,20 +640,21 @@ class ConsultationLog:
                 "SELECT min(seq) FROM consultations WHERE time_ms >= ?", (cutoff_ms,)
             ).fetchone()
             last_purged_row = self._db.execute(
-                "SELECT seq, entry_hash FROM consultations WHERE seq < coalesce(?, seq + 1)"
+                "SELECT seq, entry_hash, time_ms FROM consultations WHERE seq < coalesce(?, seq + 1)"
                 " ORDER BY seq DESC LIMIT 1",
                 (first_kept,),
             ).fetchone()
             if last_purged_row is None:
                 self._db.execute("ROLLBACK")
                 return 0
-            last_purged, anchor_hash = last_purged_row
-            result = self.verify()
+            last_purged, anchor_hash, anchor_time = last_purged_row
+            result = self.verify(now_ms=_ms(now))
             if not result.ok and result.broken_seq is not None and result.broken_seq <= last_purged:
                 raise ChainBroken(result)
             self._db.execute(
-                "UPDATE consultation_chain SET anchor_seq = ?, anchor_hash = ? WHERE id = 1",
-                (last_purged, anchor_hash),
+                "UPDATE consultation_chain SET anchor_seq = ?, anchor_hash = ?, anchor_time_ms = ? "
+                "WHERE id = 1",
+                (last_purged, anchor_hash, anchor_time),
             )
             deleted = self._db.execute("DELETE FROM consultations WHERE seq <= ?", (last_purged,)).rowcount
             self._db.execute("COMMIT")

@@ -8,7 +8,9 @@ the archive's random ``key_salt`` (stored in the archive, not secret):
   attachment bytes (``Cipher`` with ``FORMAT``);
 * the index key: HMAC-SHA256 of the blind search index (``blind_index.py``);
 * the check key: the key check value the archive stores, so a wrong key is
-  refused at start-up instead of failing on every record.
+  refused at start-up instead of failing on every record;
+* the MAC key: HMAC-SHA256 over every clear column of a message row, so an
+  SQL edit of a sender, a device or a redaction mark is detected on reading.
 
 Each sealed item is bound to its event ID and its role (``body``,
 ``attachment-name/0``, ...): see ``bots.common.crypto``.
@@ -34,6 +36,8 @@ class ArchiveKeys:
     content: bytes
     index: bytes
     check: bytes
+    #: HMAC-SHA256 over each message's clear columns (``archive.py``: "Authentication")
+    mac: bytes
 
     def check_value(self) -> bytes:
         """What the archive stores to recognise its key: HMAC-SHA256(check key, fixed label)."""
@@ -45,11 +49,11 @@ class ArchiveKeys:
 
 def derive_keys(main_key: bytes, salt: bytes) -> ArchiveKeys:
     """The subkeys of the archive whose ``key_salt`` is ``salt``."""
-    content, index, check = (
+    content, index, check, mac = (
         crypto.derive_subkey(main_key, salt, FORMAT, purpose, what="archive key")
-        for purpose in (b"content", b"index", b"check")
+        for purpose in (b"content", b"index", b"check", b"mac")
     )
-    return ArchiveKeys(content=content, index=index, check=check)
+    return ArchiveKeys(content=content, index=index, check=check, mac=mac)
 
 
 def load_key(file: str | os.PathLike[str] | None = None, env: str | None = None) -> bytes:

@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..common.clock import moment, zone_name
+from .requests import ExportRequest  # the one record of a request; a bundle answers an approved one
 
 logger = logging.getLogger(__name__)
 
@@ -73,33 +74,91 @@ _CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; base-
 # --- keys --------------------------------------------------------------------------------------
 
 
-def generate_signing_key(path: str | Path) -> Ed25519PrivateKey:
-    """Create a new Ed25519 key and write it as unencrypted PKCS8 PEM, mode 0600.
+class SigningKeyError(ValueError):
+    """The export signing key cannot be used: missing, undecryptable, or not the pinned key."""
+
+
+def _pem(key: Ed25519PrivateKey, password: bytes | None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def generate_signing_key(path: str | Path, password: bytes | None = None) -> Ed25519PrivateKey:
+    """Create a new Ed25519 key and write it as PKCS8 PEM, mode 0600, encrypted with
+    ``password`` (the signing key's own key, kept apart from the archive) when given.
 
     Refuses to overwrite an existing file: losing the key makes old bundles
     unverifiable against it.
     """
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file:
-        file.write(pem)
+        file.write(_pem(key, password))
     return key
 
 
 def load_signing_key(path: str | Path, password: bytes | None = None) -> Ed25519PrivateKey:
-    """Read a PKCS8 PEM Ed25519 private key; ``ValueError`` if it is something else."""
+    """Read a PKCS8 PEM Ed25519 private key (encrypted with ``password`` or not); ``ValueError``
+    (``SigningKeyError``) if it is something else or does not decrypt."""
     path = Path(path)
     mode = path.stat().st_mode
     if mode & 0o077:
         logger.warning(
             "Signing key %s is readable by others (mode %o); it should be 0600", path, mode & 0o777
         )
-    key = serialization.load_pem_private_key(path.read_bytes(), password=password)
+    data = path.read_bytes()
+    encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
+    try:
+        key = serialization.load_pem_private_key(data, password=password if encrypted else None)
+    except (ValueError, TypeError) as error:
+        if encrypted and not password:
+            raise SigningKeyError(
+                f"{path}: the signing key is encrypted; give its key (signing_key_password_file or "
+                "signing_key_password_env)"
+            ) from None
+        raise SigningKeyError(f"{path}: cannot read the signing key ({error})") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: not an Ed25519 private key")
+        raise SigningKeyError(f"{path}: not an Ed25519 private key")
+    if password and not encrypted:
+        # written by an earlier version: encrypt it in place (a new file, then an atomic rename)
+        fresh = path.with_name(path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(_pem(key, password))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(fresh, path)
+        logger.warning("Signing key %s was stored unencrypted; it is now encrypted with its own key", path)
+    return key
+
+
+def open_signing_key(
+    path: str | Path, password: bytes | None = None, pinned_fingerprint: str | None = None
+) -> Ed25519PrivateKey:
+    """The bot's export signing key: created at the first start (unless a fingerprint is
+    pinned: then the pinned key must exist), loaded after, and refused when its fingerprint is
+    not the pinned one (the key file was swapped)."""
+    path = Path(path)
+    if not path.exists():
+        if pinned_fingerprint:
+            raise SigningKeyError(
+                f"{path}: no signing key, but signing_key_fingerprint pins {pinned_fingerprint}: restore "
+                "the key from the backup (a new key would not match the pin)"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = generate_signing_key(path, password)
+        logger.info("generated the export signing key %s", path)
+    else:
+        key = load_signing_key(path, password)
+    fingerprint = key_fingerprint(key.public_key())
+    if pinned_fingerprint and fingerprint != pinned_fingerprint.strip().lower():
+        raise SigningKeyError(
+            f"{path}: holds the signing key {fingerprint}, but signing_key_fingerprint pins "
+            f"{pinned_fingerprint}: the key file was replaced"
+        )
     return key
 
 
@@ -129,21 +188,6 @@ def key_fingerprint(key: Ed25519PublicKey) -> str:
 
 
 # --- building ----------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class ExportRequest:
-    """The approved request a bundle answers; times in milliseconds since the epoch (UTC)."""
-
-    request_id: str
-    room_id: str
-    from_ms: int
-    to_ms: int
-    case_ref: str
-    reason: str
-    requested_by: str
-    approved_by: str
-    created_at_ms: int
 
 
 def _sha256(data: bytes) -> str:
@@ -277,7 +321,7 @@ def build_export(
     }
     manifest = {
         "format": FORMAT,
-        "request": attrs.asdict(request),
+        "request": request.manifest(),
         "message_count": len(message_docs),
         "files": [{"path": path, "sha256": _sha256(data), "size": len(data)} for path, data in files.items()],
         "signing_key": {
@@ -447,9 +491,17 @@ def _check_files(bundle: zipfile.ZipFile, manifest: Mapping[str, Any]) -> list[s
 
 
 def verify_export(
-    zip_path: str | Path, trusted_public_key_pem: str | bytes | None = None
+    zip_path: str | Path,
+    trusted_public_key_pem: str | bytes | None = None,
+    *,
+    trusted_fingerprint: str | None = None,
 ) -> ExportVerification:
     """Check a bundle's signature, every listed file's hash and size, and that nothing else is in it.
+
+    The signer is trusted when it is ``trusted_public_key_pem`` or, given
+    ``trusted_fingerprint`` (the pin of the config), the embedded key has that
+    fingerprint. Without either, ``signature`` is at best "embedded" (the
+    bundle is unchanged, its origin unknown).
 
     Raises ``ExportUnreadable`` if the file cannot be read as a zip, and
     ``ValueError`` if ``trusted_public_key_pem`` is not an Ed25519 public key.
@@ -488,6 +540,15 @@ def verify_export(
         verdict, signature_problems, fingerprint = _check_signature(
             manifest_bytes, signature, embedded_pem, trusted
         )
+        if trusted_fingerprint is not None and trusted is None and verdict == "embedded":
+            pinned = trusted_fingerprint.strip().lower()
+            if fingerprint == pinned:
+                verdict = "trusted"
+            else:
+                verdict = "invalid"
+                signature_problems.append(
+                    f"{SIGNATURE}: signed by key {fingerprint}, not by the pinned key {pinned}"
+                )
         problems += signature_problems
         problems += _check_files(bundle, manifest)
         request = manifest.get("request") if isinstance(manifest.get("request"), dict) else None

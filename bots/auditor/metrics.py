@@ -3,8 +3,9 @@
 An operator must notice when the bot stops being able to decrypt (an archive
 with holes is an audit failure) without asking it in a chat, so the same
 figures are served for scraping. Values are read at scrape time from the
-bot's counters and the archive (which may be read from any thread); no
-label carries a room, a user or content.
+bot's counters and the archive (which may be read from any thread). Only the
+count of undecryptable events carries a label, the room ID (the operator must
+find where keys are missing); no label carries a user or content.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .archive import ArchiveStats
-from .commands import HealthStats
+from .replies import HealthStats
 
 log = logging.getLogger("bots.auditor.metrics")
 
@@ -43,6 +44,36 @@ class BotCollector(Collector):
             f"{PREFIX}_undecryptable_pending",
             "Events still waiting for their keys (not archived yet)",
             value=health.undecryptable_pending,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_archive_write_failing",
+            "1 while archive writes fail: syncing is paused (nothing is lost) until they work again",
+            value=int(health.archive_failing_since is not None),
+        )
+        if health.archive_failing_since is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_archive_write_failing_since_seconds",
+                "When the archive writes started failing (Unix time)",
+                value=health.archive_failing_since / 1000,
+            )
+        yield CounterMetricFamily(
+            f"{PREFIX}_malformed_events",
+            "Events logged and skipped as malformed (bad timestamp, wrong types), since the bot started",
+            value=health.malformed_events,
+        )
+        # a room's ID is no secret from the operator, who must find the room the keys are missing in
+        undecryptable = GaugeMetricFamily(
+            f"{PREFIX}_undecryptable_held_events",
+            "Events still without their keys past undecryptable_after, by room",
+            labels=["room"],
+        )
+        for room_id, count in sorted(health.undecryptable_by_room.items()):
+            undecryptable.add_metric([room_id], count)
+        yield undecryptable
+        yield GaugeMetricFamily(
+            f"{PREFIX}_undecryptable_held_events_total",
+            "Events still without their keys past undecryptable_after, in all rooms",
+            value=sum(health.undecryptable_by_room.values()),
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_start_time_seconds",

@@ -8,8 +8,10 @@ or lose the E2EE store's keys.
 The sync token is saved only after a whole sync response was handled (never by
 nio itself, which saves it before the callbacks ran): a bot killed half-way
 through a response sees the same events again after the restart, and nothing
-it had not finished is lost. Each bot decides where its token lives (see
-``SyncTokens``) and makes handling an event twice harmless.
+it had not finished is lost. A response whose handling failed (or that nio
+itself failed to take in) is synced again from the last saved token after a
+pause, rather than skipped until the next restart. Each bot decides where its
+token lives (see ``SyncTokens``) and makes handling an event twice harmless.
 
 After every login the device is checked to be signed by the bot's
 cross-signing identity (``bots.common.identity``): clients that exclude
@@ -278,8 +280,12 @@ class Session:
 
         ``handle`` gets each response after nio ran the event callbacks; only when it returned
         is the token saved. ``on_ready`` runs once, after the first response was handled."""
-        self.client.loaded_sync_token = tokens.load() or ""
+        #: the token of the last response handled to the end: a failed sync or handling goes
+        #: back to it (nio moves ``next_batch`` on before it handled a response)
+        saved = self.client.loaded_sync_token = tokens.load() or ""
         backoff = 1.0
+        #: the pause before a response whose handling failed is synced again
+        handle_backoff = 1.0
         sync_filter = {"room": {"timeline": {"limit": TIMELINE_LIMIT}}}
         while not self.stopping.is_set():
             first = not self.ready
@@ -294,8 +300,9 @@ class Session:
                 break
             try:
                 response = sync.result()
-            except Exception as error:  # network trouble: retry
+            except Exception as error:  # network trouble, or nio's handling (its store) failed: retry
                 self.log.warning("sync failed: %r; retrying in %.0fs", error, backoff)
+                self.client.next_batch = saved
                 await self.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
@@ -313,8 +320,17 @@ class Session:
                 await handle(response)
                 # every event of this response was handled: a restart may continue after it
                 tokens.save(response.next_batch)
+                saved = response.next_batch
+                handle_backoff = 1.0
             except Exception:
-                self.log.exception("handling a sync response failed")
+                # the same response again, from the last saved token, after a pause: going on
+                # from nio's next_batch would skip what was not handled until the next restart
+                self.log.exception(
+                    "handling a sync response failed; syncing it again in %.0fs", handle_backoff
+                )
+                self.client.next_batch = saved
+                await self.sleep(handle_backoff)
+                handle_backoff = min(handle_backoff * 2, MAX_BACKOFF_S)
             if first:
                 self.ready = True
                 await on_ready()

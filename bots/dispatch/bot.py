@@ -25,16 +25,17 @@ from nio import (
     AsyncClient,
     Event,
     InviteMemberEvent,
-    LocalProtocolError,
     MatrixRoom,
     MegolmEvent,
     ReactionEvent,
-    RoomMessagesResponse,
     RoomMessageText,
     RoomMessageUnknown,
     SyncResponse,
 )
 
+from ..common.backfill import backfill
+from ..common.decryption import LateDecryption, MemoryHeld
+from ..common.invites import Invites
 from ..common.session import Session
 from . import commands
 from .chat import SENDING, Chat, message
@@ -119,8 +120,12 @@ class DispatchBot:
         self._ready = asyncio.Event()
         #: no saved sync token: the first sync's timeline is history, not new work
         self._skip_history = self.tokens.load() is None
-        #: undecryptable events: event ID -> (room ID, event, first seen)
-        self._pending: dict[str, tuple[str, MegolmEvent, float]] = {}
+        #: undecryptable events, tried again after each sync for an hour
+        self._held = MemoryHeld()
+        self._late = LateDecryption(self.client, self._held, log=log, give_up_after=PENDING_KEEP_S)
+        self._invites = Invites(
+            self.client, config.user_id, log=log, may_join=self.handlers.may_invite, join=self.chat.join
+        )
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -132,7 +137,7 @@ class DispatchBot:
         try:
             if not await self.session.until_stopped(self.session.login()):
                 return  # stopped while the homeserver was still unreachable
-            self.client.add_event_callback(self._guard(self._on_invite), InviteMemberEvent)
+            self.client.add_event_callback(self._guard(self._invites.on_invite), InviteMemberEvent)
             for kind, callback in self._callbacks():
                 self.client.add_event_callback(self._guard(callback), kind)
             await self.chat.setup_control_rooms()
@@ -200,33 +205,29 @@ class DispatchBot:
             for room_id, joined in response.rooms.join.items():
                 if joined.timeline.limited and joined.timeline.prev_batch:
                     await self._backfill(room_id, joined.timeline.prev_batch)
-        await self._retry_pending()
+        await self._late.retry(self._dispatch)
         await self.handlers.run_jobs()
 
     async def _backfill(self, room_id: str, prev_batch: str) -> None:
         """A limited timeline left events out (many at once, or while the bot was down): fetch
         those since the previous sync and handle them oldest first (handled ones are skipped)."""
         since = float(self.state.get(LAST_SYNC) or 0) - BACKFILL_SLACK_S
-        collected: list[Event] = []
-        token = prev_batch
-        for _ in range(BACKFILL_PAGES):
-            response = await self.client.room_messages(room_id, start=token, limit=100)
-            if not isinstance(response, RoomMessagesResponse):
-                log.warning("back-filling %s failed: %s", room_id, getattr(response, "status_code", response))
-                break
-            recent = [event for event in response.chunk if event.server_timestamp / 1000 >= since]
-            collected.extend(recent)
-            if len(recent) < len(response.chunk) or not response.chunk or not response.end:
-                break
-            token = response.end
-        room = self.client.rooms.get(room_id)
-        log.info("back-filling %d events in %s", len(collected), room_id)
-        for event in reversed(collected):
-            if room is not None:
-                await self._dispatch(room, event)
+        events = await backfill(
+            self.client,
+            room_id,
+            prev_batch,
+            keep=lambda event: event.server_timestamp / 1000 >= since,
+            pages=BACKFILL_PAGES,
+            log=log,
+        )
+        for event in events:
+            await self._dispatch(room_id, event)
 
-    async def _dispatch(self, room: MatrixRoom, event: Event) -> None:
+    async def _dispatch(self, room_id: str, event: Event) -> None:
         """An event that did not come through the sync callbacks (back-filled, decrypted late)."""
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            return
         for kind, handler in self._callbacks():
             if isinstance(event, kind):
                 await self._guard(handler)(room, event)
@@ -235,26 +236,8 @@ class DispatchBot:
     async def _on_undecryptable(self, room: MatrixRoom, event: MegolmEvent) -> None:
         """Kept and tried again after each sync (the room key may come later); its sender's
         client is asked for the key."""
-        if event.event_id in self._pending:
-            return
-        self._pending[event.event_id] = (room.room_id, event, time.time())
-        log.info("cannot decrypt %s in %s yet", event.event_id, room.room_id)
-        with contextlib.suppress(LocalProtocolError):  # requested already for this session
-            await self.client.request_room_key(event)
-
-    async def _retry_pending(self) -> None:
-        for event_id, (room_id, event, since) in list(self._pending.items()):
-            try:
-                decrypted = self.client.decrypt_event(event)
-            except Exception:
-                if time.time() - since > PENDING_KEEP_S:
-                    del self._pending[event_id]
-                    log.warning("gave up decrypting %s in %s", event_id, room_id)
-                continue
-            del self._pending[event_id]
-            room = self.client.rooms.get(room_id)
-            if room is not None:
-                await self._dispatch(room, decrypted)
+        if event.event_id not in self._held:
+            await self._late.hold(room.room_id, event)
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -264,14 +247,6 @@ class DispatchBot:
         if event.sender == self.config.user_id:
             return False
         return not (self._skip_history and self._in_first_sync())
-
-    async def _on_invite(self, room: MatrixRoom, event: InviteMemberEvent) -> None:
-        if event.state_key != self.config.user_id or event.membership != "invite":
-            return
-        if not self.handlers.may_invite(event.sender, room.room_id):
-            log.info("ignoring an invite to %s from %s (not in the directory)", room.room_id, event.sender)
-            return
-        await self.chat.join(room.room_id)
 
     async def _on_reaction(self, room: MatrixRoom, event: ReactionEvent) -> None:
         if commands.is_ack_reaction(event.key) and self._is_new(event):

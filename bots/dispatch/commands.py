@@ -7,22 +7,14 @@ how to write it, so the bot never acts on half a command.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import attrs
 
-USAGE = {
-    "incident": "!incident new <title> [prio:1-3] [units:<a,b>] [loc:<address or geo:lat,lon>]",
-    "assign": "!assign <incident> <unit>",
-    "release": "!release <incident> <unit>",
-    "alert": "!alert <unit|role|@user|incident>[,...] <text> [ack:<minutes>]",
-    "status": "!status",
-    "sitrep": "!sitrep <incident> <text>",
-    "handover": "!handover <@dispatcher>",
-    "close": "!close <incident> [text]",
-    "log": "!log <incident>",
-    "help": "!help",
-    "s": "!s <0-9>",
-}
+from ..common.commands import LETTERS, Handlers, Parser, Spec, Usage, help_text
+
+R = TypeVar("R")
 
 #: German radio status codes (FMS) an officer sends with `!s <code>`
 STATUS_CODES = {
@@ -40,7 +32,6 @@ STATUS_CODES = {
 #: codes that alert the control room at once
 URGENT_CODES = frozenset({0, 5})
 
-_COMMAND = re.compile(r"^!(?P<name>[A-Za-z]+)(?:\s+(?P<rest>.*))?\Z", re.DOTALL)
 _INCIDENT = re.compile(r"^#?(\d{1,9})\Z")
 _GEO = re.compile(r"^geo:(-?\d{1,2}(?:\.\d+)?),(-?\d{1,3}(?:\.\d+)?)(?:;.*)?\Z")
 
@@ -230,42 +221,71 @@ def _alert(rest: str) -> Command | Invalid:
     return Alert(targets=targets, text=parts[1].strip(), ack=ack)
 
 
-def parse_command(body: str) -> Command | Invalid | None:
-    """The command in a message body, ``Invalid`` for a malformed one, None for ordinary text."""
-    match = _COMMAND.match(strip_reply_fallback(body))
-    if match is None:
-        return None
-    name = match.group("name").lower()
-    rest = (match.group("rest") or "").strip()
-    if name == "help":
-        return Help()
-    if name == "status":
-        return Status() if not rest else _invalid("status", "!status takes no arguments.")
-    if name == "incident":
-        return _incident_new(rest)
-    if name in ("assign", "release"):
-        return _unit_command(name, rest)
-    if name == "alert":
-        return _alert(rest)
-    if name in ("sitrep", "close"):
+def _sitrep_or_close(name: str) -> Callable[[str], Command | Invalid]:
+    def parse(rest: str) -> Command | Invalid:
         parsed = _incident_and_rest(name, rest, text_required=name == "sitrep")
         if isinstance(parsed, Invalid):
             return parsed
         return Sitrep(*parsed) if name == "sitrep" else Close(*parsed)
-    if name == "log":
-        parsed = _incident_and_rest(name, rest, text_required=False)
-        if isinstance(parsed, Invalid):
-            return parsed
-        return Log(parsed[0]) if not parsed[1] else _invalid("log", "!log takes only the incident number.")
-    if name == "handover":
-        if len(rest.split()) != 1:
-            return _invalid("handover", "Name exactly one dispatcher.")
-        return Handover(rest)
-    if name == "s":
-        if len(rest) != 1 or not rest.isdigit():
-            return _invalid("s", f"The status is one digit 0-9, not {rest!r}.")
-        return OfficerStatus(int(rest))
-    return Invalid(f"Unknown command !{name}. Send !help for the list of commands.")
+
+    return parse
+
+
+def _log(rest: str) -> Command | Invalid:
+    parsed = _incident_and_rest("log", rest, text_required=False)
+    if isinstance(parsed, Invalid):
+        return parsed
+    return Log(parsed[0]) if not parsed[1] else _invalid("log", "!log takes only the incident number.")
+
+
+def _handover(rest: str) -> Command | Invalid:
+    if len(rest.split()) != 1:
+        return _invalid("handover", "Name exactly one dispatcher.")
+    return Handover(rest)
+
+
+def _status(rest: str) -> Command | Invalid:
+    return Status() if not rest else _invalid("status", "!status takes no arguments.")
+
+
+def _officer_status(rest: str) -> Command | Invalid:
+    if len(rest) != 1 or not rest.isdigit():
+        return _invalid("s", f"The status is one digit 0-9, not {rest!r}.")
+    return OfficerStatus(int(rest))
+
+
+#: every command once: its usage (the help's line) and its parser, in the help's order
+SPECS: tuple[Spec[Command | Invalid], ...] = (
+    Spec(
+        Usage("incident", "!incident new <title> [prio:1-3] [units:<a,b>] [loc:<address or geo:lat,lon>]"),
+        _incident_new,
+    ),
+    Spec(Usage("assign", "!assign <incident> <unit>"), lambda rest: _unit_command("assign", rest)),
+    Spec(Usage("release", "!release <incident> <unit>"), lambda rest: _unit_command("release", rest)),
+    Spec(Usage("alert", "!alert <unit|role|@user|incident>[,...] <text> [ack:<minutes>]"), _alert),
+    Spec(Usage("status", "!status"), _status),
+    Spec(Usage("sitrep", "!sitrep <incident> <text>"), _sitrep_or_close("sitrep")),
+    Spec(Usage("handover", "!handover <@dispatcher>"), _handover),
+    Spec(Usage("close", "!close <incident> [text]"), _sitrep_or_close("close")),
+    Spec(Usage("log", "!log <incident>"), _log),
+    Spec(Usage("help", "!help"), lambda rest: Help()),
+    Spec(Usage("s", "!s <0-9>"), _officer_status),
+)
+PARSER: Parser[Command | Invalid] = Parser(
+    SPECS, lambda name: Invalid(f"Unknown command !{name}. Send !help for the list of commands."), LETTERS
+)
+#: how to write each command, by name
+USAGE = {spec.name: spec.usage.syntax for spec in SPECS}
+
+
+def parse_command(body: str) -> Command | Invalid | None:
+    """The command in a message body, ``Invalid`` for a malformed one, None for ordinary text."""
+    return PARSER.parse(strip_reply_fallback(body))
+
+
+def handlers(table: Mapping[type, Callable[..., R]]) -> Handlers[R]:
+    """The dispatch bot's table from command to handler; every control command needs one."""
+    return Handlers(table, expected=CONTROL_COMMANDS)
 
 
 def is_acknowledgement(body: str) -> bool:
@@ -284,13 +304,13 @@ def is_ack_reaction(key: str) -> bool:
     return key.replace("\ufe0f", "") in _ACK_KEYS
 
 
-HELP = "\n".join(
+HELP = help_text(
+    "Dispatch commands (control room, dispatchers and supervisors):",
+    [usage for usage in PARSER.usages if usage.name not in ("s", "help")] + [PARSER.specs["help"].usage],
     [
-        "Dispatch commands (control room, dispatchers and supervisors):",
-        *(f"  {USAGE[name]}" for name in USAGE if name not in ("s", "help")),
-        "  !help",
         "Officers, in any room with the bot: !s <0-9> sets your radio status "
         "(0 and 5 alert the control room).",
         "Acknowledge an alert with a ✅ reaction or a reply 'ack' / 'quittiert'.",
-    ]
+    ],
+    indent="  ",
 )

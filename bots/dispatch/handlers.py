@@ -16,6 +16,7 @@ board's refresh are here too: the loops in ``bot.py`` only say when.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
@@ -84,6 +85,21 @@ class Handlers:
         self.board_dirty = asyncio.Event()
         self._jobs = asyncio.Lock()
         self._job_failures: dict[str, int] = {}
+        #: each control command's handler, called as ``handler(job, command)``
+        self._handlers = commands.handlers(
+            {
+                Help: self._help,
+                IncidentNew: self._incident_new,
+                Assign: self._assign,
+                Release: self._assign,
+                Alert: self._alert,
+                Status: self._status,
+                Sitrep: self._sitrep,
+                Handover: self._handover,
+                Close: self._close,
+                Log: self._log,
+            }
+        )
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -254,27 +270,19 @@ class Handlers:
         return job
 
     async def _command(self, job: Job, command: Any) -> None:
-        room_id, event_id = job.data["room"], job.event_id
-        if isinstance(command, Help):
-            self._apply(job, lambda: self.chat.answer(room_id, event_id, commands.HELP))
-        elif isinstance(command, IncidentNew):
-            await self._incident_new(job, command)
-        elif isinstance(command, Assign | Release):
-            await self._assign(job, command)
-        elif isinstance(command, Alert):
-            await self._alert(job, command)
-        elif isinstance(command, Status):
-            self._apply(job, lambda: self.chat.queue(room_id, self._board_content(), after=AFTER_BOARD))
-        elif isinstance(command, Sitrep):
-            self._sitrep(job, command)
-        elif isinstance(command, Handover):
-            await self._handover(job, command)
-        elif isinstance(command, Close):
-            await self._close(job, command)
-        elif isinstance(command, Log):
-            await self._log(job, command)
-        else:  # not a command any more (a job of a later version): nothing to do
+        if self._handlers.handler(command) is None:
+            # not a command any more (a job of a later version): nothing to do
             self.state.finish(job)
+            return
+        done = self._handlers(command, job)
+        if inspect.isawaitable(done):
+            await done
+
+    def _help(self, job: Job, command: Help) -> None:
+        self._apply(job, lambda: self.chat.answer(job.data["room"], job.event_id, commands.HELP))
+
+    def _status(self, job: Job, command: Status) -> None:
+        self._apply(job, lambda: self.chat.queue(job.data["room"], self._board_content(), after=AFTER_BOARD))
 
     # -- commands ---------------------------------------------------------------------------------
 

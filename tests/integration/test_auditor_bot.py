@@ -295,9 +295,13 @@ async def test_auditor_bot_archives_searches_and_survives_restart(hs, bot_setup,
         assert canary not in at_rest
 
 
-def verify_export_cli(path: Path) -> int:
+def verify_export_cli(path: Path, signing_key: Path) -> int:
+    """``police-audit verify-export`` trusting the bot's key (by fingerprint, as a config pins it)."""
+    from bots.auditor.export import key_fingerprint, load_signing_key
+
+    fingerprint = key_fingerprint(load_signing_key(signing_key).public_key())
     return subprocess.run(
-        [sys.executable, "-m", "bots.auditor.cli", "verify-export", str(path)],
+        [sys.executable, "-m", "bots.auditor.cli", "verify-export", str(path), "--fingerprint", fingerprint],
         cwd=REPO,
         env=repo_env(),
         capture_output=True,
@@ -398,7 +402,7 @@ async def test_four_eyes_export_is_delivered_encrypted_and_verifies(export_hs, e
         (stored,) = messages[1]["attachments"]
         assert archive.read(stored["path"]) == report
         members = {info.filename: archive.read(info) for info in archive.infolist()}
-    assert verify_export_cli(exported) == 0
+    assert verify_export_cli(exported, directory / "export-signing-key.pem") == 0
 
     data = bytearray(members["messages.json"])
     data[len(data) // 2] ^= 0x01
@@ -409,7 +413,7 @@ async def test_four_eyes_export_is_delivered_encrypted_and_verifies(export_hs, e
         for name, content in members.items():
             out.writestr(name, content)
     tampered.write_bytes(buffer.getvalue())
-    assert verify_export_cli(tampered) == 1
+    assert verify_export_cli(tampered, directory / "export-signing-key.pem") == 1
 
     with ConsultationLog(directory / "consultations.sqlite", read_only=True) as log:
         assert log.verify().ok
@@ -646,9 +650,9 @@ async def test_a_message_its_sender_deleted_stays_in_the_archive_marked_redacted
     assert kept.redacted_at is not None and abs(kept.redacted_at - deleted_at) < 10_000
 
 
-def verify_log_cli(path: Path) -> subprocess.CompletedProcess[str]:
+def verify_log_cli(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bots.auditor.cli", "verify-log", str(path)],
+        [sys.executable, "-m", "bots.auditor.cli", "verify-log", str(path), *options],
         cwd=REPO,
         env=repo_env(),
         capture_output=True,
@@ -665,6 +669,18 @@ def test_the_bots_consultation_log_fails_verification_after_an_entry_is_edited(b
         pytest.skip("the log is written by the earlier tests of this module; run them together")
     checked = verify_log_cli(log_file)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # the bot signed the log's head off to the heads file at each start
+    from bots.auditor.export import key_fingerprint, load_signing_key
+
+    key = load_signing_key(directory / "export-signing-key.pem")
+    heads = (
+        "--heads",
+        str(directory / "chain-heads.jsonl"),
+        "--fingerprint",
+        key_fingerprint(key.public_key()),
+    )
+    checked = verify_log_cli(log_file, *heads)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     # someone with write access to the file covers their tracks: the trigger is no obstacle
     with contextlib.closing(sqlite3.connect(log_file)) as db:
         db.execute("DROP TRIGGER consultations_append_only")
@@ -675,6 +691,7 @@ def test_the_bots_consultation_log_fails_verification_after_an_entry_is_edited(b
     checked = verify_log_cli(log_file)
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert f"FAILED at entry {seq}" in checked.stderr
+    assert verify_log_cli(log_file, *heads).returncode == 1
 
 
 async def test_the_archive_purges_what_is_older_than_the_audit_lifetime(hs, bot_setup, tmp_path):

@@ -350,9 +350,10 @@ def test_a_second_auditor_approves_and_the_bundle_verifies(runner, tmp_path):
     assert entry.result_count == 16
     again = runner.handle("@rev2:x.test", f"!approve {request_id}", "!dm-rev2:x.test")
     assert "closed" in again.body and again.delivery is None
-    # a failed delivery opens it again
+    # a failed delivery leaves it approved, to be delivered at the next attempt
     runner.delivery_failed(delivery)
-    assert runner.exports.get(request_id).status == "pending"
+    assert runner.exports.get(request_id).status == "approved"
+    assert [job.request.request_id for job in runner.undelivered()] == [request_id]
 
 
 def test_deny_ends_a_request(runner):

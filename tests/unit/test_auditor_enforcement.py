@@ -1,4 +1,4 @@
-"""Enforcing the media rules survives failures and crashes (``AuditorBot._enforce``): an archived
+"""Enforcing the media rules survives failures and crashes (``Enforcer.enforce``): an archived
 violation stays due until its redaction (and quarantine, with an admin token) went through, and
 the sender is told once. The archive is real; the homeserver's answers are scripted."""
 
@@ -44,7 +44,7 @@ class Homeserver:
     async def send(self, room_id: str, content: dict[str, Any], *, check: bool = False) -> None:
         self.notices.append(content["body"])
 
-    def quarantine(self, mxc: str) -> None:
+    async def quarantine(self, mxc: str) -> None:
         if self.quarantine_fails:
             raise OSError("connection refused")
         self.quarantined.append(mxc)
@@ -61,7 +61,7 @@ def bot(tmp_path: Path, server: Homeserver, monkeypatch: pytest.MonkeyPatch) -> 
     bot = AuditorBot(parse_config(raw_config(tmp_path, admin_token_file="admin-token"), tmp_path))
     monkeypatch.setattr(bot.client, "room_redact", server.room_redact)
     monkeypatch.setattr(bot, "send", server.send)
-    monkeypatch.setattr(bot, "_quarantine", server.quarantine)
+    monkeypatch.setattr(bot.media, "quarantine", server.quarantine)
     monkeypatch.setattr(bot.archive, "_clock", lambda: NOW)
     try:
         yield bot
@@ -97,7 +97,7 @@ async def test_a_violation_left_unenforced_by_a_crash_is_enforced_after_the_next
     bot: AuditorBot, server: Homeserver
 ) -> None:
     archive_violation(bot)
-    await bot._enforce_due()
+    await bot.enforcer.enforce_due()
     assert server.redactions == ["$exe"]
     assert server.quarantined == ["mxc://x.test/file", "mxc://x.test/thumb"]
     (notice,) = server.notices
@@ -106,7 +106,7 @@ async def test_a_violation_left_unenforced_by_a_crash_is_enforced_after_the_next
         "Its content is `application/x-executable`, a type not allowed here."
     )
     assert bot.archive.enforcement("$exe") is None
-    await bot._enforce_due()
+    await bot.enforcer.enforce_due()
     assert server.redactions == ["$exe"] and len(server.notices) == 1
 
 
@@ -116,7 +116,7 @@ async def test_a_message_redacted_before_the_crash_is_only_quarantined_and_nobod
     archive_violation(bot)
     # the bot's redaction went out, then the kill; the replayed sync brought the redaction event
     bot.archive.mark_redacted("$exe", NOW - 500, "@auditor:x.test")
-    await bot._enforce_due()
+    await bot.enforcer.enforce_due()
     assert server.redactions == [] and server.notices == []
     assert len(server.quarantined) == 2
     assert bot.archive.enforcement("$exe") is None
@@ -128,21 +128,21 @@ async def test_a_failed_redaction_is_retried_after_the_back_off_and_told_once(
     archive_violation(bot)
     server.redact_answers = [RoomRedactError("rate limited", "M_LIMIT_EXCEEDED"), OSError("unreachable")]
     with caplog.at_level(logging.INFO, "bots.auditor"):
-        await bot._enforce_due()
+        await bot.enforcer.enforce_due()
         (notice,) = server.notices
         assert "removing it failed" in notice
         pending = bot.archive.enforcement("$exe")
         assert pending is not None and pending.notified and pending.attempts == 1
-        await bot._enforce_due()  # within the back-off: not yet
+        await bot.enforcer.enforce_due()  # within the back-off: not yet
         assert server.redactions == ["$exe"]
 
         later(bot, monkeypatch, archive_module.RETRY_FIRST_MS)
-        await bot._enforce_due()  # the network is down: still not lost
+        await bot.enforcer.enforce_due()  # the network is down: still not lost
         assert server.redactions == ["$exe"] * 2
         assert bot.archive.enforcement("$exe").attempts == 2
 
         later(bot, monkeypatch, 3 * archive_module.RETRY_FIRST_MS)
-        await bot._enforce_due()
+        await bot.enforcer.enforce_due()
     assert server.redactions == ["$exe"] * 3
     assert len(server.notices) == 1, "the sender was told at the first attempt"
     assert bot.archive.enforcement("$exe") is None
@@ -154,15 +154,15 @@ async def test_a_failed_quarantine_is_retried_without_a_second_redaction_or_noti
 ) -> None:
     archive_violation(bot)
     server.quarantine_fails = True
-    await bot._enforce_due()
+    await bot.enforcer.enforce_due()
     (notice,) = server.notices
     assert "Quarantining its copy on the server failed and is tried again." in notice
-    assert bot.archive.enforcement("$exe") is not None and bot.quarantine_failures == 2
+    assert bot.archive.enforcement("$exe") is not None and bot.enforcer.quarantine_failures == 2
     # the bot's redaction arrives with the next sync
     bot.archive.mark_redacted("$exe", NOW, "@auditor:x.test")
     server.quarantine_fails = False
     later(bot, monkeypatch, archive_module.RETRY_FIRST_MS)
-    await bot._enforce_due()
+    await bot.enforcer.enforce_due()
     assert server.redactions == ["$exe"] and len(server.notices) == 1
     assert len(server.quarantined) == 2
     assert bot.archive.enforcement("$exe") is None

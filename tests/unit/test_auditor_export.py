@@ -17,9 +17,12 @@ from bots.auditor.cli import main
 from bots.auditor.export import (
     ExportRequest,
     ExportUnreadable,
+    SigningKeyError,
     build_export,
     generate_signing_key,
+    key_fingerprint,
     load_signing_key,
+    open_signing_key,
     public_key_pem,
     verify_export,
     write_export,
@@ -250,8 +253,9 @@ def test_cli_verify_export_exit_codes(
 ) -> None:
     assert main(["verify-export", str(bundle), "--public-key", str(trusted_pem)]) == 0
     assert "signed by the trusted key" in capsys.readouterr().out
-    assert main(["verify-export", str(bundle)]) == 0
-    assert "--public-key" in capsys.readouterr().out
+    # no trusted key (and no config pinning one): the check fails, it does not shrug
+    assert main(["verify-export", str(bundle), "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "no trusted signing key" in capsys.readouterr().err
 
     rewrite(bundle, lambda files: flip_byte(files, "messages.json"))
     assert main(["verify-export", str(bundle), "--public-key", str(trusted_pem)]) == 1
@@ -266,3 +270,80 @@ def test_cli_verify_export_exit_codes(
     assert main(["verify-export", str(bundle), "--public-key", str(tmp_path / "missing.pem")]) == 2
     assert main(["verify-export", str(bundle), "--public-key", str(not_zip)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+# -- the signing key kept apart, its fingerprint pinned (issue 19) -------------------------------
+
+PASSWORD = bytes(range(100, 132))
+
+
+def test_the_signing_key_is_encrypted_with_its_own_key(tmp_path: Path) -> None:
+    path = tmp_path / "signing.pem"
+    key = open_signing_key(path, PASSWORD)
+    assert b"ENCRYPTED PRIVATE KEY" in path.read_bytes()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert public_key_pem(open_signing_key(path, PASSWORD)) == public_key_pem(key)
+    with pytest.raises(SigningKeyError, match="encrypted; give its key"):
+        load_signing_key(path)
+    with pytest.raises(SigningKeyError, match="cannot read"):
+        load_signing_key(path, bytes(32))
+
+
+def test_an_unencrypted_key_of_an_earlier_version_is_encrypted_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "signing.pem"
+    key = generate_signing_key(path)
+    assert b"ENCRYPTED" not in path.read_bytes()
+    assert public_key_pem(load_signing_key(path, PASSWORD)) == public_key_pem(key)
+    assert b"ENCRYPTED PRIVATE KEY" in path.read_bytes()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_swapped_key_file_is_refused_against_the_pin(tmp_path: Path) -> None:
+    path = tmp_path / "signing.pem"
+    pinned = key_fingerprint(open_signing_key(path, PASSWORD).public_key())
+    assert open_signing_key(path, PASSWORD, pinned)
+    path.unlink()
+    generate_signing_key(path, PASSWORD)  # someone's own key in its place
+    with pytest.raises(SigningKeyError, match="the key file was replaced"):
+        open_signing_key(path, PASSWORD, pinned)
+    path.unlink()
+    with pytest.raises(SigningKeyError, match="restore the key"):
+        open_signing_key(path, PASSWORD, pinned)
+
+
+def test_verify_export_trusts_the_fingerprint_pinned_in_the_config(
+    bundle: Path, key: Ed25519PrivateKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "auditor.yaml"
+    config.write_text(f"signing_key_fingerprint: {key_fingerprint(key.public_key())}\n")
+    assert main(["verify-export", str(bundle), "--config", str(config)]) == 0
+    assert "pinned in" in capsys.readouterr().out
+    assert main(["verify-export", str(bundle), "--fingerprint", key_fingerprint(key.public_key())]) == 0
+
+
+def test_a_bundle_re_signed_with_another_key_fails_every_trust_source(
+    bundle: Path,
+    key: Ed25519PrivateKey,
+    trusted_pem: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    forger = Ed25519PrivateKey.generate()
+
+    def resign(files: dict[str, bytes]) -> None:
+        manifest = json.loads(files["manifest.json"])
+        manifest["signing_key"]["public_key_pem"] = public_key_pem(forger)
+        manifest["signing_key"]["fingerprint"] = key_fingerprint(forger.public_key())
+        files["manifest.json"] = json.dumps(manifest).encode()
+        files["manifest.sig"] = forger.sign(files["manifest.json"])
+
+    rewrite(bundle, resign)
+    assert verify_export(bundle).signature == "embedded"  # consistent in itself
+    config = tmp_path / "auditor.yaml"
+    config.write_text(f"signing_key_fingerprint: {key_fingerprint(key.public_key())}\n")
+    assert main(["verify-export", str(bundle), "--public-key", str(trusted_pem)]) == 1
+    assert main(["verify-export", str(bundle), "--config", str(config)]) == 1
+    assert "not by the pinned key" in capsys.readouterr().out
+    monkeypatch.setenv("POLICE_AUDIT_CONFIG", str(config))
+    assert main(["verify-export", str(bundle)]) == 1

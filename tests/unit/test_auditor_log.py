@@ -11,16 +11,30 @@ from pathlib import Path
 
 import attrs
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from bots.auditor.chain_heads import (
+    append_head,
+    check_heads,
+    head_notice,
+    parse_heads,
+    read_heads,
+    signed_head,
+)
 from bots.auditor.cli import main
 from bots.auditor.consultation_log import (
     GENESIS_HASH,
     Action,
     ChainBroken,
     ConsultationLog,
+    Entry,
+    LogKeyError,
     Problem,
     expires_at,
 )
+from bots.auditor.export import key_fingerprint
 
 AUDITOR = "@auditor1:police.test"
 
@@ -231,6 +245,7 @@ def test_purge_by_the_year_rule_keeps_the_chain_verifiable(db: Path) -> None:
             add(log)
 
         assert log.purge_expired(datetime(2027, 12, 31, 23, 59, 59, tzinfo=UTC)) == 0
+        clock.now_ms = ms(2028, 1, 1)
         assert log.purge_expired(datetime(2028, 1, 1, tzinfo=UTC)) == 2
 
         assert [entry.seq for entry in log.entries()] == [3, 4]
@@ -242,6 +257,7 @@ def test_purge_by_the_year_rule_keeps_the_chain_verifiable(db: Path) -> None:
 
     # Everything purged: the checkpoint is the head, appending continues the chain.
     with ConsultationLog(db, clock=clock) as log:
+        clock.now_ms = ms(2030, 1, 1)
         assert log.purge_expired(datetime(2030, 1, 1, tzinfo=UTC)) == 3
         assert log.entries() == []
         assert log.verify().ok
@@ -325,17 +341,226 @@ def test_a_command_is_claimed_once(db: Path) -> None:
         assert log.verify().ok
 
 
-def test_a_version_1_log_gains_the_claims_and_keeps_verifying(db: Path) -> None:
-    with ConsultationLog(db) as log:
-        add(log, 3)
+def legacy_log(db: Path, entries: int, *, version: int = 1) -> None:
+    """A log as version 1 (or 2) of this code wrote it: no sealed queries, no entry times chained."""
+    from bots.auditor import consultation_log as module
+
     with sqlite3.connect(db) as raw:
-        raw.execute("DROP TABLE answered_commands")
-        raw.execute("PRAGMA user_version = 1")
+        raw.executescript(module._SCHEMA)
+        if version == 1:
+            raw.execute("DROP TABLE answered_commands")
+        prev = module.GENESIS_HASH
+        for seq in range(1, entries + 1):
+            entry = Entry(
+                seq, ms(2026, 3, seq), AUDITOR, "search", None, "r", AUDITOR, '{"q":"x"}', 1, prev, ""
+            )
+            entry = attrs.evolve(entry, entry_hash=entry.computed_hash())
+            raw.execute(
+                "INSERT INTO consultations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                attrs.astuple(entry)[:11],
+            )
+            prev = entry.entry_hash
+        raw.execute("UPDATE consultation_chain SET head_seq = ?, head_hash = ?", (entries, prev))
+        raw.execute(f"PRAGMA user_version = {version}")
+
+
+def test_a_version_1_log_gains_the_claims_and_keeps_verifying(db: Path) -> None:
+    legacy_log(db, 3)
     with ConsultationLog(db, read_only=True) as log:
         assert log.verify().ok, "verify-log reads a version 1 file as it is"
     with ConsultationLog(db) as log:
         assert log.claim_command("$cmd1")
         assert log.verify().ok
         assert len(log.entries()) == 3
+        add(log)
+        assert log.verify().ok
     (version,) = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()
-    assert version == 2
+    assert version == 3
+
+
+# -- sealed queries, the checkpoint held to the retention rule, exported heads (issue 19) ---------
+
+LOG_KEY = bytes(range(32))
+
+
+def test_queries_are_sealed_and_the_chain_verifies_without_the_key(db: Path) -> None:
+    with ConsultationLog(db, key=LOG_KEY, clock=Clock(ms(2026, 3, 5))) as log:
+        add(log, 2)
+        entry = log.entries()[0]
+        assert json.loads(entry.query) == {"room": "!r:police.test", "text": "Übergabe"}
+    at_rest = b"".join(path.read_bytes() for path in db.parent.iterdir() if path.is_file())
+    assert "Übergabe".encode() not in at_rest and b"!r:police.test" not in at_rest
+    with ConsultationLog(db, read_only=True) as log:
+        assert log.verify().ok
+        assert log.entries()[0].query.startswith("sealed:")
+    with pytest.raises(LogKeyError, match="does not match"):
+        ConsultationLog(db, key=bytes(32))
+
+
+def test_a_sealed_query_moved_to_another_entry_does_not_open(db: Path) -> None:
+    with ConsultationLog(db, key=LOG_KEY) as log:
+        add(log, 2, query={"text": "eins"})
+        first, second = (log.entry(1), log.entry(2))
+        assert first is not None and second is not None
+        with pytest.raises(LogKeyError, match="altered"):
+            log.open_query(attrs.evolve(second, query=first.query))
+
+
+def moved_checkpoint(db: Path, anchor_seq: int, anchor_time: int | None, delete_up_to: int) -> None:
+    """What the log's own triggers allow: the checkpoint forward, the entries behind it deleted."""
+    with sqlite3.connect(db) as raw:
+        hash_ = raw.execute("SELECT entry_hash FROM consultations WHERE seq = ?", (anchor_seq,)).fetchone()[0]
+        raw.execute(
+            "UPDATE consultation_chain SET anchor_seq = ?, anchor_hash = ?, anchor_time_ms = ?",
+            (anchor_seq, hash_, anchor_time),
+        )
+        raw.execute("DELETE FROM consultations WHERE seq <= ?", (delete_up_to,))
+
+
+@pytest.mark.parametrize("keep_after", [True, False])
+def test_a_checkpoint_moved_forward_to_delete_entries_is_detected(db: Path, keep_after: bool) -> None:
+    clock = Clock(ms(2026, 3, 5))
+    with ConsultationLog(db, clock=clock) as log:
+        add(log, 5)
+        made = log.entry(3).time_ms if keep_after else log.entry(5).time_ms  # type: ignore[union-attr]
+    anchor = 3 if keep_after else 5
+    moved_checkpoint(db, anchor, made, anchor)
+    with ConsultationLog(db, read_only=True, clock=clock) as log:
+        result = log.verify()
+        assert (result.ok, result.problem, result.broken_seq) == (False, Problem.CHECKPOINT, anchor)
+        assert "before their retention ended" in result.detail
+        # once the retention rule allows it, the same checkpoint is a lawful purge
+        assert log.verify(now_ms=ms(2028, 1, 1)).ok
+
+
+def test_a_checkpoint_with_a_forged_time_is_caught_by_the_entry_after_it(db: Path) -> None:
+    clock = Clock(ms(2026, 3, 5))
+    with ConsultationLog(db, clock=clock) as log:
+        add(log, 5)
+    moved_checkpoint(db, 3, ms(2020, 1, 1), 3)
+    with ConsultationLog(db, read_only=True, clock=clock) as log:
+        result = log.verify()
+        assert (result.ok, result.problem) == (False, Problem.CHECKPOINT)
+        assert "does not match" in result.detail
+
+
+def test_the_log_refuses_a_checkpoint_without_its_time(db: Path) -> None:
+    with ConsultationLog(db) as log:
+        add(log, 2)
+    with sqlite3.connect(db) as raw, pytest.raises(sqlite3.IntegrityError, match="checkpoint moves"):
+        raw.execute("UPDATE consultation_chain SET anchor_seq = 2")
+
+
+def heads_file(tmp_path: Path, log: ConsultationLog, key: Ed25519PrivateKey, now: int) -> Path:
+    path = tmp_path / "chain-heads.jsonl"
+    append_head(path, signed_head(log, key, now))
+    return path
+
+
+def test_exported_heads_catch_a_rebuilt_or_shortened_chain(db: Path, tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    fingerprint = key_fingerprint(key.public_key())
+    clock = Clock(ms(2026, 3, 5))
+    with ConsultationLog(db, clock=clock) as log:
+        add(log, 3)
+        heads = heads_file(tmp_path, log, key, clock())
+        add(log, 2)
+        append_head(heads, signed_head(log, key, clock()))
+        parsed, problems = parse_heads(read_heads(heads), fingerprint)
+        assert problems == [] and [head.seq for head in parsed] == [3, 5]
+        assert check_heads(log, parsed, clock()) == []
+    # deleting the newest entries and winding the head back: consistent in itself
+    tamper(
+        db,
+        "DROP TRIGGER consultation_chain_forward",
+        "DELETE FROM consultations WHERE seq > 3",
+        "UPDATE consultation_chain SET head_seq = 3, head_hash = "
+        "(SELECT entry_hash FROM consultations WHERE seq = 3)",
+    )
+    with ConsultationLog(db, read_only=True, clock=clock) as log:
+        assert log.verify().ok
+        parsed, _ = parse_heads(read_heads(heads), fingerprint)
+        assert any("log ends at entry 3" in problem for problem in check_heads(log, parsed, clock()))
+
+
+def test_exported_heads_catch_everything_purged_under_a_forged_checkpoint_time(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    fingerprint = key_fingerprint(key.public_key())
+    clock = Clock(ms(2026, 3, 5))
+    with ConsultationLog(db, clock=clock) as log:
+        add(log, 3)
+        heads = heads_file(tmp_path, log, key, clock())
+        made = log.entry(3).time_ms  # type: ignore[union-attr]
+    assert main(["verify-log", str(db), "--heads", str(heads), "--fingerprint", fingerprint]) == 0
+    assert "agree with the log" in capsys.readouterr().out
+    moved_checkpoint(db, 3, ms(2020, 1, 1), 3)  # nothing left after it to contradict the time
+    with ConsultationLog(db, read_only=True, clock=clock) as log:
+        assert log.verify().ok
+        parsed, _ = parse_heads(read_heads(heads), fingerprint)
+        (problem,) = check_heads(log, parsed, clock())
+        assert "deleted before its retention ended" in problem
+        assert check_heads(log, parsed, expires_at_ms(made)) == []
+    assert main(["verify-log", str(db), "--heads", str(heads), "--fingerprint", fingerprint]) == 1
+    assert "retention ended" in capsys.readouterr().out
+
+
+def expires_at_ms(time_ms: int) -> int:
+    return int(expires_at(time_ms).timestamp() * 1000)
+
+
+def test_heads_signed_by_another_key_or_altered_do_not_count(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    with ConsultationLog(db) as log:
+        add(log, 2)
+        heads = heads_file(tmp_path, log, other, 1)
+        line = signed_head(log, key, 1)
+    altered = line.replace('"seq":2', '"seq":1')
+    parsed, problems = parse_heads(
+        [read_heads(heads)[0], altered, "", "prose", "{not json"], key_fingerprint(key.public_key())
+    )
+    assert parsed == []
+    assert [p.split(": ", 1)[1][:14] for p in problems] == [
+        "signed by key ",
+        "the signature ",
+        "not a chain he",
+    ]
+    # without a trusted key there is no check of the heads: it fails
+    assert main(["verify-log", str(db), "--heads", str(heads), "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "no trusted signing key" in capsys.readouterr().err
+
+
+def test_head_notice_carries_the_signed_line(db: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    with ConsultationLog(db) as log:
+        add(log)
+        line = signed_head(log, key, ms(2026, 3, 5))
+    notice = head_notice(line)
+    assert "entry 1" in notice
+    parsed, problems = parse_heads(notice.splitlines(), key_fingerprint(key.public_key()))
+    assert problems == [] and parsed[0].seq == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(max_size=300) | st.builds(json.dumps, st.dictionaries(st.text(max_size=12), st.integers())),
+        max_size=5,
+    )
+)
+def test_any_heads_file_gives_problems_never_an_exception(lines: list[str]) -> None:
+    parsed, problems = parse_heads(lines, "0" * 64)
+    assert parsed == [] and len(problems) <= len(lines)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.dictionaries(st.text(max_size=20), st.text(max_size=40) | st.integers(), max_size=4))
+def test_any_query_round_trips_sealed(tmp_path_factory: pytest.TempPathFactory, query: dict) -> None:
+    path = tmp_path_factory.mktemp("log") / "log.sqlite"
+    with ConsultationLog(path, key=LOG_KEY) as log:
+        add(log, query=query)
+        assert json.loads(log.entries()[0].query) == query
+        assert log.verify().ok

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nio import AsyncClient, MatrixRoom, RoomMessageText, SyncResponse
 
+from bots.auditor.archive import Archive
 from bots.auditor.bot import AuditorBot
 from bots.auditor.config import parse_config
+from bots.auditor.enforcement import Enforcer
+from bots.auditor.ingest import Ingest
 from bots.common.config import Account
+from bots.common.media_api import MediaApi
 from bots.common.session import Session, StoreSyncTokens
 from tests.unit.test_auditor_commands import _raw as raw_config
 
@@ -166,3 +171,172 @@ def test_the_auditor_keeps_its_token_where_nio_kept_it(tmp_path: Path) -> None:
         bot.archive.close()
         bot.consultations.close()
         bot.exports.close()
+
+
+# -- archiving a response (``bots/auditor/ingest.py``) ------------------------------------------
+
+
+def auditor_ingest(tmp_path: Path) -> tuple[Session, ScriptedClient, StoreSyncTokens, Ingest, Archive]:
+    """The auditor's archiving on a scripted client and a real archive."""
+    from bots.auditor.bot import open_archive
+
+    config = parse_config(raw_config(tmp_path), tmp_path)
+    session, client, tokens = new_session(tmp_path / "store")
+    archive = open_archive(config)
+
+    async def send(*_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    enforcer = Enforcer(client, archive, config, MediaApi(client), send)
+    return session, client, tokens, Ingest(session, archive, config, enforcer), archive
+
+
+def raw_event(event_id: str, **fields: Any) -> dict[str, Any]:
+    event = {
+        "type": "m.room.message",
+        "event_id": event_id,
+        "sender": "@alice:x.test",
+        "origin_server_ts": 1_700_000_000_000,
+        "content": {"msgtype": "m.text", "body": "secret words"},
+    }
+    event.update(fields)
+    return event
+
+
+def sync_with(next_batch: str, *events: dict[str, Any]) -> dict[str, Any]:
+    timeline = {"events": list(events), "limited": False, "prev_batch": f"before-{next_batch}"}
+    return {
+        "next_batch": next_batch,
+        "rooms": {"join": {ROOM: {"timeline": timeline, "state": {"events": []}}}},
+    }
+
+
+async def test_malformed_events_are_counted_and_the_rest_of_the_response_archived(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    session, client, tokens, ingest, archive = auditor_ingest(tmp_path)
+    client.script = [
+        sync_with(
+            "t2",
+            raw_event("$future", origin_server_ts=2**47),
+            raw_event("$typed", content={"msgtype": 7, "body": ["secret words"]}),
+            raw_event("$numbers", origin_server_ts=-5),
+            raw_event("$good"),
+            raw_event(
+                "$poll", type="org.matrix.msc3381.poll.start", content={"org.matrix.msc3381.poll.start": 3}
+            ),
+        )
+    ]
+
+    async def after_sync(response: SyncResponse) -> None:
+        await ingest.handle(response)
+        session.stop()
+
+    with caplog.at_level(logging.DEBUG, "bots.auditor"):
+        await asyncio.wait_for(session.sync_forever(tokens, after_sync, nothing), 10)
+    await client.close()
+    try:
+        assert archive.get("$good") is not None and archive.get("$typed") is not None
+        assert archive.get("$poll") is not None
+        assert archive.get("$future") is None and archive.get("$numbers") is None
+        assert ingest.malformed_events == 2
+        assert tokens.load() == "t2"
+        assert "$future" in caplog.text and "secret" not in caplog.text
+    finally:
+        archive.close()
+
+
+async def test_a_failing_archive_holds_the_response_until_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, client, tokens, ingest, archive = auditor_ingest(tmp_path)
+    tokens.save("t1")
+    client.script = [sync_with("t2", raw_event("$one"), raw_event("$two"))]
+    add = archive.add
+    failures = [sqlite3.OperationalError("database or disk is full")] * 3
+
+    def full_disk(message: Any) -> bool:
+        if failures:
+            raise failures.pop()
+        return add(message)
+
+    monkeypatch.setattr(archive, "add", full_disk)
+    monkeypatch.setattr("bots.auditor.ingest.MAX_WRITE_BACKOFF_S", 0.01)
+    seen_failing: list[int | None] = []
+
+    async def sleep(seconds: float) -> None:
+        seen_failing.append(ingest.failing_since)
+        assert tokens.load() == "t1", "the token moved on while the archive failed"
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(session, "sleep", sleep)
+
+    async def after_sync(response: SyncResponse) -> None:
+        await ingest.handle(response)
+        session.stop()
+
+    await asyncio.wait_for(session.sync_forever(tokens, after_sync, nothing), 10)
+    await client.close()
+    try:
+        assert len(seen_failing) == 3 and all(seen_failing)
+        assert ingest.failing_since is None and ingest.failure is None
+        assert archive.get("$one") is not None and archive.get("$two") is not None
+        assert tokens.load() == "t2"
+    finally:
+        archive.close()
+
+
+async def test_a_stop_while_the_archive_fails_leaves_the_response_for_the_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, client, tokens, ingest, archive = auditor_ingest(tmp_path)
+    tokens.save("t1")
+    client.script = [sync_with("t2", raw_event("$one"))]
+
+    def full_disk(message: Any) -> bool:
+        session.stop()  # SIGTERM while the disk is full
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(archive, "add", full_disk)
+    await asyncio.wait_for(session.sync_forever(tokens, ingest.handle, nothing), 10)
+    await client.close()
+    try:
+        assert tokens.load() == "t1"
+        assert ingest.failure == "OperationalError: database or disk is full"
+    finally:
+        archive.close()
+
+
+async def test_each_event_sees_the_ones_before_it_archived(tmp_path: Path) -> None:
+    """A command answered in the same response as a message (or its redaction) finds it."""
+    session, client, tokens, ingest, archive = auditor_ingest(tmp_path)
+    redaction = {
+        "type": "m.room.redaction",
+        "event_id": "$redaction",
+        "sender": "@alice:x.test",
+        "origin_server_ts": 1_700_000_000_001,
+        "redacts": "$said",
+        "content": {},
+    }
+    client.script = [sync_with("t2", raw_event("$said"), redaction, raw_event("$command"))]
+    seen: dict[str, bool] = {}
+
+    async def before(room_id: str, event: Any) -> None:
+        said = archive.get("$said")
+        seen[event.event_id] = said is not None and said.redacted
+        if event.event_id == "$command":
+            raise RuntimeError("the command failed")  # logged; the event is still archived
+
+    ingest.before = before
+
+    async def after_sync(response: SyncResponse) -> None:
+        await ingest.handle(response)
+        session.stop()
+
+    await asyncio.wait_for(session.sync_forever(tokens, after_sync, nothing), 10)
+    await client.close()
+    try:
+        assert seen == {"$said": False, "$redaction": False, "$command": True}
+        assert archive.get("$command") is not None
+    finally:
+        archive.close()
