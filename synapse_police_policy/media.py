@@ -37,7 +37,7 @@ ALIASES: Mapping[str, str] = {
 #: chance of 2**-32 or less. libmagic names about 1.3% of random buffers after
 #: shorter or looser signatures: application/x-dosexec, audio/mpeg, zlib, but
 #: also application/postscript ("%!"), application/x-object ("8086
-#: relocatable", one byte) or text/PGP (measured, README). In bytes that pass
+#: relocatable", one byte) or text/PGP (measured, docs/policy.md). In bytes that pass
 #: the randomness test, only these types are believed (``filetype.py``).
 STRONG_SIGNATURES = frozenset(
     {

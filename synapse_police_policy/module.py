@@ -58,7 +58,7 @@ SpamAnswer = Literal["NOT_SPAM"] | tuple[Codes, dict[str, str]]
 
 
 class PolicePolicy:
-    """Loaded through Synapse's ``modules:`` list (see README)."""
+    """Loaded through Synapse's ``modules:`` list (see docs/policy.md, "Loading the module")."""
 
     def __init__(self, config: PolicyConfig, api: ModuleApi) -> None:
         self._config = config

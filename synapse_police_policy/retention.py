@@ -2,7 +2,7 @@
 carries, and which changes to it are refused.
 
 A room announces the device tier in ``m.room.retention`` (Synapse hides older
-events from clients and purges at the audit tier, see README), and the
+events from clients and purges at the audit tier, see docs/policy.md), and the
 system user holds the power to redact there, which the sweep
 (``retention_sweep.py``) uses once content passes the device tier.
 """

@@ -2,7 +2,7 @@
 the server keeps in clear, read from the database on the server host (the
 same figures as the module's metrics, without needing the metrics listener),
 so an operator or a data-protection officer sees every category of the
-README's inventory with its count and the age of its oldest item."""
+inventory in docs/policy.md with its count and the age of its oldest item."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ _CURRENT = "FROM current_state_events AS c JOIN events AS e ON e.event_id = c.ev
 
 def _inventory(server_name: str) -> list[tuple[str, str, tuple[Any, ...], str]]:
     """(label, query giving (count, oldest arrival or None), its parameters,
-    why it stays); the README's inventory in the same order."""
+    why it stays); the inventory in docs/policy.md in the same order."""
     return [
         (
             "room names and topics",
