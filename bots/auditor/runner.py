@@ -481,19 +481,12 @@ class CommandRunner:
             ):
                 self.abandon(job)
                 return Reply.text(f"Export request {request.request_id} was closed meanwhile.")
-            self.log.append(
-                auditor=approver,
-                action=Action.EXPORT_APPROVE,
-                case_ref=request.case_ref,
-                reason=request.reason,
-                recipient=request.requested_by,
-                query={
-                    "request_id": request.request_id,
-                    "room": request.room_id,
-                    "from_ms": job.from_ms,
-                    "to_ms": request.to_ms,
-                    "requested_by": request.requested_by,
-                },
+            self._log_step(
+                request,
+                Action.EXPORT_APPROVE,
+                approver,
+                request.requested_by,
+                {"from_ms": job.from_ms, "to_ms": request.to_ms, "requested_by": request.requested_by},
                 result_count=built.message_count,
             )
             testhook.reached("approved")
@@ -517,6 +510,29 @@ class CommandRunner:
             f"Approved {request.request_id}: {count} from {request.room_id} go to {request.requested_by}."
         ).with_delivery(delivery)
 
+    def _log_step(
+        self,
+        request: ExportRequest,
+        action: Action,
+        auditor: str,
+        recipient: str,
+        details: dict[str, Any],
+        *,
+        reason: str | None = None,
+        result_count: int = 0,
+    ) -> None:
+        """One step of an export request in the consultation log: its case, the request's
+        reason unless the step has its own, the request and room, and the step's details."""
+        self.log.append(
+            auditor=auditor,
+            action=action,
+            case_ref=request.case_ref,
+            reason=request.reason if reason is None else reason,
+            recipient=recipient,
+            query={"request_id": request.request_id, "room": request.room_id, **details},
+            result_count=result_count,
+        )
+
     def delivered(self, delivery: Delivery) -> Reply:
         """The bundle is in the requester's room: record it and log the disclosure (once);
         the answer is for the approver."""
@@ -528,15 +544,12 @@ class CommandRunner:
         ):
             request = self.exports.get(delivery.request_id)
             assert request is not None
-            self.log.append(
-                auditor=delivery.approver or delivery.recipient,
-                action=Action.EXPORT_DELIVER,
-                case_ref=request.case_ref,
-                reason=request.reason,
-                recipient=delivery.recipient,
-                query={
-                    "request_id": request.request_id,
-                    "room": request.room_id,
+            self._log_step(
+                request,
+                Action.EXPORT_DELIVER,
+                delivery.approver or delivery.recipient,
+                delivery.recipient,
+                {
                     "from_ms": request.bundle_from_ms,
                     "to_ms": request.to_ms,
                     "delivered_to": delivery.room_id,
@@ -555,17 +568,13 @@ class CommandRunner:
         if self.exports is not None and self.exports.stop(delivery.request_id, why):
             request = self.exports.get(delivery.request_id)
             assert request is not None
-            self.log.append(
-                auditor=delivery.approver or delivery.recipient,
-                action=Action.EXPORT_STOP,
-                case_ref=request.case_ref,
+            self._log_step(
+                request,
+                Action.EXPORT_STOP,
+                delivery.approver or delivery.recipient,
+                delivery.recipient,
+                {"delivery_room": delivery.room_id},
                 reason=f"delivery stopped: {why}",
-                recipient=delivery.recipient,
-                query={
-                    "request_id": request.request_id,
-                    "room": request.room_id,
-                    "delivery_room": delivery.room_id,
-                },
             )
         notice = Reply.text(
             f"Export {delivery.request_id} was NOT delivered: {why}. The request is stopped and nothing "
@@ -620,13 +629,13 @@ class CommandRunner:
             return request
         if self.exports is None or not self.exports.deny(request.request_id, auditor, self.clock()):
             return Reply.text(f"Export request {request.request_id} was closed meanwhile.")
-        self.log.append(
-            auditor=auditor,
-            action=Action.EXPORT_DENY,
-            case_ref=request.case_ref,
+        self._log_step(
+            request,
+            Action.EXPORT_DENY,
+            auditor,
+            request.requested_by,
+            {"denial": deny.reason},
             reason=deny.reason or request.reason,
-            recipient=request.requested_by,
-            query={"request_id": request.request_id, "room": request.room_id, "denial": deny.reason},
         )
         if auditor == request.requested_by:
             return Reply.text(f"Export request {request.request_id} is withdrawn; nothing was exported.")
