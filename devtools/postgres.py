@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,46 @@ class PostgresCluster:
     def dump(self, name: str) -> bytes:
         """Every row of the database as pg_dump writes it (values decompressed)."""
         return self._client("pg_dump", "--data-only", name).stdout
+
+    def sql(self, database: str, statement: str) -> str:
+        """Run one statement with psql; its unaligned output."""
+        return self._client(
+            "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", statement
+        ).stdout.decode()
+
+    @contextlib.contextmanager
+    def full_disk(self, database: str, room: int = 256 * 1024) -> Iterator[Callable[[], None]]:
+        """The tables of ``database`` on a filesystem of their own with ``room`` bytes to spare,
+        which runs full as they grow (writes fail with "No space left on device", as on a full
+        disk); the block gets a function that gives the filesystem space again. Afterwards the
+        tables are back where they were. Mounting needs root."""
+        public = "FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+        tables = self.sql(database, f"SELECT quote_ident(relname) {public}").split()
+        used = int(self.sql(database, f"SELECT coalesce(sum(pg_total_relation_size(oid)), 0) {public}"))
+        mount = self.directory / f"full-disk-{database}"
+        mount.mkdir()
+        options = f"size={used + room},mode=0700"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
+        tablespace = f"full_disk_{database}"
+
+        def space_back() -> None:
+            subprocess.run(["mount", "-o", "remount,size=256m", str(mount)], check=True)
+
+        def move(to: str) -> None:
+            for table in tables:
+                self.sql(database, f"ALTER TABLE {table} SET TABLESPACE {to}")
+
+        try:
+            if self._as_postgres:
+                shutil.chown(mount, "postgres", "postgres")
+            self.sql(database, f"CREATE TABLESPACE {tablespace} LOCATION '{mount}'")
+            move(tablespace)
+            yield space_back
+        finally:
+            space_back()
+            move("pg_default")
+            self.sql(database, f"DROP TABLESPACE IF EXISTS {tablespace}")
+            subprocess.run(["umount", str(mount)], check=True)
 
     def stop(self) -> None:
         try:

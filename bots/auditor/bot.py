@@ -28,7 +28,7 @@ from .consultation_log import ChainBroken, ConsultationLog
 from .enforcement import Enforcer
 from .export import key_fingerprint, open_signing_key
 from .ingest import Ingest
-from .replies import HealthStats
+from .replies import HealthStats, archive_paused, archive_resumed
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -62,7 +62,14 @@ class AuditorBot:
         self.started_at = now_ms()
         self.media = MediaApi(self.client, config.admin_token)
         self.enforcer = Enforcer(self.client, self.archive, config, self.media, self._send_notice)
-        self.ingest = Ingest(self.session, self.archive, config, self.enforcer, before=self._before_archiving)
+        self.ingest = Ingest(
+            self.session,
+            self.archive,
+            config,
+            self.enforcer,
+            before=self._before_archiving,
+            on_outage=self._tell_outage,
+        )
         self.invites = Invites(self.client, config.user_id, log=log)
         #: work started by callbacks that must not hold up syncing (exports)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -256,6 +263,21 @@ class AuditorBot:
                 # auditors' commands are in the consultation log, not the archive
                 self.ingest.not_archived.add(event.event_id)
             await self._answer(room, event)
+
+    async def _tell_outage(self, since: int, failing: bool) -> None:
+        """Each auditor, in their room with the bot: archiving paused, or working again."""
+        zone = self.config.timezone
+        reply = (
+            archive_paused(since, self.ingest.failure, zone)
+            if failing
+            else archive_resumed(since, now_ms(), zone)
+        )
+        rooms = await self.chat.private_rooms(self.config.auditors)
+        log.info(
+            "telling the auditors in %d rooms: archive writes %s", len(rooms), "fail" if failing else "work"
+        )
+        for room_id in rooms:
+            await self.send(room_id, reply.content())
 
     # -- commands (``chat``: answering, delivering exports) -------------------------------------------
 

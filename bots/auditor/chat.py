@@ -84,6 +84,16 @@ class CommandChat:
             return False
         return not await self.readers_besides(room, (sender,))
 
+    async def private_rooms(self, users: Iterable[str]) -> list[str]:
+        """The rooms where one of ``users`` talks to the bot alone (nobody else's devices)."""
+        wanted = set(users)
+        found = []
+        for room in list(self.client.rooms.values()):
+            present = wanted.intersection(room.users)
+            if len(present) == 1 and await self.is_command_room(room, present.pop()):
+                found.append(room.room_id)
+        return found
+
     async def _why_not_private(self, room_id: str, recipient: str) -> str | None:
         """Why the bundle must not go into ``room_id`` now; None when only the recipient's and
         the bot's devices are there."""

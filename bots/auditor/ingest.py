@@ -50,6 +50,9 @@ T = TypeVar("T")
 
 #: called with each timeline event before it is archived (the bot answers commands there)
 BeforeArchiving = Callable[[str, Event], Awaitable[None]]
+#: called with the outage's start (ms) when archive writes start failing (True) and when
+#: they work again (False)
+OnOutage = Callable[[int, bool], Awaitable[None]]
 
 #: pages of /messages fetched to fill one gap
 BACKFILL_PAGES = 50
@@ -105,11 +108,14 @@ class Ingest:
         enforcer: Enforcer,
         *,
         before: BeforeArchiving | None = None,
+        on_outage: OnOutage | None = None,
     ) -> None:
         self.session = session
         #: sees each timeline event in order, after the events before it were archived (a
         #: command answered there finds the messages and redactions sent before it)
         self.before = before
+        #: tells the auditors at once (commands wait as syncing does, ``!health`` too)
+        self.on_outage = on_outage
         self.client: AsyncClient = session.client
         self.archive = archive
         self.config = config
@@ -315,26 +321,39 @@ class Ingest:
             except (ValueError, TypeError, CorruptRecordError):
                 raise
             except Exception as error:
-                if self.failing_since is None:
+                began = self.failing_since is None
+                if began:
                     self.failing_since = now_ms()
-                self.failure = f"{type(error).__name__}: {error}"
+                # the first line: PostgreSQL adds a HINT line, which a log line should not split
+                self.failure = f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')}"
                 log.error(
                     "writing to the archive failed (%s); syncing paused, retrying in %.0fs",
                     self.failure,
                     backoff,
                 )
+                if began:
+                    await self._tell(self.failing_since, True)
                 await self.session.sleep(backoff)
                 if self.session.stopping.is_set():
                     raise StoppedWhileFailing from error
                 backoff = min(backoff * 2, MAX_WRITE_BACKOFF_S)
                 continue
             if self.failing_since is not None:
+                since = self.failing_since
                 log.warning(
-                    "archive writes work again after %d s; syncing resumes",
-                    (now_ms() - self.failing_since) // 1000,
+                    "archive writes work again after %d s; syncing resumes", (now_ms() - since) // 1000
                 )
                 self.failing_since = self.failure = None
+                await self._tell(since, False)
             return result
+
+    async def _tell(self, since: int, failing: bool) -> None:
+        if self.on_outage is None:
+            return
+        try:
+            await self.on_outage(since, failing)
+        except Exception as error:  # telling is a courtesy; the archiving must go on
+            log.error("telling the auditors about the archive failed: %s", type(error).__name__)
 
 
 def _event_id(event: Event) -> str:

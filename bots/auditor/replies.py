@@ -173,6 +173,23 @@ def media_line(health: HealthStats) -> str:
     return line + "quarantine: off (no admin_token_file: refused files are redacted, not quarantined)"
 
 
+def archive_paused(since_ms: int, failure: str | None, zone: tzinfo) -> Reply:
+    """Told to the auditors the moment archive writes start failing: commands wait as syncing
+    does, so ``!health`` could not say it until the writes work again."""
+    return Reply.text(
+        f"Archiving is paused: writing to the archive fails since {when(since_ms, zone)} "
+        f"({failure or 'unknown error'}). Nothing is lost: the bot holds the messages and "
+        "retries; commands are answered again once the archive works. Tell the operator."
+    )
+
+
+def archive_resumed(since_ms: int, until_ms: int, zone: tzinfo) -> Reply:
+    return Reply.text(
+        f"Archiving works again: writes failed from {when(since_ms, zone)} to "
+        f"{when(until_ms, zone)}; the messages of that time are being archived now."
+    )
+
+
 def health(stats: ArchiveStats, health: HealthStats, zone: tzinfo) -> Reply:
     """``!health``: what the archive holds and what went wrong, the worst first."""
     lines = []
@@ -206,4 +223,16 @@ def health(stats: ArchiveStats, health: HealthStats, zone: tzinfo) -> Reply:
     return Reply.text("\n".join(lines))
 
 
-__all__ = ["Delivery", "HealthStats", "Reply", "describe", "health", "hit_html", "hit_line", "shown", "when"]
+__all__ = [
+    "Delivery",
+    "HealthStats",
+    "Reply",
+    "archive_paused",
+    "archive_resumed",
+    "describe",
+    "health",
+    "hit_html",
+    "hit_line",
+    "shown",
+    "when",
+]

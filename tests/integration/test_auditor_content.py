@@ -3,25 +3,29 @@
 A real Synapse and the bot as its own process. Each kind of event is found by
 ``!search`` by a word that stands only in what Element displays of it (an
 edit's new text, HTML, a location's description, a poll's answers, a sticker);
-archive writes failing on a size-limited file stop the archiving until space is
-back, then everything is there; an event whose room key comes only after the
-bot was killed and restarted is archived when the key arrives.
+archive writes failing on a full disk (a size-limited file for SQLite, a full
+filesystem under PostgreSQL's tables) stop the archiving until space is back,
+the auditor is told at once and when it works again, then everything is there;
+an event whose room key comes only after the bot was killed and restarted is
+archived when the key arrives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from nio import AsyncClient
+from nio import AsyncClient, Event, RoomMessageNotice
 
 from devtools.homeserver import Homeserver, free_port
 from devtools.postgres import PostgresCluster
@@ -35,6 +39,7 @@ from tests.integration.test_auditor_bot import (
     open_direct_chat,
     redacted_and_told,
     scrape,
+    timeline_until,
     wait_member,
 )
 from tests.waiting import wait_for
@@ -224,44 +229,76 @@ def largest_file(directory: Path) -> int:
     return max(path.stat().st_size for path in directory.rglob("*") if path.is_file())
 
 
-async def test_a_full_disk_stops_the_archiving_and_loses_nothing(hs, setup, tmp_path, postgres):
-    """The bot's files may not grow past the largest one (RLIMIT_FSIZE: a write past it fails
-    as on a full disk): the archive's write-ahead log runs into it, syncing waits, and once
-    space is back every message is archived."""
-    if postgres is not None:
-        pytest.skip("the size-limited file is SQLite's; PostgreSQL's disk is the server's")
-    bot, _auditor, directory, metrics_port = setup
-    bot_id = hs.user_id(BOT)
-    running(bot)
-    alice = await new_client(hs, "alice", tmp_path)
-    try:
-        room_id = await room_with_the_bot(alice, bot_id)
-        before = await send(alice, room_id, {"msgtype": "m.text", "body": "vor dem Engpass"})
-        wait_for(lambda: archived_body(directory, before) is not None, 30, "the first message archived")
+@contextlib.contextmanager
+def full_disk(
+    bot: BotProcess, directory: Path, postgres: PostgresCluster | None
+) -> Iterator[Callable[[], None]]:
+    """The archive's storage runs full; the block gets the function that gives space back.
+
+    SQLite: the bot's files may not grow past the largest one (RLIMIT_FSIZE: a write past it
+    fails as on a full disk; the archive's write-ahead log runs into it). PostgreSQL: the
+    archive's tables move to a filesystem of their own with little room (a real "No space
+    left on device" in the server)."""
+    if postgres is None:
         assert bot.process is not None
         pid = bot.process.pid
         _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (largest_file(directory), hard))
+        try:
+            yield lambda: resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+        return
+    if os.geteuid() != 0:
+        pytest.skip("a size-limited filesystem for PostgreSQL's tables needs root to mount")
+    config = yaml.safe_load((directory / "auditor.yaml").read_text())
+    database = dict(pair.split("=", 1) for pair in config["archive_postgres"].split())["dbname"]
+    with postgres.full_disk(database) as space_back:
+        yield space_back
+
+
+def told(events: list[Event], bot_id: str, text: str) -> bool:
+    return any(isinstance(e, RoomMessageNotice) and e.sender == bot_id and text in e.body for e in events)
+
+
+async def test_a_full_disk_stops_the_archiving_and_loses_nothing(hs, setup, tmp_path, postgres):
+    """Archive writes fail as on a full disk: syncing waits, the auditor is told at once, and
+    once space is back every message is archived and the auditor told so."""
+    bot, auditor, directory, metrics_port = setup
+    bot_id = hs.user_id(BOT)
+    running(bot)
+    alice = await new_client(hs, "alice", tmp_path)
+    revisor = await new_client(hs, "revisor", tmp_path, auditor)
+    try:
+        dm = await open_direct_chat(revisor, bot_id)
+        await ask(revisor, dm, bot_id, "!health", lambda body: "archived messages" in body)
+        room_id = await room_with_the_bot(alice, bot_id)
+        before = await send(alice, room_id, {"msgtype": "m.text", "body": "vor dem Engpass"})
+        wait_for(lambda: archived_body(directory, before) is not None, 30, "the first message archived")
         during: list[str] = []
-        deadline = time.monotonic() + 60
-        while "police_auditor_archive_write_failing 1.0" not in scrape(metrics_port):
-            assert time.monotonic() < deadline, "the archive never ran full"
-            body = f"während des Engpasses {len(during)} Fischotter " + "x" * 2000
-            during.append(await send(alice, room_id, {"msgtype": "m.text", "body": body}))
-            time.sleep(0.2)
-        assert "police_auditor_archive_write_failing_since_seconds" in scrape(metrics_port)
-        assert archived_body(directory, during[-1]) is None
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))  # space is back
-        wait_for(
-            lambda: all(archived_body(directory, event_id) is not None for event_id in during),
-            90,
-            "every message of the outage archived",
-        )
+        with full_disk(bot, directory, postgres) as space_back:
+            deadline = time.monotonic() + 60
+            while "police_auditor_archive_write_failing 1.0" not in scrape(metrics_port):
+                assert time.monotonic() < deadline, "the archive never ran full"
+                body = f"während des Engpasses {len(during)} Fischotter " + "x" * 20_000
+                during.append(await send(alice, room_id, {"msgtype": "m.text", "body": body}))
+                time.sleep(0.2)
+            assert "police_auditor_archive_write_failing_since_seconds" in scrape(metrics_port)
+            assert archived_body(directory, during[-1]) is None
+            await timeline_until(revisor, dm, lambda seen: told(seen, bot_id, "Archiving is paused"), 60)
+            space_back()
+            wait_for(
+                lambda: all(archived_body(directory, event_id) is not None for event_id in during),
+                90,
+                "every message of the outage archived",
+            )
+        await timeline_until(revisor, dm, lambda seen: told(seen, bot_id, "Archiving works again"), 60)
         assert "police_auditor_archive_write_failing 0.0" in scrape(metrics_port)
         after = await send(alice, room_id, {"msgtype": "m.text", "body": "nach dem Engpass"})
         wait_for(lambda: archived_body(directory, after) is not None, 30, "archiving goes on")
     finally:
         await alice.close()
+        await revisor.close()
     assert "writing to the archive failed" in bot.log()
     assert "Fischotter" not in bot.log()
 

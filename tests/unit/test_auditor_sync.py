@@ -270,6 +270,13 @@ async def test_a_failing_archive_holds_the_response_until_it_is_written(
         await asyncio.sleep(0)
 
     monkeypatch.setattr(session, "sleep", sleep)
+    told: list[tuple[int, bool]] = []
+
+    async def on_outage(since: int, failing: bool) -> None:
+        told.append((since, failing))
+        raise RuntimeError("the homeserver is down too")  # telling fails: archiving goes on
+
+    ingest.on_outage = on_outage
 
     async def after_sync(response: SyncResponse) -> None:
         await ingest.handle(response)
@@ -279,6 +286,8 @@ async def test_a_failing_archive_holds_the_response_until_it_is_written(
     await client.close()
     try:
         assert len(seen_failing) == 3 and all(seen_failing)
+        # told once when the outage began and once when it ended, with its start
+        assert told == [(seen_failing[0], True), (seen_failing[0], False)]
         assert ingest.failing_since is None and ingest.failure is None
         assert archive.get("$one") is not None and archive.get("$two") is not None
         assert tokens.load() == "t2"
