@@ -68,6 +68,7 @@ call run at a time.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
@@ -226,6 +227,7 @@ _COLUMNS = (
 #: the same, qualified for a join with the messages table as ``m``
 _M_COLUMNS = ", ".join(f"m.{column}" for column in _COLUMNS.split(", "))
 _COLUMN_COUNT = len(_COLUMNS.split(", "))
+_MARKS = ", ".join("?" * _COLUMN_COUNT)
 #: the edit relation: a row with it replaces the displayed content of ``relates_to``
 REPLACE = "m.replace"
 #: the encoding the row MAC is computed over: compact JSON, ASCII only (never changes)
@@ -446,6 +448,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@attrs.define
+class _BatchRows:
+    """What ``add_many`` inserts at the end of a batch, and the row IDs it gave out."""
+
+    messages: list[tuple[Any, ...]] = attrs.Factory(list)
+    index: list[tuple[Any, ...]] = attrs.Factory(list)
+    #: the last row ID given to each millisecond in this transaction
+    assigned: dict[int, int] = attrs.Factory(dict)
+
+
 class Archive:
     """An open archive; ``with Archive(path, key) as archive: ...`` closes it.
 
@@ -484,6 +496,7 @@ class Archive:
             keys = self._keys(key)
             self._cipher = Cipher(keys.content, FORMAT)
             self._mac_key = keys.mac
+            self._mac_base = hmac.new(keys.mac, digestmod=hashlib.sha256)
             self._authenticate_rows(migrated_from)
         except self._database_errors as error:
             self._db.close()
@@ -654,8 +667,12 @@ class Archive:
         try:
             with self._write() as db:
                 known, pending = self._batch_lookup(db, [message.event_id for message in batch])
+                rows = _BatchRows()
                 for message in batch:
-                    new += self._insert(db, message, written, known, pending)
+                    new += self._insert(db, message, written, known, pending, rows)
+                # one statement each for the batch's messages and index entries
+                db.executemany(f"INSERT INTO messages ({_COLUMNS}) VALUES ({_MARKS})", rows.messages)
+                self._index_insert(db, rows.index)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -692,11 +709,12 @@ class Archive:
         written: list[Path],
         known: set[str],
         pending: dict[str, tuple[int, str]],
+        rows: _BatchRows,
     ) -> bool:
         if message.event_id in known:
             return False
         known.add(message.event_id)
-        row_id = self._next_id(db, message.origin_server_ts)
+        row_id = self._next_id(db, message.origin_server_ts, rows.assigned)
         redaction = pending.pop(message.event_id, None)
         if redaction:
             db.execute("DELETE FROM pending_redactions WHERE event_id = ?", (message.event_id,))
@@ -733,12 +751,8 @@ class Archive:
             message.relates_to,
             message.rel_type,
         )
-        marks = ", ".join("?" * _COLUMN_COUNT)
-        db.execute(
-            f"INSERT INTO messages ({_COLUMNS}) VALUES ({marks})",
-            (*row, self._row_mac(row, stored_attachments)),
-        )
-        self._index_add(db, row_id, message)
+        rows.messages.append((*row, self._row_mac(row, stored_attachments)))
+        rows.index.append(self._index_row(row_id, message))
         if message.violation is not None:
             enforcement = message.enforcement or Enforcement()
             details = json.dumps({"media": list(enforcement.media), "reason": enforcement.reason})
@@ -751,15 +765,23 @@ class Archive:
         return True
 
     @staticmethod
-    def _next_id(db: sqlite3.Connection, ts: int) -> int:
+    def _next_id(db: sqlite3.Connection, ts: int, assigned: dict[int, int]) -> int:
+        """The next free row ID of millisecond ``ts`` (its sequence bits count up); ``assigned``
+        holds the last one given in this transaction, whose rows are not inserted yet."""
         first = ts << SEQ_BITS
         last = first | ((1 << SEQ_BITS) - 1)
-        (top,) = db.execute("SELECT max(id) FROM messages WHERE id BETWEEN ? AND ?", (first, last)).fetchone()
+        top = assigned.get(ts)
         if top is None:
-            return first
-        if top == last:
+            query = "SELECT max(id) FROM messages WHERE id BETWEEN ? AND ?"
+            (top,) = db.execute(query, (first, last)).fetchone()
+        if top is None:
+            row_id = first
+        elif top == last:
             raise ArchiveError(f"more than {1 << SEQ_BITS} messages with origin_server_ts {ts}")
-        return top + 1
+        else:
+            row_id = top + 1
+        assigned[ts] = row_id
+        return row_id
 
     def _file_path(self, file: str) -> Path:
         return self.files / file[:2] / file
@@ -885,11 +907,11 @@ class Archive:
 
     # -- the blind index (SQLite: an FTS5 table whose row ID is the message's) ----------------------
 
-    def _index_add(self, db: Any, row_id: int, message: Message) -> None:
-        db.execute(
-            "INSERT INTO message_tokens (rowid, tokens) VALUES (?, ?)",
-            (row_id, self._index.document(message.body, message.room_id, message.sender)),
-        )
+    def _index_row(self, row_id: int, message: Message) -> tuple[Any, ...]:
+        return (row_id, self._index.document(message.body, message.room_id, message.sender))
+
+    def _index_insert(self, db: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+        db.executemany("INSERT INTO message_tokens (rowid, tokens) VALUES (?, ?)", rows)
 
     def _index_delete_below(self, db: Any, end: int) -> None:
         db.execute("DELETE FROM message_tokens WHERE rowid < ?", (end,))
@@ -1112,7 +1134,9 @@ class Archive:
         fields = [*row[:8], *row[9:14], *row[15:17], row[14] is not None]
         described = [[a[1], a[3], a[4], a[5]] for a in attachments]
         data = _MAC_ENCODER.encode([fields, described]).encode("ascii")
-        return hmac.digest(self._mac_key, data, "sha256")
+        mac = self._mac_base.copy()  # keyed once: ``hmac.digest`` looks SHA-256 up each time
+        mac.update(data)
+        return mac.digest()
 
     def _check_mac(self, row: Sequence[Any], attachments: Iterable[Sequence[Any]]) -> None:
         stored = row[_COLUMN_COUNT - 1]

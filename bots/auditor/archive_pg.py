@@ -260,9 +260,11 @@ class PostgresArchive(Archive):
 
     # -- the blind index: a token array per message, GIN-indexed ------------------------------------
 
-    def _index_add(self, db: Any, row_id: int, message: Message) -> None:
-        tokens = self._index.document(message.body, message.room_id, message.sender).split()
-        db.execute("INSERT INTO message_tokens (message_id, tokens) VALUES (?, ?)", (row_id, tokens))
+    def _index_row(self, row_id: int, message: Message) -> tuple[Any, ...]:
+        return (row_id, self._index.document(message.body, message.room_id, message.sender).split())
+
+    def _index_insert(self, db: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+        db.executemany("INSERT INTO message_tokens (message_id, tokens) VALUES (?, ?)", rows)
 
     def _index_delete_below(self, db: Any, end: int) -> None:
         db.execute("DELETE FROM message_tokens WHERE message_id < ?", (end,))
