@@ -40,9 +40,11 @@ test-setup: $(STAMP) system-packages $(NODE_STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# mypy checks the `files` of [tool.mypy] in pyproject.toml (bots/ for now).
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

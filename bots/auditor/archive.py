@@ -262,6 +262,12 @@ _str = attrs.validators.instance_of(str)
 _optional_str = attrs.validators.optional(_str)
 
 
+# ``tuple`` as attrs converters, one per item type: mypy's attrs plugin cannot take the
+# item type from a generic converter (the builtin or a TypeVar), only from a concrete one.
+def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 def _json_object(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str):
         raise ValueError(f"{attribute.name} must be JSON text, got {type(value).__name__}")
@@ -291,12 +297,16 @@ class Attachment:
         return len(self.data)
 
 
+def _attachment_tuple(values: Iterable[Attachment]) -> tuple[Attachment, ...]:
+    return tuple(values)
+
+
 @attrs.frozen
 class Enforcement:
     """What enforcing a policy violation needs after a restart; kept encrypted with the message."""
 
     #: the server's copies to quarantine (mxc URLs: the file and its thumbnail)
-    media: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    media: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     #: why the attachment is refused, as the sender is told ("type ... is not allowed; allowed: ...")
     reason: str = attrs.field(default="", validator=_str)
 
@@ -313,7 +323,7 @@ class Message:
     body: str = attrs.field(validator=_str)
     event_type: str = attrs.field(default="m.room.message", validator=_nonempty)
     msgtype: str | None = attrs.field(default=None, validator=_optional_str)
-    attachments: tuple[Attachment, ...] = attrs.field(default=(), converter=tuple)
+    attachments: tuple[Attachment, ...] = attrs.field(default=(), converter=_attachment_tuple)
     #: the policy rule it breaks and what was found ("media.type: application/x-executable")
     violation: str | None = attrs.field(default=None, validator=_optional_str)
     #: with a violation: what enforcing it needs (see ``Archive.unenforced``)

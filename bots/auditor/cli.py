@@ -25,7 +25,7 @@ import attrs
 
 from ..common.config import ConfigError, read_yaml
 from .chain_heads import append_head, check_heads, parse_heads, read_heads, signed_head
-from .config import signing_key_fingerprint
+from .config import Config, signing_key_fingerprint
 from .consultation_log import ChainBroken, ConsultationLog, NotAConsultationLog
 from .export import ExportUnreadable, key_fingerprint, load_public_key_pem, verify_export
 
@@ -67,10 +67,10 @@ def _trust(public_key: Path | None, fingerprint: str | None, config: Path | None
             raise _Untrusted(f"{public_key}: not an Ed25519 public key in PEM format ({error})") from None
         return _Trust(pem, key_fingerprint(key), f"the public key {public_key}")
     if fingerprint is not None:
-        pinned = fingerprint.strip().lower()
-        if not _HEX64.fullmatch(pinned):
+        given = fingerprint.strip().lower()
+        if not _HEX64.fullmatch(given):
             raise _Untrusted(f"--fingerprint: expected 64 hex digits, got {fingerprint!r}")
-        return _Trust(None, pinned, "--fingerprint")
+        return _Trust(None, given, "--fingerprint")
     path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else DEFAULT_CONFIG)
     if not path.is_file():
         raise _Untrusted(
@@ -164,7 +164,7 @@ def verify_log_command(
     return EXIT_OK
 
 
-def _bot_config(path: Path | None):  # type: ignore[no-untyped-def]
+def _bot_config(path: Path | None) -> Config:
     from .config import load_config
 
     return load_config(path or Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG))

@@ -473,15 +473,15 @@ def _check_files(bundle: zipfile.ZipFile, manifest: Mapping[str, Any]) -> list[s
             problems.append(f"{path}: listed more than once in the manifest")
             continue
         seen.add(path)
-        info = infos.get(path)
-        if info is None:
+        member = infos.get(path)
+        if member is None:
             problems.append(f"{path}: listed in the manifest but missing from the zip")
             continue
-        if info.file_size != item["size"]:
+        if member.file_size != item["size"]:
             # Checked before reading, so a huge member is never unpacked.
-            problems.append(f"{path}: size {info.file_size} bytes, the manifest says {item['size']}")
+            problems.append(f"{path}: size {member.file_size} bytes, the manifest says {item['size']}")
             continue
-        data = _read_member(bundle, info)
+        data = _read_member(bundle, member)
         if isinstance(data, str):
             problems.append(f"{path}: {data}")
         elif _sha256(data) != item["sha256"]:

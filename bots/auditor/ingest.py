@@ -39,7 +39,7 @@ from nio import (
 from ..common.backfill import backfill
 from ..common.decryption import Held, LateDecryption, event_json, parse_held
 from ..common.session import Session
-from .archive import TS_LIMIT, Archive, CorruptRecordError, Message, now_ms
+from .archive import TS_LIMIT, Archive, Attachment, CorruptRecordError, Message, now_ms
 from .config import Config
 from .content import Described, Skip, describe, poll_answers
 from .enforcement import Enforcer
@@ -253,12 +253,13 @@ class Ingest:
         self, room_id: str, event: Event, event_id: str, sender: str, timestamp: int, described: Described
     ) -> None:
         content: Mapping[str, Any] = event.source.get("content") or {}
-        attachments = ()
+        attachments: tuple[Attachment, ...] = ()
         violation = enforcement = None
         if described.media is not None:
             if await self._archived(event_id):
                 return  # archived before (a replayed response): not fetched again
-            name = content.get("filename") if isinstance(content.get("filename"), str) else described.body
+            filename = content.get("filename")
+            name = filename if isinstance(filename, str) else described.body
             attachment = await self.enforcer.attachment(event_id, described.media, name)
             if attachment is not None:
                 attachments = (attachment,)
@@ -322,8 +323,9 @@ class Ingest:
                 raise
             except Exception as error:
                 began = self.failing_since is None
-                if began:
+                if self.failing_since is None:
                     self.failing_since = now_ms()
+                since = self.failing_since
                 # the first line: PostgreSQL adds a HINT line, which a log line should not split
                 self.failure = f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')}"
                 log.error(
@@ -332,7 +334,7 @@ class Ingest:
                     backoff,
                 )
                 if began:
-                    await self._tell(self.failing_since, True)
+                    await self._tell(since, True)
                 await self.session.sleep(backoff)
                 if self.session.stopping.is_set():
                     raise StoppedWhileFailing from error

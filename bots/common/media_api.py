@@ -47,7 +47,8 @@ class MediaApi:
         ) as response:
             if response.status != 200:
                 raise MediaApiError(f"download: HTTP {response.status}")
-            return await response.read()
+            body: bytes = await response.read()
+            return body
 
     async def quarantine(self, mxc: str) -> None:
         """The media can no longer be downloaded (Synapse keeps it for the operators)."""

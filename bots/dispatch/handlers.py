@@ -20,7 +20,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nio import RoomMessageText, RoomMessageUnknown
@@ -85,21 +85,20 @@ class Handlers:
         self.board_dirty = asyncio.Event()
         self._jobs = asyncio.Lock()
         self._job_failures: dict[str, int] = {}
-        #: each control command's handler, called as ``handler(job, command)``
-        self._handlers = commands.handlers(
-            {
-                Help: self._help,
-                IncidentNew: self._incident_new,
-                Assign: self._assign,
-                Release: self._assign,
-                Alert: self._alert,
-                Status: self._status,
-                Sitrep: self._sitrep,
-                Handover: self._handover,
-                Close: self._close,
-                Log: self._log,
-            }
-        )
+        #: each control command's handler, called as ``handler(job, command)``; some are coroutines
+        table: dict[type, Callable[..., Awaitable[None] | None]] = {
+            Help: self._help,
+            IncidentNew: self._incident_new,
+            Assign: self._assign,
+            Release: self._assign,
+            Alert: self._alert,
+            Status: self._status,
+            Sitrep: self._sitrep,
+            Handover: self._handover,
+            Close: self._close,
+            Log: self._log,
+        }
+        self._handlers = commands.handlers(table)
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -568,8 +567,8 @@ class Handlers:
                     room, units = await self._room_for(member, room_id)
                     add(member, room, units)
             else:
-                unit = None if target.startswith("@") else self._unit_or_none(target)
-                if unit is None:
+                target_unit = None if target.startswith("@") else self._unit_or_none(target)
+                if target_unit is None:
                     try:
                         user = self.directory.user(target)
                     except NotFound:
@@ -577,14 +576,16 @@ class Handlers:
                     room, units = await self._room_for(user, room_id)
                     add(user, room, units)
                     continue
-                unit_room = self.state.room(f"unit:{unit.name}")
+                unit_room = self.state.room(f"unit:{target_unit.name}")
                 if unit_room is None:
-                    raise Reply(f"The room of {unit.call_sign} is not ready yet; try again in a moment.")
-                for member in unit.members:
-                    add(member, unit_room, (unit.name,))
+                    raise Reply(
+                        f"The room of {target_unit.call_sign} is not ready yet; try again in a moment."
+                    )
+                for member in target_unit.members:
+                    add(member, unit_room, (target_unit.name,))
                 if incident_id is None:
                     incident_id = next(
-                        (i.id for i in self.state.open_incidents() if unit.name in i.units), None
+                        (i.id for i in self.state.open_incidents() if target_unit.name in i.units), None
                     )
         return found, incident_id
 

@@ -387,7 +387,19 @@ class State:
         title = self._open(row[1], "incidents", "title", row[0])
         location = self._open(row[3], "incidents", "location", row[0])
         assert title is not None
-        return Incident(row[0], title, row[2], location, *row[4:], units=units)
+        room_id, control_room, created_by, created_at, closed_at = row[4:]
+        return Incident(
+            row[0],
+            title,
+            row[2],
+            location,
+            room_id,
+            control_room,
+            created_by,
+            created_at,
+            closed_at,
+            units=units,
+        )
 
     def open_incidents(self) -> list[Incident]:
         rows = self.db.execute(
@@ -488,7 +500,21 @@ class State:
         )
         text = self._open(row[4], "alerts", "text", row[0])
         assert text is not None
-        return AlertView(*row[:4], text, *row[5:9], closed=bool(row[9]), addressees=addressees)
+        alert_id, incident_id, control_room, sender = row[:4]
+        created_at, period, due_at, rounds = row[5:9]
+        return AlertView(
+            alert_id,
+            incident_id,
+            control_room,
+            sender,
+            text,
+            created_at,
+            period,
+            due_at,
+            rounds,
+            closed=bool(row[9]),
+            addressees=addressees,
+        )
 
     def open_alerts(self) -> list[AlertView]:
         """Alerts not closed: still escalating or with someone missing."""
