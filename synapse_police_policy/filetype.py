@@ -15,6 +15,7 @@ import itertools
 import os
 import re
 import zlib
+from collections.abc import Callable
 
 import magic
 from PIL import Image
@@ -91,6 +92,18 @@ def sniff(path: str, rules: MediaConfig = _DEFAULT_RULES) -> Sniffed:
         return _sniff(filescan.Reader(file.fileno(), os.fstat(file.fileno()).st_size), rules)
 
 
+def _once(compute: Callable[[], filescan.Archive | None]) -> Callable[[], filescan.Archive | None]:
+    """``compute``, run at most once (its answer kept, None included)."""
+    answer: list[filescan.Archive | None] = []
+
+    def once() -> filescan.Archive | None:
+        if not answer:
+            answer.append(compute())
+        return answer[0]
+
+    return once
+
+
 def _sniff(reader: filescan.Reader, rules: MediaConfig) -> Sniffed:
     size = reader.size
     head = reader.read(0, HEAD_BYTES)
@@ -99,6 +112,9 @@ def _sniff(reader: filescan.Reader, rules: MediaConfig) -> Sniffed:
     mime = magic.from_buffer(head, mime=True) if head else "application/x-empty"
     if mime in EMPTY_TYPES:
         return Sniffed(mime=mime, size=size)
+    # searched once, whether for content that would pass as ciphertext or for
+    # trailing data in an allowed type (random bytes libmagic takes for audio/mpeg: both)
+    hidden_archive = _once(lambda: filescan.hidden_archive(reader, head, tail))
     # The byte statistics matter only where the type leaves doubt; skipping
     # them for long signatures keeps photos and videos cheap.
     test: Randomness | None = None
@@ -110,7 +126,7 @@ def _sniff(reader: filescan.Reader, rules: MediaConfig) -> Sniffed:
         mime = OPAQUE
     if mime == OPAQUE or random_looking:
         # what would pass as ciphertext: an archive behind other data is an archive
-        archive = filescan.hidden_archive(reader, head, tail)
+        archive = hidden_archive()
         if archive is not None:
             return Sniffed(mime=archive.mime, size=size, detail=archive.where)
         if filescan.pdf_behind(head) is not None:
@@ -122,7 +138,7 @@ def _sniff(reader: filescan.Reader, rules: MediaConfig) -> Sniffed:
     finding = None
     limit = rules.allowed.get(canonical(mime))
     if limit is not None and size <= limit:
-        finding = _finding(reader, rules, mime, head, tail)
+        finding = _finding(reader, rules, mime, head, hidden_archive)
     return Sniffed(mime=mime, size=size, random_looking=random_looking, finding=finding)
 
 
@@ -142,15 +158,20 @@ def _chance_match(mime: str, head: bytes, test: Randomness) -> bool:
 
 
 def _finding(
-    reader: filescan.Reader, rules: MediaConfig, mime: str, head: bytes, tail: bytes
+    reader: filescan.Reader,
+    rules: MediaConfig,
+    mime: str,
+    head: bytes,
+    hidden_archive: Callable[[], filescan.Archive | None],
 ) -> Finding | None:
-    """What the options refuse in a file of an allowed type."""
+    """What the options refuse in a file of an allowed type (``hidden_archive``:
+    ``filescan.hidden_archive`` of the file, computed once)."""
     if rules.refuse_pdf_active_content and mime == "application/pdf":
         active = filescan.pdf_active_content(reader)
         if active is not None:
             return Finding(rule="media.active_content", what=f"it holds {active}")
     if rules.refuse_trailing_data:
-        archive = filescan.hidden_archive(reader, head, tail)
+        archive = hidden_archive()
         if archive is not None:
             return Finding(
                 rule="media.trailing_data",
