@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from devtools.homeserver import Homeserver
-from synapse_police_policy.enrollment import ENROLLED
+from synapse_police_policy.devices.rules import ENROLLED
 from synapse_police_policy.schema import SCHEMA_VERSION
 
 ENROLLED_BY = "bench (written to the database)"

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from devtools.homeserver import Homeserver
-from synapse_police_policy.devices_cli import IMPORT_COLUMNS, IMPORT_DEFAULT_BATCH
+from synapse_police_policy.ops.devices import IMPORT_COLUMNS, IMPORT_DEFAULT_BATCH
 
 from .accounts import BenchError, count_enrolled, enrolled_user, register_many
 from .module_overhead import PASSWORD, homeservers, print_table
@@ -66,7 +66,7 @@ def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("police-policy")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "synapse_police_policy.cli"]
+    return [sys.executable, "-m", "synapse_police_policy.ops.cli"]
 
 
 def write_csv(path: Path, hs: Homeserver, round_no: int) -> None:

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from PIL import Image
 
 from synapse_police_policy.config import MediaConfig
-from synapse_police_policy.filetype import sniff
-from synapse_police_policy.media import OPAQUE, check_file
+from synapse_police_policy.media.filetype import sniff
+from synapse_police_policy.media.rules import OPAQUE, check_file
 from tests import media_corpus as corpus
 
 from .module_overhead import print_table

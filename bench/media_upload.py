@@ -6,7 +6,7 @@ The module judges every upload twice: before the body is stored,
 user's daily quota (one database query); once the file is stored,
 ``check_media_file_for_spam`` reads its first 256 KiB and its last block in
 a thread, has libmagic say what it is, and for content libmagic cannot name
-runs the randomness test on those bytes (``synapse_police_policy/filetype.py``).
+runs the randomness test on those bytes (``synapse_police_policy/media/filetype.py``).
 Neither should cost throughput, and the reads should not make memory grow
 with the size of the file.
 
@@ -58,7 +58,7 @@ import attrs
 import magic
 
 from devtools.homeserver import Homeserver
-from synapse_police_policy.filetype import HEAD_BYTES, sniff
+from synapse_police_policy.media.filetype import HEAD_BYTES, sniff
 
 from .accounts import BenchError, enrolled_user, has_module
 from .module_overhead import PASSWORD, homeserver_pair, print_table

@@ -74,8 +74,8 @@ from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
 from synapse.crypto.event_signing import add_hashes_and_signatures
 from synapse.events import make_event_from_dict
 
-from synapse_police_policy.retention_store import _events_after_txn
-from synapse_police_policy.retention_sweep import BATCH
+from synapse_police_policy.retention.store import _events_after_txn
+from synapse_police_policy.retention.sweep import BATCH
 
 from .accounts import BenchError, enrolled_user
 from .module_overhead import PASSWORD, print_table

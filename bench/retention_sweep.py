@@ -1,6 +1,6 @@
 """The retention sweep's throughput against redactions sent through the client API.
 
-The sweep (``synapse_police_policy/retention_sweep.py``) redacts expired
+The sweep (``synapse_police_policy/retention/sweep.py``) redacts expired
 content one event at a time, as the system user, through
 ``ModuleApi.create_and_send_event_into_room``. The baseline is what a room
 member with the power to redact gets out of the same Synapse process the usual
@@ -65,8 +65,8 @@ import aiohttp
 import synapse
 
 from devtools.homeserver import Homeserver, HomeserverSpec, free_port, policy_aligned_settings
-from synapse_police_policy.retention_store import _set_watermark_txn, _watermark_txn
-from synapse_police_policy.retention_sweep import REASON
+from synapse_police_policy.retention.store import _set_watermark_txn, _watermark_txn
+from synapse_police_policy.retention.sweep import REASON
 
 from .accounts import BenchError, database_path, enrolled_users, wait_for_module_tables
 from .module_overhead import MEGOLM, PASSWORD, ok, print_table, room_path

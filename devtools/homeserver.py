@@ -33,14 +33,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from signedjson.key import generate_signing_key, write_signing_keys
-from synapse.config._base import ConfigError
 
 from devtools.ports import free_port as free_port  # the servers started here take their ports from it
-from synapse_police_policy.bootstrap import connect_database, enroll_directly
-from synapse_police_policy.config import MediaConfig, parse_config
+from synapse_police_policy.api import MODULE_NAME
+from synapse_police_policy.config import ConfigError, MediaConfig, parse_config
+from synapse_police_policy.ops.bootstrap import connect_database, enroll_directly
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MODULE_CLASS = "synapse_police_policy.PolicePolicy"
+MODULE_CLASS = MODULE_NAME
 
 #: Generous limits so tests and benchmarks measure the policy, not the rate limiter.
 _UNLIMITED = {"per_second": 10000, "burst_count": 100000}

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from synapse_police_policy.check_config import find_problems
+from synapse_police_policy.ops.check_config import find_problems
 
 from .homeserver import REPO_ROOT, Homeserver, HomeserverSpec, SynapseError
 

@@ -1,23 +1,35 @@
 """The module's configuration: YAML in, frozen attrs objects out.
 
-Every problem becomes a Synapse ``ConfigError`` whose message starts with the
-full key path, says what was expected and what was found, so an operator can
-fix the file without reading this code.
+Every problem raises ``ConfigError`` whose message starts with the full key
+path, says what was expected and what was found, so an operator can fix the
+file without reading this code. Nothing here imports Synapse: the bots parse
+the same policy without it, and the module hands Synapse its own
+``ConfigError`` (``module.py``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
-from synapse.config._base import ConfigError
-from synapse.util.stringutils import parse_and_validate_server_name
+from attrs import Attribute
 
 T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A problem in the module's config: ``msg`` starts with the full key path, ``path``
+    holds it (as Synapse's ``ConfigError`` does, which the module turns it into)."""
+
+    def __init__(self, msg: str, path: Sequence[str] | None = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.path = tuple(path) if path is not None else None
+
 
 MEGOLM = "m.megolm.v1.aes-sha2"
 
@@ -27,10 +39,10 @@ KNOWN_JOIN_RULES = frozenset({"invite", "knock", "restricted", "knock_restricted
 #: History visibility values that keep history to members (never world_readable).
 KNOWN_HISTORY_VISIBILITY = frozenset({"shared", "invited", "joined"})
 #: Non-state event types a client may send unencrypted besides those the module
-#: needs itself (``rooms.py``): stock clients send reactions in clear.
+#: needs itself (``rooms/rules.py``): stock clients send reactions in clear.
 DEFAULT_CLEAR_EVENT_TYPES = frozenset({"m.reaction"})
 #: State event types that may carry content besides those the module governs
-#: itself (``rooms.py``): what stock clients need for a room's name, topic,
+#: itself (``rooms/rules.py``): what stock clients need for a room's name, topic,
 #: avatar, address, pinned messages, server ACL, upgrades and spaces.
 DEFAULT_CLEAR_STATE_TYPES = frozenset(
     {
@@ -53,65 +65,11 @@ _LOCALPART = re.compile(r"^[a-z0-9._=\-/+]+\Z")
 _DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h|d|w)$")
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
-
-@attrs.frozen
-class RoomsConfig:
-    """Section ``rooms``: what every room on this server looks like."""
-
-    #: join rules a room may be given; the module sets "invite" when none is asked for
-    allowed_join_rules: frozenset[str] = frozenset({"invite"})
-    #: history visibility set at creation when the request leaves it out
-    default_history_visibility: str = "shared"
-    #: refuse events sent in clear text unless their type is listed below (clients must encrypt)
-    refuse_unencrypted_messages: bool = True
-    #: non-state event types that may be sent unencrypted
-    clear_event_types: frozenset[str] = DEFAULT_CLEAR_EVENT_TYPES
-    #: state event types that may carry content (state cannot be encrypted)
-    clear_state_types: frozenset[str] = DEFAULT_CLEAR_STATE_TYPES
-
-
-@attrs.frozen
-class FederationConfig:
-    """Section ``federation``: the closed network of police homeservers."""
-
-    #: normalised server names (host lower-cased, port kept); the own server is implied
-    allowed_servers: frozenset[str] = frozenset()
-
-
-@attrs.frozen
-class RetentionConfig:
-    """Section ``retention``: the device tier and the audit tier, in seconds."""
-
-    device_lifetime: int = 7 * 86400
-    audit_lifetime: int = 90 * 86400
-    #: seconds between two runs of the redaction sweep
-    sweep_interval: int = 5 * 60
-    #: localpart of the local user that redacts expired content
-    system_user: str = "policy"
-
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@attrs.frozen
-class DevicesConfig:
-    """Section ``devices``: only MDM-enrolled devices log in and send events."""
-
-    enrollment_required: bool = True
-    #: seconds an approved pending login stays usable
-    approval_window: int = 15 * 60
-    #: networks logins may come from; empty means any address
-    login_networks: tuple[IPNetwork, ...] = ()
-    #: seconds between two sweeps for non-enrolled devices and expired enrollments
-    sweep_interval: int = 60
-    #: stock-client logins of ``auto_approve_users`` from these networks are
-    #: enrolled at once, without an operator's approval
-    auto_approve_networks: tuple[IPNetwork, ...] = ()
-    auto_approve_users: frozenset[str] = frozenset()
-
-
 #: MIME types the media section may name: what libmagic reports for photos,
-#: audio, video and documents (``media.py`` maps libmagic's aliases).
+#: audio, video and documents (``media/rules.py`` maps libmagic's aliases).
 KNOWN_MEDIA_TYPES = frozenset(
     {
         "image/jpeg",
@@ -158,62 +116,10 @@ DEFAULT_ALLOWED_MEDIA: Mapping[str, int] = MappingProxyType(
 )
 
 
-@attrs.frozen
-class MediaConfig:
-    """Section ``media``: what may be uploaded, judged by content; sizes in bytes."""
+# -- the value parsers: each takes the raw value and its key path -----------------------------
 
-    #: detected MIME type -> largest allowed size
-    allowed: Mapping[str, int] = attrs.field(
-        default=DEFAULT_ALLOWED_MEDIA, converter=lambda value: MappingProxyType(dict(value)), hash=False
-    )
-    #: uploads that are opaque ciphertext (E2EE attachments)
-    encrypted_max_size: int = 500 * _KIB**2
-    #: per user, across all uploads, over the last 24 hours
-    daily_upload_quota: int = 5 * _KIB**3
-    #: refuse PDFs with JavaScript, actions run on opening or on events, launch
-    #: actions, embedded files, forms that send data (``filetype.py``)
-    refuse_pdf_active_content: bool = True
-    #: refuse images with data after their end marker, and files of allowed
-    #: types hiding an archive (``filetype.py``)
-    refuse_trailing_data: bool = True
-
-    @property
-    def largest_upload(self) -> int:
-        return max([self.encrypted_max_size, *self.allowed.values()])
-
-    @property
-    def synapse_max_upload_size(self) -> str:
-        """Synapse's ``max_upload_size`` that admits the largest allowed file
-        (whole MiB, rounded up)."""
-        return f"{-(-self.largest_upload // _KIB**2)}M"
-
-
-@attrs.frozen
-class AuditorConfig:
-    """Section ``auditor``: the auditor bot, a member of every room."""
-
-    #: the bot's user ID (a user of this server); None: no auditor bot
-    user_id: str | None = None
-
-
-@attrs.frozen
-class DirectoryConfig:
-    """Section ``directory``: the user directory (the search behind Element's "Start chat")."""
-
-    #: users left out of every search result, besides the retention system user
-    #: and the auditor bot (always left out); they stay visible as room members
-    hidden_users: frozenset[str] = frozenset()
-
-
-@attrs.frozen
-class PolicyConfig:
-    rooms: RoomsConfig = RoomsConfig()
-    federation: FederationConfig = FederationConfig()
-    retention: RetentionConfig = RetentionConfig()
-    devices: DevicesConfig = DevicesConfig()
-    media: MediaConfig = MediaConfig()
-    auditor: AuditorConfig = AuditorConfig()
-    directory: DirectoryConfig = DirectoryConfig()
+#: what every key's parser is: raw YAML value and key path in, the setting out
+Parse = Callable[[Any, tuple[str, ...]], Any]
 
 
 def _fail(path: tuple[str, ...], expected: str, found: Any) -> ConfigError:
@@ -221,7 +127,7 @@ def _fail(path: tuple[str, ...], expected: str, found: Any) -> ConfigError:
     return ConfigError(f"{key}: expected {expected}, got {found!r}", path=path)
 
 
-def _mapping(value: Any, path: tuple[str, ...], allowed: set[str]) -> Mapping[str, Any]:
+def _mapping(value: Any, path: tuple[str, ...], allowed: Sequence[str]) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -240,10 +146,17 @@ def _mapping(value: Any, path: tuple[str, ...], allowed: set[str]) -> Mapping[st
 def parse_duration(value: Any, path: tuple[str, ...]) -> int:
     """A positive duration such as '90s', '15m', '7d' or '2w', in seconds."""
     if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match:
-            return int(match.group(1)) * _DURATION_UNITS_S[match.group(2)]
+        seconds = duration_seconds(value)
+        if seconds is not None:
+            return seconds
     raise _fail(path, "a duration such as '7d' (units s, m, h, d, w)", value)
+
+
+def duration_seconds(text: str) -> int | None:
+    """'90s', '15m', '7d', '2w' in seconds; None for anything else. The one reading of the
+    policy's durations: the config and the ``police-policy`` CLI both use it."""
+    match = _DURATION.match(text.strip())
+    return int(match.group(1)) * _DURATION_UNITS_S[match.group(2)] if match else None
 
 
 def _bool(value: Any, path: tuple[str, ...]) -> bool:
@@ -258,6 +171,16 @@ def _list_of(value: Any, path: tuple[str, ...], item: Callable[[Any, tuple[str, 
     return [item(entry, (*path[:-1], f"{path[-1]}[{i}]")) for i, entry in enumerate(value)]
 
 
+def _frozenset_of(
+    item: Callable[[Any, tuple[str, ...]], T],
+) -> Callable[[Any, tuple[str, ...]], frozenset[T]]:
+    return lambda value, path: frozenset(_list_of(value, path, item))
+
+
+def _tuple_of(item: Callable[[Any, tuple[str, ...]], T]) -> Callable[[Any, tuple[str, ...]], tuple[T, ...]]:
+    return lambda value, path: tuple(_list_of(value, path, item))
+
+
 def _choice(options: frozenset[str]) -> Callable[[Any, tuple[str, ...]], str]:
     def parse(value: Any, path: tuple[str, ...]) -> str:
         if isinstance(value, str) and value in options:
@@ -267,14 +190,38 @@ def _choice(options: frozenset[str]) -> Callable[[Any, tuple[str, ...]], str]:
     return parse
 
 
+_DNS_NAME = re.compile(r"[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _server_name(value: str) -> tuple[str, int | None] | None:
+    """Host and port of a server name as the Matrix spec defines it (a DNS name, an IPv4
+    address or a bracketed IPv6 literal, then ``:port``); None when it is not one."""
+    host, port = value, None
+    bracket = value.rfind("]")
+    colon = value.rfind(":")
+    if colon > bracket:
+        host, digits = value[:colon], value[colon + 1 :]
+        if not _PORT.fullmatch(digits):
+            return None
+        port = int(digits)
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return None
+        return host, port
+    if len(host) > 255 or not _DNS_NAME.fullmatch(host):
+        return None
+    return host, port
+
+
 def normalise_server_name(value: Any, path: tuple[str, ...]) -> str:
     """A Matrix server name (host plus optional port), host lower-cased."""
     if isinstance(value, str):
-        try:
-            host, port = parse_and_validate_server_name(value)
-        except ValueError:
-            pass
-        else:
+        parsed = _server_name(value)
+        if parsed is not None:
+            host, port = parsed
             if port is None:
                 return host.lower()
             if 0 < port < 65536:
@@ -282,67 +229,19 @@ def normalise_server_name(value: Any, path: tuple[str, ...]) -> str:
     raise _fail(path, "a Matrix server name such as 'polizei-by.example' or 'hs.example:8448'", value)
 
 
-def _parse_rooms(raw: Any) -> RoomsConfig:
-    section = _mapping(
-        raw,
-        ("rooms",),
-        {
-            "allowed_join_rules",
-            "default_history_visibility",
-            "refuse_unencrypted_messages",
-            "clear_event_types",
-            "clear_state_types",
-        },
-    )
-    defaults = RoomsConfig()
-    join_rules = defaults.allowed_join_rules
-    if "allowed_join_rules" in section:
-        path = ("rooms", "allowed_join_rules")
-        join_rules = frozenset(_list_of(section["allowed_join_rules"], path, _choice(KNOWN_JOIN_RULES)))
-        if "invite" not in join_rules:
-            raise _fail(
-                path,
-                "a list that includes 'invite' (the rule the module gives rooms that ask for none)",
-                section["allowed_join_rules"],
-            )
-    history = defaults.default_history_visibility
-    if "default_history_visibility" in section:
-        history = _choice(KNOWN_HISTORY_VISIBILITY)(
-            section["default_history_visibility"], ("rooms", "default_history_visibility")
+def _join_rules(value: Any, path: tuple[str, ...]) -> frozenset[str]:
+    rules = frozenset(_list_of(value, path, _choice(KNOWN_JOIN_RULES)))
+    if "invite" not in rules:
+        raise _fail(
+            path, "a list that includes 'invite' (the rule the module gives rooms that ask for none)", value
         )
-    refuse = defaults.refuse_unencrypted_messages
-    if "refuse_unencrypted_messages" in section:
-        refuse = _bool(section["refuse_unencrypted_messages"], ("rooms", "refuse_unencrypted_messages"))
-    clear_events, clear_state = defaults.clear_event_types, defaults.clear_state_types
-    if "clear_event_types" in section:
-        clear_events = frozenset(
-            _list_of(section["clear_event_types"], ("rooms", "clear_event_types"), _event_type)
-        )
-    if "clear_state_types" in section:
-        clear_state = frozenset(
-            _list_of(section["clear_state_types"], ("rooms", "clear_state_types"), _event_type)
-        )
-    return RoomsConfig(
-        allowed_join_rules=join_rules,
-        default_history_visibility=history,
-        refuse_unencrypted_messages=refuse,
-        clear_event_types=clear_events,
-        clear_state_types=clear_state,
-    )
+    return rules
 
 
 def _event_type(value: Any, path: tuple[str, ...]) -> str:
     if isinstance(value, str) and 0 < len(value) <= _EVENT_TYPE_MAX and value.strip() == value:
         return value
     raise _fail(path, "an event type such as 'm.room.topic'", value)
-
-
-def _parse_federation(raw: Any) -> FederationConfig:
-    section = _mapping(raw, ("federation",), {"allowed_servers"})
-    if "allowed_servers" not in section:
-        return FederationConfig()
-    servers = _list_of(section["allowed_servers"], ("federation", "allowed_servers"), normalise_server_name)
-    return FederationConfig(allowed_servers=frozenset(servers))
 
 
 def _network(value: Any, path: tuple[str, ...]) -> IPNetwork:
@@ -360,57 +259,16 @@ def _user_id(value: Any, path: tuple[str, ...]) -> str:
     raise _fail(path, "a user ID such as '@dispatch-bot:police.example'", value)
 
 
-def _parse_auto_approve(section: Mapping[str, Any]) -> dict[str, Any]:
-    """``auto_approve_networks`` and ``auto_approve_users`` come together."""
-    networks_path, users_path = ("devices", "auto_approve_networks"), ("devices", "auto_approve_users")
-    networks = _list_of(section.get("auto_approve_networks", []), networks_path, _network)
-    users = _list_of(section.get("auto_approve_users", []), users_path, _user_id)
-    if networks and not users:
-        raise _fail(
-            users_path,
-            "the user IDs (the dispatchers) whose logins from devices.auto_approve_networks "
-            "are enrolled at once",
-            section.get("auto_approve_users", []),
-        )
-    if users and not networks:
-        raise _fail(
-            networks_path,
-            "the networks (CIDR, the control-room LAN) from which the logins of "
-            "devices.auto_approve_users are enrolled at once",
-            section.get("auto_approve_networks", []),
-        )
-    return {"auto_approve_networks": tuple(networks), "auto_approve_users": frozenset(users)}
+def _auditor_id(value: Any, path: tuple[str, ...]) -> str | None:
+    if value is None or (isinstance(value, str) and _USER_ID.match(value)):
+        return value
+    raise _fail(path, "a user ID such as '@auditor:police.example'", value)
 
 
-def _parse_devices(raw: Any) -> DevicesConfig:
-    section = _mapping(
-        raw,
-        ("devices",),
-        {
-            "enrollment_required",
-            "approval_window",
-            "login_networks",
-            "sweep_interval",
-            "auto_approve_networks",
-            "auto_approve_users",
-        },
-    )
-    defaults = DevicesConfig()
-    return DevicesConfig(
-        enrollment_required=_bool(section["enrollment_required"], ("devices", "enrollment_required"))
-        if "enrollment_required" in section
-        else defaults.enrollment_required,
-        approval_window=parse_duration(section["approval_window"], ("devices", "approval_window"))
-        if "approval_window" in section
-        else defaults.approval_window,
-        login_networks=tuple(_list_of(section["login_networks"], ("devices", "login_networks"), _network))
-        if "login_networks" in section
-        else defaults.login_networks,
-        sweep_interval=parse_duration(section["sweep_interval"], ("devices", "sweep_interval"))
-        if "sweep_interval" in section
-        else defaults.sweep_interval,
-        **_parse_auto_approve(section),
-    )
+def _localpart(value: Any, path: tuple[str, ...]) -> str:
+    if isinstance(value, str) and _LOCALPART.match(value):
+        return value
+    raise _fail(path, "a user ID localpart such as 'policy' (lower-case letters, digits, ._=-/+)", value)
 
 
 def parse_size(value: Any, path: tuple[str, ...]) -> int:
@@ -424,117 +282,228 @@ def parse_size(value: Any, path: tuple[str, ...]) -> int:
     raise _fail(path, "a size such as '30M' (bytes, or K, M, G)", value)
 
 
-def _parse_media(raw: Any) -> MediaConfig:
-    section = _mapping(
-        raw,
-        ("media",),
-        {
-            "allowed",
-            "encrypted_max_size",
-            "daily_upload_quota",
-            "refuse_pdf_active_content",
-            "refuse_trailing_data",
-        },
-    )
-    defaults = MediaConfig()
-    allowed = defaults.allowed
-    if "allowed" in section:
-        path = ("media", "allowed")
-        entries = section["allowed"]
-        if not isinstance(entries, Mapping) or not entries:
-            raise _fail(path, "a mapping of MIME type to size, such as {image/jpeg: 30M}", entries)
-        allowed = {}
-        for mime, size in entries.items():
-            if mime not in KNOWN_MEDIA_TYPES:
-                raise ConfigError(
-                    f"media.allowed.{mime}: unknown MIME type; "
-                    f"expected one of: {', '.join(sorted(KNOWN_MEDIA_TYPES))}",
-                    path=(*path, str(mime)),
-                )
-            allowed[mime] = parse_size(size, (*path, str(mime)))
-    return MediaConfig(
-        allowed=allowed,
-        encrypted_max_size=parse_size(section["encrypted_max_size"], ("media", "encrypted_max_size"))
-        if "encrypted_max_size" in section
-        else defaults.encrypted_max_size,
-        daily_upload_quota=parse_size(section["daily_upload_quota"], ("media", "daily_upload_quota"))
-        if "daily_upload_quota" in section
-        else defaults.daily_upload_quota,
-        refuse_pdf_active_content=_bool(
-            section["refuse_pdf_active_content"], ("media", "refuse_pdf_active_content")
-        )
-        if "refuse_pdf_active_content" in section
-        else defaults.refuse_pdf_active_content,
-        refuse_trailing_data=_bool(section["refuse_trailing_data"], ("media", "refuse_trailing_data"))
-        if "refuse_trailing_data" in section
-        else defaults.refuse_trailing_data,
-    )
-
-
-def _parse_retention(raw: Any) -> RetentionConfig:
-    section = _mapping(
-        raw, ("retention",), {"device_lifetime", "audit_lifetime", "sweep_interval", "system_user"}
-    )
-    defaults = RetentionConfig()
-    device = defaults.device_lifetime
-    audit = defaults.audit_lifetime
-    if "device_lifetime" in section:
-        device = parse_duration(section["device_lifetime"], ("retention", "device_lifetime"))
-    if "audit_lifetime" in section:
-        audit = parse_duration(section["audit_lifetime"], ("retention", "audit_lifetime"))
-    if device > audit:
-        # Name the key the operator wrote: the one that is not at its default.
-        if "device_lifetime" in section:
-            key, expected, found = "device_lifetime", f"at most retention.audit_lifetime ({audit}s)", device
-        else:
-            key, expected, found = "audit_lifetime", f"at least retention.device_lifetime ({device}s)", audit
-        raise ConfigError(
-            f"retention.{key}: expected {expected}, got {found}s; content must leave devices "
-            "before it leaves the audit archive",
-            path=("retention", key),
-        )
-    sweep = defaults.sweep_interval
-    if "sweep_interval" in section:
-        sweep = parse_duration(section["sweep_interval"], ("retention", "sweep_interval"))
-    system_user = defaults.system_user
-    if "system_user" in section:
-        system_user = section["system_user"]
-        if not isinstance(system_user, str) or not _LOCALPART.match(system_user):
-            raise _fail(
-                ("retention", "system_user"),
-                "a user ID localpart such as 'policy' (lower-case letters, digits, ._=-/+)",
-                system_user,
+def _allowed_media(value: Any, path: tuple[str, ...]) -> dict[str, int]:
+    if not isinstance(value, Mapping) or not value:
+        raise _fail(path, "a mapping of MIME type to size, such as {image/jpeg: 30M}", value)
+    allowed = {}
+    for mime, size in value.items():
+        if mime not in KNOWN_MEDIA_TYPES:
+            raise ConfigError(
+                f"media.allowed.{mime}: unknown MIME type; "
+                f"expected one of: {', '.join(sorted(KNOWN_MEDIA_TYPES))}",
+                path=(*path, str(mime)),
             )
-    return RetentionConfig(
-        device_lifetime=device, audit_lifetime=audit, sweep_interval=sweep, system_user=system_user
+        allowed[mime] = parse_size(size, (*path, str(mime)))
+    return allowed
+
+
+# -- the keys: each section a frozen attrs class, each key a field with its parser ------------
+
+_PARSE = "parse"
+
+
+def _key(parse: Parse, default: Any, **field: Any) -> Any:
+    """A config key: its parser and default, declared once; ``parse_config`` reads the
+    accepted keys, the unknown-key errors and ``config_keys()`` from these fields."""
+    return attrs.field(default=default, metadata={_PARSE: parse}, **field)
+
+
+@attrs.frozen
+class RoomsConfig:
+    """Section ``rooms``: what every room on this server looks like."""
+
+    #: join rules a room may be given; the module sets "invite" when none is asked for
+    allowed_join_rules: frozenset[str] = _key(_join_rules, frozenset({"invite"}))
+    #: history visibility set at creation when the request leaves it out
+    default_history_visibility: str = _key(_choice(KNOWN_HISTORY_VISIBILITY), "shared")
+    #: refuse events sent in clear text unless their type is listed below (clients must encrypt)
+    refuse_unencrypted_messages: bool = _key(_bool, True)
+    #: non-state event types that may be sent unencrypted
+    clear_event_types: frozenset[str] = _key(_frozenset_of(_event_type), DEFAULT_CLEAR_EVENT_TYPES)
+    #: state event types that may carry content (state cannot be encrypted)
+    clear_state_types: frozenset[str] = _key(_frozenset_of(_event_type), DEFAULT_CLEAR_STATE_TYPES)
+
+
+@attrs.frozen
+class FederationConfig:
+    """Section ``federation``: the closed network of police homeservers."""
+
+    #: normalised server names (host lower-cased, port kept); the own server is implied
+    allowed_servers: frozenset[str] = _key(_frozenset_of(normalise_server_name), frozenset())
+
+
+@attrs.frozen
+class RetentionConfig:
+    """Section ``retention``: the device tier and the audit tier, in seconds."""
+
+    device_lifetime: int = _key(parse_duration, 7 * 86400)
+    audit_lifetime: int = _key(parse_duration, 90 * 86400)
+    #: seconds between two runs of the redaction sweep
+    sweep_interval: int = _key(parse_duration, 5 * 60)
+    #: localpart of the local user that redacts expired content
+    system_user: str = _key(_localpart, "policy")
+
+
+@attrs.frozen
+class DevicesConfig:
+    """Section ``devices``: only MDM-enrolled devices log in and send events."""
+
+    enrollment_required: bool = _key(_bool, True)
+    #: seconds an approved pending login stays usable
+    approval_window: int = _key(parse_duration, 15 * 60)
+    #: networks logins may come from; empty means any address
+    login_networks: tuple[IPNetwork, ...] = _key(_tuple_of(_network), ())
+    #: seconds between two sweeps for non-enrolled devices and expired enrollments
+    sweep_interval: int = _key(parse_duration, 60)
+    #: stock-client logins of ``auto_approve_users`` from these networks are
+    #: enrolled at once, without an operator's approval
+    auto_approve_networks: tuple[IPNetwork, ...] = _key(_tuple_of(_network), ())
+    auto_approve_users: frozenset[str] = _key(_frozenset_of(_user_id), frozenset())
+
+
+@attrs.frozen
+class MediaConfig:
+    """Section ``media``: what may be uploaded, judged by content; sizes in bytes."""
+
+    #: detected MIME type -> largest allowed size
+    allowed: Mapping[str, int] = _key(
+        _allowed_media,
+        DEFAULT_ALLOWED_MEDIA,
+        converter=lambda value: MappingProxyType(dict(value)),
+        hash=False,
+    )
+    #: uploads that are opaque ciphertext (E2EE attachments)
+    encrypted_max_size: int = _key(parse_size, 500 * _KIB**2)
+    #: per user, across all uploads, over the last 24 hours
+    daily_upload_quota: int = _key(parse_size, 5 * _KIB**3)
+    #: refuse PDFs with JavaScript, actions run on opening or on events, launch
+    #: actions, embedded files, forms that send data (``media/filetype.py``)
+    refuse_pdf_active_content: bool = _key(_bool, True)
+    #: refuse images with data after their end marker, and files of allowed
+    #: types hiding an archive (``media/filetype.py``)
+    refuse_trailing_data: bool = _key(_bool, True)
+
+    @property
+    def largest_upload(self) -> int:
+        return max([self.encrypted_max_size, *self.allowed.values()])
+
+    @property
+    def synapse_max_upload_size(self) -> str:
+        """Synapse's ``max_upload_size`` that admits the largest allowed file
+        (whole MiB, rounded up)."""
+        return f"{-(-self.largest_upload // _KIB**2)}M"
+
+
+@attrs.frozen
+class AuditorConfig:
+    """Section ``auditor``: the auditor bot, a member of every room."""
+
+    #: the bot's user ID (a user of this server); None: no auditor bot
+    user_id: str | None = _key(_auditor_id, None)
+
+
+@attrs.frozen
+class DirectoryConfig:
+    """Section ``directory``: the user directory (the search behind Element's "Start chat")."""
+
+    #: users left out of every search result, besides the retention system user
+    #: and the auditor bot (always left out); they stay visible as room members
+    hidden_users: frozenset[str] = _key(_frozenset_of(_user_id), frozenset())
+
+
+@attrs.frozen
+class PolicyConfig:
+    """The whole config: a section a field, each parsed by its class's keys."""
+
+    rooms: RoomsConfig = RoomsConfig()
+    federation: FederationConfig = FederationConfig()
+    retention: RetentionConfig = RetentionConfig()
+    devices: DevicesConfig = DevicesConfig()
+    media: MediaConfig = MediaConfig()
+    auditor: AuditorConfig = AuditorConfig()
+    directory: DirectoryConfig = DirectoryConfig()
+
+
+# -- what one key cannot say alone ------------------------------------------------------------
+
+Check = Callable[[Mapping[str, Any], Mapping[str, Any]], None]
+
+
+def _check_retention(values: Mapping[str, Any], section: Mapping[str, Any]) -> None:
+    """Content must leave devices before it leaves the audit archive."""
+    device, audit = values["device_lifetime"], values["audit_lifetime"]
+    if device <= audit:
+        return
+    # name the key the operator wrote: the one that is not at its default
+    if "device_lifetime" in section:
+        key, expected, found = "device_lifetime", f"at most retention.audit_lifetime ({audit}s)", device
+    else:
+        key, expected, found = "audit_lifetime", f"at least retention.device_lifetime ({device}s)", audit
+    raise ConfigError(
+        f"retention.{key}: expected {expected}, got {found}s; content must leave devices "
+        "before it leaves the audit archive",
+        path=("retention", key),
     )
 
 
-def _parse_auditor(raw: Any) -> AuditorConfig:
-    section = _mapping(raw, ("auditor",), {"user_id"})
-    user_id = section.get("user_id")
-    if user_id is not None and (not isinstance(user_id, str) or not _USER_ID.match(user_id)):
-        raise _fail(("auditor", "user_id"), "a user ID such as '@auditor:police.example'", user_id)
-    return AuditorConfig(user_id=user_id)
+def _check_auto_approve(values: Mapping[str, Any], section: Mapping[str, Any]) -> None:
+    """``auto_approve_networks`` and ``auto_approve_users`` come together."""
+    networks, users = values["auto_approve_networks"], values["auto_approve_users"]
+    if networks and not users:
+        raise _fail(
+            ("devices", "auto_approve_users"),
+            "the user IDs (the dispatchers) whose logins from devices.auto_approve_networks "
+            "are enrolled at once",
+            section.get("auto_approve_users", []),
+        )
+    if users and not networks:
+        raise _fail(
+            ("devices", "auto_approve_networks"),
+            "the networks (CIDR, the control-room LAN) from which the logins of "
+            "devices.auto_approve_users are enrolled at once",
+            section.get("auto_approve_networks", []),
+        )
 
 
-def _parse_directory(raw: Any) -> DirectoryConfig:
-    section = _mapping(raw, ("directory",), {"hidden_users"})
-    if "hidden_users" not in section:
-        return DirectoryConfig()
-    users = _list_of(section["hidden_users"], ("directory", "hidden_users"), _user_id)
-    return DirectoryConfig(hidden_users=frozenset(users))
+_CHECKS: Mapping[type, Check] = {RetentionConfig: _check_retention, DevicesConfig: _check_auto_approve}
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _keys(section: type) -> tuple[Attribute[Any], ...]:
+    return cast("tuple[Attribute[Any], ...]", attrs.fields(section))
+
+
+def _parse_section(section: type[T], raw: Any, path: tuple[str, ...]) -> T:
+    keys = _keys(section)
+    given = _mapping(raw, path, [key.name for key in keys])
+    values = {
+        key.name: key.metadata[_PARSE](given[key.name], (*path, key.name))
+        if key.name in given
+        else key.default
+        for key in keys
+    }
+    check = _CHECKS.get(section)
+    if check is not None:
+        check(values, given)
+    return section(**{key.name: values[key.name] for key in keys if key.name in given})
 
 
 def parse_config(raw: Any) -> PolicyConfig:
     """Turn the module's YAML config into a ``PolicyConfig`` or raise ``ConfigError``."""
-    top = _mapping(raw, (), {"rooms", "federation", "retention", "devices", "media", "auditor", "directory"})
-    return PolicyConfig(
-        rooms=_parse_rooms(top.get("rooms")),
-        federation=_parse_federation(top.get("federation")),
-        retention=_parse_retention(top.get("retention")),
-        devices=_parse_devices(top.get("devices")),
-        media=_parse_media(top.get("media")),
-        auditor=_parse_auditor(top.get("auditor")),
-        directory=_parse_directory(top.get("directory")),
-    )
+    sections = _keys(PolicyConfig)
+    top = _mapping(raw, (), [section.name for section in sections])
+    parsed: dict[str, Any] = {
+        section.name: _parse_section(type(section.default), top.get(section.name), (section.name,))
+        for section in sections
+    }
+    return PolicyConfig(**parsed)
+
+
+def config_keys() -> Iterator[tuple[str, str]]:
+    """Every key as (section, key), in the order the classes declare them (the policy
+    guide's key table lists exactly these: ``tests/unit/test_docs.py``)."""
+    for section in _keys(PolicyConfig):
+        for key in _keys(type(section.default)):
+            yield section.name, key.name

@@ -12,11 +12,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from prometheus_client import Counter
-from synapse.api.errors import Codes, SynapseError
+
+if TYPE_CHECKING:
+    from synapse.api.errors import SynapseError
 
 DECISION_LOGGER = logging.getLogger("synapse_police_policy.decisions")
 
@@ -57,7 +59,7 @@ class Denial:
 
     rule: str
     reason: str
-    errcode: str = Codes.FORBIDDEN
+    errcode: str = "M_FORBIDDEN"
     http_status: int = 403
 
     def error_fields(self) -> dict[str, str]:
@@ -65,6 +67,9 @@ class Denial:
         return {"error": self.reason}
 
     def as_error(self) -> SynapseError:
+        # Synapse's: imported here, so the bots can judge media by the same rules without it
+        from synapse.api.errors import SynapseError
+
         return SynapseError(self.http_status, self.reason, self.errcode)
 
 

@@ -76,6 +76,11 @@ from .decisions import Denial
 
 logger = logging.getLogger(__name__)
 
+# Each ``# type: ignore[method-assign]`` below puts a wrapper in place of a
+# Synapse method: that replacement is what this module is for (see above).
+# mypy still checks the wrapper against the method's signature: a mismatch
+# would be an [assignment] error, which those comments do not silence.
+
 #: returns the error to raise when media of the given server must not be fetched
 RemoteMediaGate = Callable[[str], SynapseError | None]
 
@@ -101,8 +106,8 @@ def guard_remote_media(api: ModuleApi, refuse: RemoteMediaGate) -> bool:
             raise error
         return await get_remote_media_info(server_name, *args, **kwargs)
 
-    repository.get_remote_media = guarded_get_remote_media
-    repository.get_remote_media_info = guarded_get_remote_media_info
+    repository.get_remote_media = guarded_get_remote_media  # type: ignore[method-assign]
+    repository.get_remote_media_info = guarded_get_remote_media_info  # type: ignore[method-assign]
     return True
 
 
@@ -114,7 +119,7 @@ def guard_remote_knocks(api: ModuleApi, refuse: Callable[[str, str], SynapseErro
     remote_knock = handler.remote_knock
 
     async def guarded_remote_knock(
-        requester: Any, remote_room_hosts: list[str], room_id: str, user: Any, content: dict
+        requester: Any, remote_room_hosts: list[str], room_id: str, user: Any, content: dict[str, Any]
     ) -> tuple[str, int]:
         error = refuse(user.to_string(), room_id)
         if error is not None:
@@ -246,7 +251,7 @@ def count_history_purges(api: ModuleApi, purged: Callable[[str], None]) -> None:
             purged(room_id)
         return error
 
-    handler.purge_history = counted_purge_history
+    handler.purge_history = counted_purge_history  # type: ignore[method-assign]
 
 
 # --- Closed federation at the transport (both directions) ---------------------
@@ -302,6 +307,7 @@ def guard_federation_origins(api: ModuleApi, refuse: FederationGate) -> None:
                     raise FederationRefused(origin, denial)
         return await authenticate_request(self, request, content)
 
+    # a function attribute: marks Synapse's method as wrapped already (checked above)
     guarded_authenticate_request.police_policy_guard = True  # type: ignore[attr-defined]
     Authenticator.authenticate_request = guarded_authenticate_request  # type: ignore[method-assign]
 

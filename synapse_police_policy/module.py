@@ -1,5 +1,5 @@
 """The Synapse module: registers callbacks and turns rule answers into
-Synapse's return values. Rules live in their own files (``rooms.py``, ...)."""
+Synapse's return values. Rules live in their own files (``rooms/rules.py``, ``devices/rules.py``, ...)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,18 @@ from synapse.events import EventBase
 from synapse.media._base import FileInfo
 from synapse.media.media_storage import ReadableFileWrapper
 from synapse.module_api import NOT_SPAM, ModuleApi
-from synapse.types import Requester, UserProfile
+from synapse.types import Requester, StateMap, UserProfile
 
-from . import federation, login_page, media, retention, rooms
-from .admin_api import PREFIX, PoliceAdminResource
+from .api import ADMIN_PREFIX, LOGIN_PAGE_PREFIX
+from .config import ConfigError as PolicyConfigError
 from .config import PolicyConfig, parse_config
 from .decisions import DecisionLog, Denial
-from .devices import DeviceEnrollment
-from .enrollment_store import EnrollmentStore
-from .filetype import sniff
+from .devices import login_page
+from .devices.admin_api import PoliceAdminResource
+from .devices.glue import DeviceEnrollment
+from .devices.store import EnrollmentStore
+from .federation import rules as federation
+from .federation.store import ForeignMembers
 from .internals import (
     count_history_purges,
     creators_have_unlimited_power,
@@ -34,10 +37,15 @@ from .internals import (
     guard_remote_knocks,
     guard_remote_media,
 )
-from .media_store import MediaUsage
-from .retention_store import RetentionStore
-from .retention_sweep import RetentionSweep
-from .store import PolicyStore, Tables
+from .media import rules as media
+from .media.filetype import sniff
+from .media.usage import MediaUsage
+from .retention import rules as retention
+from .retention.store import RetentionStore
+from .retention.sweep import RetentionSweep
+from .rooms import rules as rooms
+from .rooms import seating
+from .schema import Tables
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +74,7 @@ class PolicePolicy:
         self._decisions = DecisionLog(api.server_name)
         self._allowed_servers = federation.allowed_set(api.server_name, config.federation.allowed_servers)
         tables = Tables(api)
-        self._store = PolicyStore(api, tables)
+        self._foreign_members = ForeignMembers(api, tables)
         self._devices = DeviceEnrollment(config.devices, api, EnrollmentStore(api, tables), self._decisions)
         self._media_usage = MediaUsage(api)
         self._sweep = RetentionSweep(config.retention, api, RetentionStore(api, tables), self._decisions)
@@ -107,9 +115,9 @@ class PolicePolicy:
             is_user_allowed_to_upload_media_of_size=self.is_user_allowed_to_upload_media_of_size
         )
         api.register_account_validity_callbacks(on_user_login=self.on_user_login)
-        api.register_web_resource(PREFIX, PoliceAdminResource(api, self._devices))
+        api.register_web_resource(ADMIN_PREFIX, PoliceAdminResource(api, self._devices))
         api.register_web_resource(
-            login_page.PREFIX, login_page.LoginPageResource(self._devices, config.devices.approval_window)
+            LOGIN_PAGE_PREFIX, login_page.LoginPageResource(self._devices, config.devices.approval_window)
         )
         guard_remote_media(api, self.refuse_remote_media)
         guard_remote_knocks(api, self.refuse_remote_knock)
@@ -132,7 +140,12 @@ class PolicePolicy:
 
     @staticmethod
     def parse_config(raw: dict[str, Any]) -> PolicyConfig:
-        return parse_config(raw)
+        """Synapse reports its own ``ConfigError`` with the key path (``config.py`` raises
+        one that needs no Synapse, for the bots)."""
+        try:
+            return parse_config(raw)
+        except PolicyConfigError as error:
+            raise ConfigError(error.msg, path=error.path) from None
 
     def _refuse(
         self, denial: Denial, *, user: str | None, device: str | None = None, room: str | None = None
@@ -227,13 +240,13 @@ class PolicePolicy:
             return None
         if event.type == retention.RETENTION:
             return retention.check_retention_change(self._config.retention, event.content)
-        if event.type == retention.POWER_LEVELS:
-            current = await self._api.get_room_state(event.room_id, [(retention.POWER_LEVELS, "")])
-            levels = current.get((retention.POWER_LEVELS, ""))
+        if event.type == seating.POWER_LEVELS:
+            current = await self._api.get_room_state(event.room_id, [(seating.POWER_LEVELS, "")])
+            levels = current.get((seating.POWER_LEVELS, ""))
             for user in self._seated:
                 # Only where the policy seated the user: it holds its power there.
-                if levels is not None and retention.check_power_levels(levels.content, user) is None:
-                    denial = retention.check_power_levels(event.content, user)
+                if levels is not None and seating.check_power_levels(levels.content, user) is None:
+                    denial = seating.check_power_levels(event.content, user)
                     if denial is not None:
                         return denial
         return None
@@ -261,7 +274,7 @@ class PolicePolicy:
         """An allowed server kicked or banned a foreign member we remembered."""
         target = event.state_key or ""
         if event.membership in ("leave", "ban") and federation.server_of(target) not in self._allowed_servers:
-            await self._store.set_foreign_member(
+            await self._foreign_members.set_foreign_member(
                 event.room_id, target, event.membership, event.origin_server_ts
             )
 
@@ -269,7 +282,7 @@ class PolicePolicy:
         """A dropped membership of a foreign user still holds on the peer's side:
         remember it, so later joins of our users into that room can be refused."""
         if event.type == MEMBER and event.state_key == event.sender:
-            await self._store.set_foreign_member(
+            await self._foreign_members.set_foreign_member(
                 event.room_id, event.sender, event.content.get("membership", ""), event.origin_server_ts
             )
 
@@ -293,8 +306,8 @@ class PolicePolicy:
         await self._devices.on_user_login(user_id)
 
     async def check_event_allowed(
-        self, event: EventBase, state: dict[tuple[str, str], EventBase]
-    ) -> tuple[bool, dict | None]:
+        self, event: EventBase, state: StateMap[EventBase]
+    ) -> tuple[bool, dict[str, Any] | None]:
         """Every event our users' clients make: the sending device must be
         enrolled. Then membership events Synapse builds: remote users' make_join
         and make_knock, and our users' knocks (joins have user_may_join_room)."""
@@ -309,7 +322,7 @@ class PolicePolicy:
         if event.type != MEMBER:
             return True, None
         if event.state_key in self._seated and event.sender != event.state_key:
-            denial = retention.check_system_user_removal(event.membership, event.state_key)
+            denial = seating.check_system_user_removal(event.membership, event.state_key)
             if denial is not None:
                 self._decisions.deny(denial, user=event.sender, room=event.room_id)
                 raise denial.as_error()
@@ -319,7 +332,7 @@ class PolicePolicy:
             joined = [
                 key for (kind, key), member in state.items() if kind == MEMBER and member.membership == "join"
             ]
-            joined += await self._store.foreign_members(event.room_id)
+            joined += await self._foreign_members.foreign_members(event.room_id)
             denial = federation.check_room_members(self._allowed_servers, joined)
         else:
             denial = federation.check_remote_joiner(self._allowed_servers, event.sender)
@@ -383,7 +396,7 @@ class PolicePolicy:
 
     async def _joined_members(self, room_id: str) -> list[str]:
         """Members as Synapse sees them, plus foreign members whose join was dropped."""
-        return await self._members_in_state(room_id) + await self._store.foreign_members(room_id)
+        return await self._members_in_state(room_id) + await self._foreign_members.foreign_members(room_id)
 
     async def _members_in_state(self, room_id: str) -> list[str]:
         members = await self._api.get_room_state(room_id, [(MEMBER, None)])

@@ -11,7 +11,10 @@ plain DB-API connection.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from synapse.module_api import ModuleApi
 
 #: Step N brings the schema from version N-1 to N. Append, never edit.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -167,3 +170,21 @@ def migrate(txn: Any, *, postgres: bool = False) -> int:
     else:
         txn.execute(f"INSERT INTO police_policy_schema_version (version) VALUES ({SCHEMA_VERSION})")
     return found
+
+
+class Tables:
+    """Migrates the module's tables once per process, before their first use."""
+
+    def __init__(self, api: ModuleApi) -> None:
+        self._api = api
+        self._ready = False
+
+    async def ensure(self) -> None:
+        from . import internals  # Synapse's: not imported where only ``migrate`` is used
+
+        if not self._ready:
+            await self._api.run_db_interaction(
+                "police_policy_migrate",
+                lambda txn: migrate(txn, postgres=internals.runs_on_postgres(txn)),
+            )
+            self._ready = True

@@ -10,9 +10,10 @@ from urllib.parse import quote
 import yaml
 
 from devtools.homeserver import Homeserver, send
-from synapse_police_policy.bootstrap import connect_database
+from synapse_police_policy.api import ADMIN_PREFIX
+from synapse_police_policy.ops.bootstrap import connect_database
 
-PREFIX = "/_synapse/client/police/v1"
+PREFIX = ADMIN_PREFIX
 #: what the module writes: its registry and login requests, and Synapse's devices
 #: (a revocation deletes the device). Columns Synapse updates on every request
 #: (a device's last_seen) are left out.

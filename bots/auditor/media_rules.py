@@ -4,8 +4,8 @@ The server only sees the ciphertext of an end-to-end encrypted attachment, so
 the module's media rules cannot look at what it really is; the bot can. To
 give the same verdict, it uses the module's own pieces: the policy YAML is
 parsed by ``synapse_police_policy.config`` (no second copy of the rules), the
-type comes from ``synapse_police_policy.filetype.sniff`` and the verdict from
-``synapse_police_policy.media.check_file``. Unlike on the server, content of
+type comes from ``synapse_police_policy.media.filetype.sniff`` and the verdict from
+``synapse_police_policy.media.rules.check_file``. Unlike on the server, content of
 no known type is refused: after decryption "unrecognised" cannot mean
 ciphertext.
 """
@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from synapse.config._base import ConfigError as SynapseConfigError
 
+from synapse_police_policy.api import MODULE_NAME
+from synapse_police_policy.config import ConfigError as PolicyConfigError
 from synapse_police_policy.config import MediaConfig, PolicyConfig, parse_config
-from synapse_police_policy.filetype import sniff
-from synapse_police_policy.homeserver_file import HomeserverFileError, read_homeserver_config
-from synapse_police_policy.media import allowed_list, canonical, check_file
+from synapse_police_policy.media.filetype import sniff
+from synapse_police_policy.media.rules import allowed_list, canonical, check_file
+from synapse_police_policy.ops.homeserver_file import HomeserverFileError, read_homeserver_config
 
 #: how the module is named in a homeserver.yaml's ``modules:`` list
-MODULE_NAME = "synapse_police_policy.PolicePolicy"
 
 
 class PolicyFileError(Exception):
@@ -61,7 +61,7 @@ def load_policy(path: Path) -> PolicyConfig:
         raw, prefix = _module_entry(raw, path)
     try:
         return parse_config(raw or {})
-    except SynapseConfigError as error:
+    except PolicyConfigError as error:
         raise PolicyFileError(f"{path}: {prefix}{error.msg}") from None
 
 

@@ -261,7 +261,7 @@ async def operator(day: Day, *args: str) -> str:
     """``police-policy devices ARGS`` as the operator runs it; its output (exit status 0)."""
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "synapse_police_policy.cli", "devices", *args],
+        [sys.executable, "-m", "synapse_police_policy.ops.cli", "devices", *args],
         cwd=REPO,
         env={**repo_env(), "POLICE_HOMESERVER_URL": day.hs.url, "POLICE_ADMIN_TOKEN": day.operator_token},
         capture_output=True,

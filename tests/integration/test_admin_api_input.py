@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.homeserver import Homeserver
-from synapse_police_policy.enrollment import MAX_TIME_MS, unsafe_character
+from synapse_police_policy.devices.rules import MAX_TIME_MS, unsafe_character
 from tests.admin_api import WrittenTables, raw_call
 
 EXAMPLES = settings(

@@ -23,7 +23,7 @@ def admin(make_user):
 def police_policy(hs, token: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"POLICE_HOMESERVER_URL": hs.url, "POLICE_ADMIN_TOKEN": token, "PATH": "/usr/bin:/bin"}
     return subprocess.run(
-        [sys.executable, "-m", "synapse_police_policy.cli", "devices", *args],
+        [sys.executable, "-m", "synapse_police_policy.ops.cli", "devices", *args],
         capture_output=True,
         text=True,
         env=env,

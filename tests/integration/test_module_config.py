@@ -41,7 +41,7 @@ def test_synapse_refuses_to_start_with_a_bad_module_config(tmp_path, module_conf
 def test_the_make_run_config_passes_check_config(tmp_path):
     config = write_config(attrs.evolve(dev_spec(), directory=tmp_path))
     result = subprocess.run(
-        [sys.executable, "-m", "synapse_police_policy.cli", "check-config", str(config)],
+        [sys.executable, "-m", "synapse_police_policy.ops.cli", "check-config", str(config)],
         capture_output=True,
         text=True,
         check=False,

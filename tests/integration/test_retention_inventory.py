@@ -24,8 +24,8 @@ import yaml
 from PIL import Image, PngImagePlugin
 
 from devtools.homeserver import Homeserver, audit_tier_settings
-from synapse_police_policy.bootstrap import connect_database
 from synapse_police_policy.config import DEFAULT_CLEAR_STATE_TYPES
+from synapse_police_policy.ops.bootstrap import connect_database
 from tests.integration.test_media_types import upload
 from tests.integration.test_retention_rooms import create, put_state, wait_for_system_user
 from tests.waiting import wait_for
@@ -161,7 +161,15 @@ def media_files(hs: Homeserver, media_id: str) -> list[Path]:
 def status_counts(hs: Homeserver) -> dict[str, int]:
     """``police-policy retention status``: the count of each inventory line."""
     done = subprocess.run(
-        [sys.executable, "-m", "synapse_police_policy.cli", "retention", "status", "-c", str(hs.config_path)],
+        [
+            sys.executable,
+            "-m",
+            "synapse_police_policy.ops.cli",
+            "retention",
+            "status",
+            "-c",
+            str(hs.config_path),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

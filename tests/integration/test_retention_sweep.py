@@ -26,7 +26,7 @@ from synapse.crypto.event_signing import add_hashes_and_signatures
 from synapse.events import make_event_from_dict
 
 from devtools.homeserver import Homeserver, audit_tier_settings
-from synapse_police_policy.retention_status import retention_status as status_of
+from synapse_police_policy.ops.retention_status import retention_status as status_of
 from tests import e2ee, media_corpus
 from tests.integration.test_media_remote import download
 from tests.integration.test_media_types import media_rows, stored_files, upload
@@ -137,7 +137,7 @@ async def test_expired_content_leaves_the_clients_and_the_media_store(short_live
             [
                 sys.executable,
                 "-m",
-                "synapse_police_policy.cli",
+                "synapse_police_policy.ops.cli",
                 "retention",
                 "status",
                 "-c",

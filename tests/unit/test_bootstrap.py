@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from synapse_police_policy import cli
-from synapse_police_policy.bootstrap import BOOTSTRAP_ACTOR, BootstrapError, enroll_directly
-from synapse_police_policy.enrollment import ENROLLED
+from synapse_police_policy.devices.rules import ENROLLED
+from synapse_police_policy.ops import cli
+from synapse_police_policy.ops.bootstrap import BOOTSTRAP_ACTOR, BootstrapError, enroll_directly
 from synapse_police_policy.schema import SCHEMA_VERSION
 
 SERVER = "police.example"

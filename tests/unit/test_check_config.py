@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from devtools.homeserver import HomeserverSpec, write_config
-from synapse_police_policy.check_config import MODULE_NAME, Finding, find_problems, find_warnings
+from synapse_police_policy.ops.check_config import MODULE_NAME, Finding, find_problems, find_warnings
 
 MODULE_CONFIG: dict[str, Any] = {
     "federation": {"allowed_servers": ["Polizei-BY.example:8448", "other.test"]},

@@ -20,7 +20,7 @@ FINDING_LINE = re.compile(r"^(?P<key>[A-Za-z_][\w.\[\]]*): .+\. Fix: .+$")
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "synapse_police_policy.cli", "check-config", str(path)],
+        [sys.executable, "-m", "synapse_police_policy.ops.cli", "check-config", str(path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -147,7 +147,7 @@ def test_a_file_name_that_is_not_utf8_is_printed_escaped(homeserver_yaml: Path) 
     odd = homeserver_yaml.parent / os.fsdecode(b"home\xffserver.yaml")
     odd.write_bytes(homeserver_yaml.read_bytes())
     result = subprocess.run(
-        [sys.executable, "-m", "synapse_police_policy.cli", "check-config", os.fsencode(odd)],
+        [sys.executable, "-m", "synapse_police_policy.ops.cli", "check-config", os.fsencode(odd)],
         cwd=REPO_ROOT,
         capture_output=True,
         timeout=60,
@@ -160,7 +160,7 @@ def test_a_file_name_that_is_not_utf8_is_printed_escaped(homeserver_yaml: Path) 
 
 def test_missing_argument_is_a_usage_error() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "synapse_police_policy.cli", "check-config"],
+        [sys.executable, "-m", "synapse_police_policy.ops.cli", "check-config"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -175,7 +175,7 @@ def test_missing_argument_is_a_usage_error() -> None:
 
 def retention_status(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "synapse_police_policy.cli", "retention", "status", *args],
+        [sys.executable, "-m", "synapse_police_policy.ops.cli", "retention", "status", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -1,6 +1,6 @@
 """parse_config: defaults, the commented default file, and every error path.
 
-Each error must be a Synapse ConfigError whose message starts with the full
+Each error must be a ConfigError whose message starts with the full
 key path, says what was expected and shows what was found.
 """
 
@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import yaml
-from synapse.config._base import ConfigError
 
 from synapse_police_policy.config import (
     DEFAULT_ALLOWED_MEDIA,
     KNOWN_HISTORY_VISIBILITY,
     KNOWN_JOIN_RULES,
     KNOWN_MEDIA_TYPES,
+    ConfigError,
     MediaConfig,
     PolicyConfig,
     parse_config,

@@ -24,8 +24,8 @@ import yaml
 from signedjson.key import generate_signing_key, write_signing_keys
 
 from devtools.homeserver import REPO_ROOT
-from synapse_police_policy.check_config import find_problems
-from synapse_police_policy.cli import main as police_policy
+from synapse_police_policy.ops.check_config import find_problems
+from synapse_police_policy.ops.cli import main as police_policy
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"

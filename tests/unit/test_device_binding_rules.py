@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from synapse_police_policy import enrollment
 from synapse_police_policy.decisions import DECISION_LOGGER, DecisionLog, Denial
+from synapse_police_policy.devices import rules as enrollment
 
 DEVICE = "PHONE-0815"
 keys = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", min_size=1)

@@ -19,11 +19,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from synapse_police_policy.cli import main
-from synapse_police_policy.devices_cli import display_width, json_text, parse_expiry, printable
-from synapse_police_policy.enrollment import unsafe_character
+from synapse_police_policy.api import ADMIN_PREFIX
+from synapse_police_policy.devices.rules import unsafe_character
+from synapse_police_policy.ops.cli import main
+from synapse_police_policy.ops.devices import display_width, json_text, parse_expiry, printable
 
-PREFIX = "/_synapse/client/police/v1"
+PREFIX = ADMIN_PREFIX
 TOKEN = "syt_admin_s3cret"
 
 

@@ -13,11 +13,10 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from synapse.config._base import ConfigError
 
 from bots.auditor import cli as audit_cli
-from synapse_police_policy import cli as policy_cli
-from synapse_police_policy.config import parse_config
+from synapse_police_policy.config import config_keys
+from synapse_police_policy.ops import cli as policy_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
@@ -123,19 +122,9 @@ def test_the_readme_keeps_the_two_commands() -> None:
     assert "\n## What is where\n" in readme
 
 
-def _accepted(raw: object) -> set[str]:
-    """The keys the parser accepts at one level, as its unknown-key error lists them."""
-    with pytest.raises(ConfigError) as error:
-        parse_config(raw)
-    return set(error.value.msg.split("expected one of: ", 1)[1].split(", "))
-
-
 def module_keys() -> set[str]:
-    return {
-        f"{section}.{key}"
-        for section in _accepted({"no-such-section": {}})
-        for key in _accepted({section: {"no-such-key": 1}})
-    }
+    """The keys of the config's field table (``config.py``), which the parser accepts."""
+    return {f"{section}.{key}" for section, key in config_keys()}
 
 
 def test_every_module_key_is_in_the_policy_guide() -> None:
@@ -202,3 +191,35 @@ def test_every_command_the_guides_show_exists(mention: tuple[str, ...]) -> None:
     ):
         COMMANDS[program]([*words, "--help"])
     assert done.value.code == 0, f"{' '.join(mention)}: {output.getvalue()}"
+
+
+def _map_rows() -> list[tuple[str, str]]:
+    """The README's "What is where": (path cell, description cell) of each row."""
+    section = README.read_text().split("## What is where", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            rows.append((cells[0], cells[1]))
+    return rows
+
+
+def test_the_readme_map_matches_the_module_tree() -> None:
+    """Every module file the map names exists, and every one of them is named: a folder's
+    row names its files (in its description), a file row names it with its siblings."""
+    named: set[Path] = set()
+    for path_cell, description in _map_rows():
+        paths = re.findall(r"`([^`]+)`", path_cell)
+        first = REPO_ROOT / paths[0]
+        assert first.exists(), f"What is where names {paths[0]}, which is not in the tree"
+        if not paths[0].startswith("synapse_police_policy/"):
+            continue
+        if first.is_dir():
+            for name in re.findall(r"`([\w/]+\.py)`", description):
+                named.add(first / name)
+        else:
+            named.update(first.parent / name for name in [Path(paths[0]).name, *paths[1:]])
+    module = REPO_ROOT / "synapse_police_policy"
+    files = {path for path in module.rglob("*.py") if path.name != "__init__.py"}
+    assert not named - files, f"What is where names files that are not there: {sorted(named - files)}"
+    assert not files - named, f"What is where leaves out: {sorted(files - named)}"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from synapse_police_policy.enrollment import (
+from synapse_police_policy.devices.rules import (
     APPROVED,
     CONSUMED,
     ENROLLED,

@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 
 from synapse_police_policy import schema
-from synapse_police_policy.enrollment import (
+from synapse_police_policy.devices.rules import (
     APPROVED,
     CONSUMED,
     ENROLLED,
@@ -23,7 +23,7 @@ from synapse_police_policy.enrollment import (
     REJECTED,
     REVOKED,
 )
-from synapse_police_policy.enrollment_store import (
+from synapse_police_policy.devices.store import (
     MAX_LINKS_PER_REQUEST,
     MAX_OPEN_REQUESTS_PER_USER,
     PENDING_KEEP_MS,

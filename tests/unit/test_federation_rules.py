@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synapse_police_policy import federation
+from synapse_police_policy.federation import rules as federation
 
 ALLOWED = federation.allowed_set("Ours.Example", {"polizei-by.example", "peer.example:8448"})
 

@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from synapse_police_policy import filescan
 from synapse_police_policy.config import MediaConfig, parse_config
-from synapse_police_policy.filescan import BLOCK, MAX_STEPS
-from synapse_police_policy.filetype import sniff
-from synapse_police_policy.media import OPAQUE, Sniffed, check_file, looks_random
+from synapse_police_policy.media import filescan
+from synapse_police_policy.media.filescan import BLOCK, MAX_STEPS
+from synapse_police_policy.media.filetype import sniff
+from synapse_police_policy.media.rules import OPAQUE, Sniffed, check_file, looks_random
 from tests import media_corpus
 
 DEFAULT = MediaConfig()
@@ -135,7 +135,7 @@ def test_the_options_parse(key: str, value: bool) -> None:
 
 @pytest.mark.parametrize("key", ["refuse_pdf_active_content", "refuse_trailing_data"])
 def test_a_wrong_option_value_names_the_key(key: str) -> None:
-    from synapse.config._base import ConfigError
+    from synapse_police_policy.config import ConfigError
 
     with pytest.raises(ConfigError) as error:
         parse_config({"media": {key: "yes"}})

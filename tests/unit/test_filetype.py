@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from synapse_police_policy.config import MediaConfig
-from synapse_police_policy.filetype import HEAD_BYTES, RANDOM_BYTES, TAIL_BYTES, Sniffed, sniff
-from synapse_police_policy.media import OPAQUE, canonical, check_file
+from synapse_police_policy.media.filetype import HEAD_BYTES, RANDOM_BYTES, TAIL_BYTES, Sniffed, sniff
+from synapse_police_policy.media.rules import OPAQUE, canonical, check_file
 from tests import media_corpus
 
 DEFAULT = MediaConfig()

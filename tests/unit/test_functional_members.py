@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from synapse_police_policy.config import RoomsConfig
-from synapse_police_policy.rooms import (
+from synapse_police_policy.rooms.rules import (
     FUNCTIONAL_MEMBERS,
     check_event,
     check_functional_members,

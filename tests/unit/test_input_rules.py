@@ -1,4 +1,4 @@
-"""The rules every admin API and CLI input goes through (``enrollment.py``):
+"""The rules every admin API and CLI input goes through (``devices/rules.py``):
 whatever comes in, the answer is the value or an ``InvalidInput`` naming the
 field, never another exception; what passes fits the database and shows
 plainly on a terminal; what is refused is described without being echoed."""
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from synapse_police_policy.enrollment import (
+from synapse_police_policy.devices.rules import (
     MAX_TIME_MS,
     MAX_USER_ID_LENGTH,
     InvalidInput,

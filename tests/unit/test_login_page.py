@@ -6,15 +6,16 @@ import html.parser
 
 import pytest
 
-from synapse_police_policy.enrollment import APPROVED, OPEN, PendingLogin
-from synapse_police_policy.login_page import (
+from synapse_police_policy.api import ADMIN_PREFIX
+from synapse_police_policy.api import LOGIN_PAGE_PREFIX as PREFIX
+from synapse_police_policy.api import login_link as link
+from synapse_police_policy.devices.login_page import (
     NOT_FOUND_PAGE,
-    PREFIX,
     duration_words,
-    link,
     render_approved,
     render_open,
 )
+from synapse_police_policy.devices.rules import APPROVED, OPEN, PendingLogin
 
 NOW = 1_700_000_000_000
 
@@ -57,7 +58,7 @@ def parse(page: bytes) -> _Text:
 def test_link_sits_under_the_public_base_url() -> None:
     assert link("https://matrix.police.example/", "TOKEN") == (f"https://matrix.police.example{PREFIX}/TOKEN")
     assert link("https://matrix.police.example", "TOKEN") == f"https://matrix.police.example{PREFIX}/TOKEN"
-    assert not PREFIX.startswith("/_synapse/client/police/v1"), "the admin API's prefix stays off the proxy"
+    assert not PREFIX.startswith(ADMIN_PREFIX), "the admin API's prefix stays off the proxy"
 
 
 @pytest.mark.parametrize(

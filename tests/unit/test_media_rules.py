@@ -1,4 +1,4 @@
-"""media.py: the verdict on an upload from what ``filetype.sniff`` found (its
+"""media/rules.py: the verdict on an upload from what ``filetype.sniff`` found (its
 detected type, its size, whether it may be ciphertext, what the options
 refuse in it); the declared size against the largest allowed size and the
 daily quota; the randomness test itself.
@@ -21,8 +21,8 @@ from synapse.api.errors import Codes
 
 from synapse_police_policy.config import DEFAULT_ALLOWED_MEDIA, MediaConfig
 from synapse_police_policy.decisions import Denial
-from synapse_police_policy.filetype import sniff
-from synapse_police_policy.media import (
+from synapse_police_policy.media.filetype import sniff
+from synapse_police_policy.media.rules import (
     ALIASES,
     EMPTY_TYPES,
     OPAQUE,

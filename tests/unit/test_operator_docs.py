@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from synapse.config._base import ConfigError
 
-from synapse_police_policy.config import parse_config
+from synapse_police_policy.config import ConfigError, parse_config
 
 OPERATOR_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
 SECTIONS = ("rooms", "federation", "retention", "devices", "media", "auditor", "directory")

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from synapse_police_policy.config import MediaConfig
-from synapse_police_policy.filetype import sniff
-from synapse_police_policy.media import (
+from synapse_police_policy.media.filetype import sniff
+from synapse_police_policy.media.rules import (
     CHI_SQUARE_LIMIT,
     CHI_SQUARE_MIN_BYTES,
     FALSE_REFUSAL_P,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synapse_police_policy.retention_sweep import MAX_RETRY_DELAY_S, retry_delay_s
+from synapse_police_policy.retention.sweep import MAX_RETRY_DELAY_S, retry_delay_s
 
 WEEK = 7 * 86_400
 

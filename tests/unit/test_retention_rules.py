@@ -8,16 +8,18 @@ from typing import Any
 import pytest
 
 from synapse_police_policy.config import RetentionConfig
-from synapse_police_policy.retention import (
-    POWER_LEVELS,
+from synapse_police_policy.retention.rules import (
     RETENTION,
-    SYSTEM_POWER,
-    check_power_levels,
     check_retention_change,
-    check_system_user_removal,
-    power_override,
     retention_content,
     retention_state,
+)
+from synapse_police_policy.rooms.seating import (
+    POWER_LEVELS,
+    SYSTEM_POWER,
+    check_power_levels,
+    check_system_user_removal,
+    power_override,
 )
 
 CREATOR = "@alice:police.example"

@@ -13,15 +13,16 @@ from typing import Any
 
 import pytest
 import yaml
-from synapse.config._base import ConfigError
 
-from synapse_police_policy import cli, schema
-from synapse_police_policy.bootstrap import BootstrapError
-from synapse_police_policy.retention_status import RetentionStatus, retention_status
-from synapse_police_policy.retention_store import WATERMARK
+from synapse_police_policy import schema
+from synapse_police_policy.config import ConfigError
+from synapse_police_policy.ops import cli
+from synapse_police_policy.ops.bootstrap import BootstrapError
+from synapse_police_policy.ops.retention_status import RetentionStatus, retention_status
+from synapse_police_policy.retention.store import WATERMARK
 from tests.synapse_tables import SYNAPSE_TABLES
 
-status_module = importlib.import_module("synapse_police_policy.retention_status")
+status_module = importlib.import_module("synapse_police_policy.ops.retention_status")
 
 SERVER = "police.example"
 SYSTEM = "@sweeper:police.example"

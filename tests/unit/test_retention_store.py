@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 
 from synapse_police_policy import schema
-from synapse_police_policy.retention_store import (
+from synapse_police_policy.retention.store import (
     KEPT_STATE_TYPES,
     WATERMARK,
     Failure,

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synapse_police_policy import retention
 from synapse_police_policy.config import MEGOLM, RoomsConfig
 from synapse_police_policy.decisions import Denial, quote
-from synapse_police_policy.rooms import (
+from synapse_police_policy.rooms import seating
+from synapse_police_policy.rooms.rules import (
     MODULE_CLEAR_EVENT_TYPES,
     MODULE_CLEAR_STATE_TYPES,
     ROOM_LEVEL_STATE_TYPES,
@@ -748,7 +748,7 @@ SEATED = ["@policy:hs.test", "@auditor:hs.test"]
 def test_power_levels_in_initial_state_seat_the_service_users() -> None:
     """Synapse ignores power_level_content_override when initial_state has power levels."""
     levels = state("m.room.power_levels", {"users": {"@a:hs.test": 100, "@policy:hs.test": 0}, "ban": 50})
-    secured, denial = retention.seat_in_initial_state([levels], "@a:hs.test", SEATED, creator_listed=True)
+    secured, denial = seating.seat_in_initial_state([levels], "@a:hs.test", SEATED, creator_listed=True)
     assert denial is None
     assert secured == [
         state(
@@ -760,9 +760,9 @@ def test_power_levels_in_initial_state_seat_the_service_users() -> None:
 
 def test_power_levels_in_initial_state_keep_the_creator_where_listed() -> None:
     levels = state("m.room.power_levels", {})
-    listed, _ = retention.seat_in_initial_state([levels], "@a:hs.test", SEATED, creator_listed=True)
+    listed, _ = seating.seat_in_initial_state([levels], "@a:hs.test", SEATED, creator_listed=True)
     assert listed[0]["content"]["users"]["@a:hs.test"] == 100
-    unlisted, _ = retention.seat_in_initial_state([levels], "@a:hs.test", SEATED, creator_listed=False)
+    unlisted, _ = seating.seat_in_initial_state([levels], "@a:hs.test", SEATED, creator_listed=False)
     assert "@a:hs.test" not in unlisted[0]["content"]["users"]
 
 
@@ -773,7 +773,7 @@ def test_power_levels_in_initial_state_keep_the_creator_where_listed() -> None:
 def test_power_levels_in_initial_state_that_keep_the_service_users_from_redacting_are_refused(
     content: dict[str, Any],
 ) -> None:
-    _, denial = retention.seat_in_initial_state(
+    _, denial = seating.seat_in_initial_state(
         [state("m.room.power_levels", content)], "@a:hs.test", SEATED, creator_listed=True
     )
     assert denial is not None
@@ -785,10 +785,10 @@ def test_power_levels_in_initial_state_that_keep_the_service_users_from_redactin
     [({}, False), ({"events_default": 100}, False), ({"events_default": 101}, True), ({"redact": 150}, True)],
 )
 def test_power_override_is_checked_like_power_levels(levels: dict[str, Any], refused: bool) -> None:
-    override = retention.power_override(
+    override = seating.power_override(
         {"power_level_content_override": levels}, "@a:hs.test", SEATED, creator_listed=False
     )
-    assert (retention.check_seated_power(override, SEATED) is not None) == refused
+    assert (seating.check_seated_power(override, SEATED) is not None) == refused
 
 
 def test_other_entries_are_not_power_levels() -> None:
@@ -796,7 +796,7 @@ def test_other_entries_are_not_power_levels() -> None:
         state("m.room.power_levels", {"redact": 500}, state_key="x"),
         state("m.room.name", {"name": "n"}),
     ]
-    secured, denial = retention.seat_in_initial_state(entries, "@a:hs.test", SEATED, creator_listed=True)
+    secured, denial = seating.seat_in_initial_state(entries, "@a:hs.test", SEATED, creator_listed=True)
     assert (secured, denial) == (entries, None)
 
 
@@ -918,7 +918,7 @@ def test_power_levels_at_creation_are_safe_or_refused(
         return
     taken = levels_in(initial_state)[-1] if in_initial_state else override
     for user in SEATED:
-        assert retention.check_power_levels(taken, user) is None
+        assert seating.check_power_levels(taken, user) is None
     if creator_listed:
         assert taken["users"][CREATOR] >= taken.get("invite", 0)
     else:
@@ -934,7 +934,7 @@ def test_the_creation_rules_never_raise_and_leave_a_safe_room(config: RoomsConfi
     problem = malformed_request(request_)
     denial = check_room_creation(config, request_)
     secured, rewrites = secure_initial_state(config, request_)
-    seated, power_denial = retention.seat_in_initial_state(secured, "@a:hs.test", SEATED, creator_listed=True)
+    seated, power_denial = seating.seat_in_initial_state(secured, "@a:hs.test", SEATED, creator_listed=True)
     if problem is not None or denial is not None:
         return  # the module answers 400 or 403 before anything is created
     assert secured_is_safe(secured, config)

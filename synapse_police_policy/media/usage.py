@@ -20,6 +20,8 @@ from typing import Any
 
 from synapse.module_api import ModuleApi
 
+from ..clock import now_ms
+
 DAY_MS = 24 * 3600 * 1000
 REFRESH_SECONDS = 60.0
 LEDGER_MAX = 10_000
@@ -45,7 +47,7 @@ class MediaUsage:
         entry = self._ledger.get(user_id)
         if entry is not None and time.monotonic() - entry[0] < REFRESH_SECONDS:
             return entry[1]
-        since = int(time.time() * 1000) - DAY_MS
+        since = now_ms() - DAY_MS
         used = await self._api.run_db_interaction(
             "police_policy_uploaded_since", _uploaded_since_txn, user_id, since
         )

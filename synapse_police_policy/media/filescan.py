@@ -160,7 +160,7 @@ def _zip_start(reader: Reader, last: bytes) -> int | None:
             continue
         directory = base + position - directory_size
         if entries and directory >= 0 and reader.read(directory, 4) == b"PK\x01\x02":
-            return max(0, directory - directory_offset)
+            return max(0, int(directory - directory_offset))
     return None
 
 

@@ -9,13 +9,15 @@ for whether a device is in use and which identity keys it holds;
 
 from __future__ import annotations
 
+import builtins
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from synapse.module_api import ModuleApi
 
-from .enrollment import (
+from ..schema import Tables
+from .rules import (
     APPROVED,
     CONSUMED,
     ENROLLED,
@@ -27,7 +29,6 @@ from .enrollment import (
     PendingLogin,
     new_request_id,
 )
-from .store import Tables
 
 _ENROLLMENT_COLUMNS = (
     "user_id, device_id, label, enrolled_by, enrolled_at, expires_at, state, revoked_by, revoked_at"
@@ -42,6 +43,9 @@ MAX_OPEN_REQUESTS_PER_USER = 10
 MAX_LINKS_PER_REQUEST = 5
 #: Decided and lapsed login requests are deleted after this long.
 PENDING_KEEP_MS = 30 * 24 * 3600 * 1000
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class Conflict(Exception):
@@ -402,7 +406,7 @@ def _lapse_pending_txn(txn: Any, now: int, window_ms: int) -> int:
         "UPDATE police_policy_pending_logins SET state = ? WHERE state = ? AND created_at <= ?",
         (EXPIRED, OPEN, now - PENDING_OPEN_LIFETIME_MS),
     )
-    lapsed = txn.rowcount
+    lapsed: int = txn.rowcount
     txn.execute(
         "UPDATE police_policy_pending_logins SET state = ?"
         " WHERE state = ? AND device_id IS NULL AND decided_at <= ?",
@@ -429,9 +433,11 @@ class EnrollmentStore:
         self._api = api
         self._tables = tables
 
-    async def _run(self, name: str, func: Any, *args: Any) -> Any:
+    async def _run(
+        self, name: str, func: Callable[Concatenate[Any, _P], _R], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _R:
         await self._tables.ensure()
-        return await self._api.run_db_interaction(f"police_policy_{name}", func, *args)
+        return await self._api.run_db_interaction(f"police_policy_{name}", func, *args, **kwargs)
 
     async def get(self, user_id: str, device_id: str) -> Enrollment | None:
         return await self._run("get_enrollment", get_enrollment_txn, user_id, device_id)
@@ -453,16 +459,17 @@ class EnrollmentStore:
         """Mark an enrolled device revoked or expired; None when it was not enrolled."""
         return await self._run("end_enrollment", _end_enrollment_txn, user_id, device_id, by, now, state)
 
+    # below this method, ``list`` in the class body names it: annotations there say ``builtins.list``
     async def list(self, user_id: str | None, state: str | None, limit: int, offset: int) -> list[Enrollment]:
         return await self._run("list_enrollments", _list_enrollments_txn, user_id, state, limit, offset)
 
-    async def due_expiries(self, now: int, limit: int) -> list[Enrollment]:
+    async def due_expiries(self, now: int, limit: int) -> builtins.list[Enrollment]:
         return await self._run("due_expiries", _due_expiries_txn, now, limit)
 
-    async def unenrolled_devices(self, limit: int) -> list[tuple[str, str]]:
+    async def unenrolled_devices(self, limit: int) -> builtins.list[tuple[str, str]]:
         return await self._run("unenrolled_devices", _unenrolled_devices_txn, limit)
 
-    async def deviceless_tokens(self, limit: int) -> list[tuple[str, str]]:
+    async def deviceless_tokens(self, limit: int) -> builtins.list[tuple[str, str]]:
         return await self._run("deviceless_tokens", _deviceless_tokens_txn, limit)
 
     async def device_in_use(self, user_id: str, device_id: str) -> bool:
@@ -472,10 +479,10 @@ class EnrollmentStore:
         """The ``device_keys`` object Synapse holds for the device, if any."""
         return await self._run("stored_device_keys", _stored_device_keys_txn, user_id, device_id)
 
-    async def user_devices(self, user_id: str) -> list[str]:
+    async def user_devices(self, user_id: str) -> builtins.list[str]:
         return await self._run("user_devices", _user_devices_txn, user_id)
 
-    async def devices_by_newest_token(self, user_id: str, limit: int = 20) -> list[str]:
+    async def devices_by_newest_token(self, user_id: str, limit: int = 20) -> builtins.list[str]:
         return await self._run("devices_by_newest_token", _devices_by_newest_token_txn, user_id, limit)
 
     async def record_pending(
@@ -494,7 +501,7 @@ class EnrollmentStore:
     async def pending_by_link(self, link_hash: str) -> PendingLogin | None:
         return await self._run("pending_by_link", _pending_by_link_txn, link_hash)
 
-    async def list_pending(self, state: str | None, limit: int) -> list[PendingLogin]:
+    async def list_pending(self, state: str | None, limit: int) -> builtins.list[PendingLogin]:
         return await self._run("list_pending", _list_pending_txn, state, limit)
 
     async def decide(
@@ -516,7 +523,7 @@ class EnrollmentStore:
             "record_auto_approval", _record_auto_approval_txn, user_id, ip, user_agent, by, now
         )
 
-    async def users_binding(self, since: int) -> list[str]:
+    async def users_binding(self, since: int) -> builtins.list[str]:
         return await self._run("users_binding", _users_binding_txn, since)
 
     async def bind(self, pending: PendingLogin, device_id: str, now: int) -> Enrollment:

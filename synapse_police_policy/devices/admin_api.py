@@ -4,13 +4,13 @@ Callers are Synapse server admins on an enrolled device (``DeviceEnrollment.
 require_admin``). Answers and errors are JSON; errors carry a Matrix
 ``errcode`` and a message naming the field that was wrong. Input never gets a
 5xx: every path segment, query parameter and body field is checked here or by
-the rules in ``enrollment.py`` before anything is written.
+the rules in ``rules.py`` before anything is written.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -20,9 +20,10 @@ from synapse.http.servlet import parse_json_object_from_request
 from synapse.http.site import SynapseRequest
 from synapse.module_api import ModuleApi
 
-from .decisions import quote
-from .devices import DeviceEnrollment
-from .enrollment import (
+from ..api import ADMIN_PREFIX
+from ..decisions import quote
+from .glue import DeviceEnrollment
+from .rules import (
     ENROLLMENT_STATES,
     PENDING_STATES,
     InvalidInput,
@@ -31,9 +32,8 @@ from .enrollment import (
     validate_request_id,
     validate_user_id,
 )
-from .enrollment_store import Conflict
+from .store import Conflict
 
-PREFIX = "/_synapse/client/police/v1"
 MAX_IMPORT = 1000
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -78,7 +78,7 @@ class Query:
         raw = self._values.get(name)
         return default if raw is None else parse_whole_number(raw, name, minimum, maximum)
 
-    def state(self, allowed: frozenset[str], default: str | None) -> str | None:
+    def state(self, allowed: Collection[str], default: str | None) -> str | None:
         """``state``: one of ``allowed``, or ``all`` for no filter (None)."""
         state = self._values.get("state", default)
         if state == "all":
@@ -134,7 +134,7 @@ class PoliceAdminResource(DirectServeJsonResource):
             raise SynapseError(
                 400, "the path must be ASCII: percent-encode user and device IDs", Codes.INVALID_PARAM
             ) from None
-        relative = path[len(PREFIX) :].strip("/") if path.startswith(PREFIX) else ""
+        relative = path[len(ADMIN_PREFIX) :].strip("/") if path.startswith(ADMIN_PREFIX) else ""
         method = request.method.decode("ascii", "replace")
         matched_path = False
         for route_method, pattern, handler in self._routes:

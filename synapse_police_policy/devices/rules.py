@@ -1,7 +1,7 @@
 """Device enrollment rules, as pure functions on plain data.
 
 Who may log in on which device, what an enrollment request must look like,
-and the words of every refusal. ``devices.py`` applies these rules to
+and the words of every refusal. ``glue.py`` applies these rules to
 Synapse's callbacks, ``admin_api.py`` to HTTP requests.
 """
 
@@ -18,19 +18,19 @@ from typing import Any
 import attrs
 from synapse.api.errors import Codes
 
-from .config import IPNetwork
-from .decisions import Denial, quote
-
-ENROLLED = "enrolled"
-REVOKED = "revoked"
-EXPIRED = "expired"
-ENROLLMENT_STATES = frozenset({ENROLLED, REVOKED, EXPIRED})
-
-OPEN = "open"
-APPROVED = "approved"
-REJECTED = "rejected"
-CONSUMED = "consumed"
-PENDING_STATES = frozenset({OPEN, APPROVED, REJECTED, CONSUMED, EXPIRED})
+# the states are the wire contract's; the rules and the store read them from here too
+from ..api import APPROVED as APPROVED
+from ..api import CONSUMED as CONSUMED
+from ..api import ENROLLED as ENROLLED
+from ..api import ENROLLMENT_STATES as ENROLLMENT_STATES
+from ..api import EXPIRED as EXPIRED
+from ..api import OPEN as OPEN
+from ..api import PENDING_STATES as PENDING_STATES
+from ..api import REJECTED as REJECTED
+from ..api import REQUEST_ID, REQUEST_ID_ALPHABET
+from ..api import REVOKED as REVOKED
+from ..config import IPNetwork
+from ..decisions import Denial, quote
 
 #: Synapse refuses longer device IDs at login; the registry does the same.
 MAX_DEVICE_ID_LENGTH = 512
@@ -55,8 +55,6 @@ UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 #: ASCII digits only: ``str.isdigit`` and ``int`` also take "²" or "١٢".
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _LOGOUT_PATH = re.compile(r"/_matrix/client/(?:r0|v3)/logout(?:/all)?")
-_REQUEST_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-_REQUEST_ID = re.compile(r"[A-Z0-9]{4}-[A-Z0-9]{4}")
 #: The token of a login link: 32 random bytes, URL-safe base64 without padding.
 _LINK_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 #: ``limit_type`` of the awaiting-approval answer. Element Web has sentences
@@ -116,7 +114,7 @@ class InvalidInput(ValueError):
 
 def new_request_id() -> str:
     """Short enough to read out over the phone: XXXX-XXXX without 0/O/1/I."""
-    chars = "".join(secrets.choice(_REQUEST_ID_ALPHABET) for _ in range(8))
+    chars = "".join(secrets.choice(REQUEST_ID_ALPHABET) for _ in range(8))
     return f"{chars[:4]}-{chars[4:]}"
 
 
@@ -201,7 +199,7 @@ def validate_device_id(value: Any, field: str = "device_id") -> str:
 
 def validate_request_id(value: Any, field: str = "request_id") -> str:
     """A login request ID as read over the phone; lower case is taken too."""
-    if not isinstance(value, str) or _REQUEST_ID.fullmatch(value.upper()) is None:
+    if not isinstance(value, str) or REQUEST_ID.fullmatch(value.upper()) is None:
         raise InvalidInput(
             field, f"expected a login request ID such as K7Q2-M9XD (see 'pending'), got {quote(value)}"
         )

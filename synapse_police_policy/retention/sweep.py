@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
+from typing import cast
 
 import attrs
 from prometheus_client import Counter, Gauge
 from synapse.api.errors import SynapseError
 from synapse.module_api import ModuleApi
 
-from .config import RetentionConfig
-from .decisions import RETENTION_FAILURES, DecisionLog
-from .internals import delete_local_media, delete_remote_media, pruned_json_of_redacted, redacted_events
-from .retention_store import STATE_WATERMARK, Failure, RetentionStore, Retry, StoredEvent
+from ..clock import now_ms
+from ..config import RetentionConfig
+from ..decisions import RETENTION_FAILURES, DecisionLog
+from ..internals import delete_local_media, delete_remote_media, pruned_json_of_redacted, redacted_events
+from .store import STATE_WATERMARK, Failure, RetentionStore, Retry, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -84,16 +85,14 @@ REASON = "Retention policy: content is removed from devices after the device lif
 FAILURE_KINDS = ("not_in_room", "forbidden", "refused", "error")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def retry_delay_s(attempts: int, sweep_interval_s: int, device_lifetime_s: int) -> int:
     """Back-off after the given number of failed attempts: from the sweep
     interval, doubling, to at most an hour (or the device lifetime, if shorter:
     an expired event should not wait longer than it was allowed to live)."""
     ceiling = max(sweep_interval_s, min(MAX_RETRY_DELAY_S, device_lifetime_s))
-    return min(sweep_interval_s * 2 ** min(attempts - 1, 20), ceiling)
+    # attempts >= 1 (it counts failures): the exponent is not negative, so the power is an int
+    factor = cast(int, 2 ** min(attempts - 1, 20))
+    return min(sweep_interval_s * factor, ceiling)
 
 
 class RetentionSweep:

@@ -12,10 +12,9 @@ from typing import Any
 
 import attrs
 
-from .bootstrap import connect_database
-from .check_config import MODULE_NAME
-from .config import PolicyConfig, parse_config
-from .retention_store import (
+from ..api import MODULE_NAME
+from ..config import PolicyConfig, parse_config
+from ..retention.store import (
     _KEPT,
     CONTENT_EVENTS,
     MEDIA_UPLOADED_BEFORE,
@@ -23,6 +22,7 @@ from .retention_store import (
     TO_DEVICE,
     WATERMARK,
 )
+from .bootstrap import connect_database
 
 
 @attrs.frozen
@@ -97,7 +97,7 @@ def retention_status(homeserver: Mapping[str, Any]) -> RetentionStatus:
     if not isinstance(server_name, str):
         raise ValueError("server_name: missing from the homeserver config")
     system_user = f"@{policy.retention.system_user}:{server_name}"
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000)  # patched by the tests as ``time``
     device_cutoff = now - policy.retention.device_lifetime * 1000
     audit_cutoff = now - policy.retention.audit_lifetime * 1000
     connection, qmark = connect_database(homeserver.get("database", {"name": "sqlite3", "args": {}}))

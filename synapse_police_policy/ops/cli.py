@@ -7,10 +7,12 @@ import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from synapse.config._base import ConfigError
+from synapse.config._base import ConfigError as SynapseConfigError
 
-from . import devices_cli
+from ..config import ConfigError
+from . import devices as devices_cli
 from .bootstrap import BootstrapError
 from .check_config import find_problems, find_warnings
 from .homeserver_file import HomeserverFileError, read_homeserver_config
@@ -37,7 +39,7 @@ def check_config(path: Path) -> int:
     return EXIT_OK
 
 
-def _read_homeserver(path: Path) -> dict | None:
+def _read_homeserver(path: Path) -> dict[str, Any] | None:
     """The homeserver config as a mapping, or None after saying why not."""
     try:
         return read_homeserver_config(path)
@@ -52,7 +54,7 @@ def show_retention_status(path: Path) -> int:
         return EXIT_UNREADABLE
     try:
         status = retention_status(homeserver)
-    except (ValueError, ConfigError, BootstrapError) as error:
+    except (ValueError, ConfigError, SynapseConfigError, BootstrapError) as error:
         print(f"{path}: {getattr(error, 'msg', None) or error}", file=sys.stderr)
         return EXIT_PROBLEMS
     print("\n".join(status.lines()))

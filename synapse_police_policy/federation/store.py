@@ -1,6 +1,6 @@
 """Foreign members the module dropped at the federation boundary.
 
-Tables come from ``schema.py``. Every access goes through
+Tables come from ``schema.py`` (``Tables`` migrates them). Every access goes through
 ``ModuleApi.run_db_interaction`` (Synapse's transaction layer turns ``?`` into
 the engine's placeholder).
 """
@@ -11,8 +11,7 @@ from typing import Any
 
 from synapse.module_api import ModuleApi
 
-from . import internals
-from .schema import migrate
+from ..schema import Tables
 
 
 def _set_foreign_member(txn: Any, room_id: str, user_id: str, membership: str, ts: int) -> None:
@@ -34,23 +33,7 @@ def _foreign_members(txn: Any, room_id: str) -> list[str]:
     return [row[0] for row in txn.fetchall()]
 
 
-class Tables:
-    """Migrates the module's tables once per process, before their first use."""
-
-    def __init__(self, api: ModuleApi) -> None:
-        self._api = api
-        self._ready = False
-
-    async def ensure(self) -> None:
-        if not self._ready:
-            await self._api.run_db_interaction(
-                "police_policy_migrate",
-                lambda txn: migrate(txn, postgres=internals.runs_on_postgres(txn)),
-            )
-            self._ready = True
-
-
-class PolicyStore:
+class ForeignMembers:
     def __init__(self, api: ModuleApi, tables: Tables) -> None:
         self._api = api
         self._tables = tables

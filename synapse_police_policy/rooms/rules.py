@@ -23,7 +23,7 @@ whatever is not encrypted, so only event types known to carry no free text
 in clear; the operator extends the lists in the config.
 
 Power levels at creation go through the rule later changes go through
-(``retention.check_power_levels``), with the service users merged into them
+(``seating.check_power_levels``), with the service users merged into them
 (``seat_service_users``).
 """
 
@@ -34,9 +34,10 @@ from typing import Any
 
 import attrs
 
-from . import retention
-from .config import MEGOLM, RoomsConfig
-from .decisions import Denial, quote
+from ..config import MEGOLM, RoomsConfig
+from ..decisions import Denial, quote
+from ..retention import rules as retention
+from . import seating
 
 CREATE = "m.room.create"
 MEMBER = "m.room.member"
@@ -493,20 +494,20 @@ def seat_service_users(
     """The power levels a creation request gets: ``initial_state`` (whose
     ``m.room.power_levels`` Synapse takes as it is, ignoring the override) and
     ``power_level_content_override``, each with the service users merged in at
-    ``retention.SYSTEM_POWER``, and the denial when a request cannot be made
+    ``seating.SYSTEM_POWER``, and the denial when a request cannot be made
     safe. Both go through the rule later changes go through
-    (``retention.check_power_levels``: the service users keep power 100 and
+    (``seating.check_power_levels``: the service users keep power 100 and
     redacting needs no more), plus what only creation needs: where creators
     are listed (before room version 12), the creator must be able to invite,
     since the creator invites the service users once the room exists. A
     service user the request makes a creator (version 12 on) holds unlimited
     power and stays out of the power levels, as Synapse requires."""
     members = [user for user in seated if creator_listed or user not in _creators(request, creator)]
-    secured, denial = retention.seat_in_initial_state(initial_state, creator, members, creator_listed)
-    override = retention.power_override(
+    secured, denial = seating.seat_in_initial_state(initial_state, creator, members, creator_listed)
+    override = seating.power_override(
         _with_synapse_users(request, creator, creator_listed), creator, members, creator_listed=creator_listed
     )
-    denial = denial or retention.check_seated_power(override, members)
+    denial = denial or seating.check_seated_power(override, members)
     if denial is None and creator_listed and members:
         levels = [override, *(entry["content"] for entry in secured if _is_power_levels(entry))]
         denial = next(filter(None, (check_creator_invites(content, creator) for content in levels)), None)

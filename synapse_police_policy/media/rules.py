@@ -9,13 +9,13 @@ import functools
 import math
 import operator
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import attrs
 from PIL import Image
-from synapse.api.errors import Codes
 
-from .config import MediaConfig
-from .decisions import Denial
+from ..config import MediaConfig
+from ..decisions import Denial
 
 OPAQUE = "application/octet-stream"
 EMPTY_TYPES = frozenset({"application/x-empty", "inode/x-empty"})
@@ -279,7 +279,12 @@ class Sniffed:
 
 
 #: how a size refusal goes on the wire
-TOO_LARGE: Mapping[str, object] = {"errcode": Codes.TOO_LARGE, "http_status": 413}
+class _TooLarge(TypedDict):
+    errcode: str
+    http_status: int
+
+
+TOO_LARGE: _TooLarge = {"errcode": "M_TOO_LARGE", "http_status": 413}
 
 
 def canonical(mime: str) -> str:

@@ -20,9 +20,9 @@ from collections.abc import Callable
 import magic
 from PIL import Image
 
+from ..config import MediaConfig
 from . import filescan
-from .config import MediaConfig
-from .media import (
+from .rules import (
     EMPTY_TYPES,
     OPAQUE,
     TEXT_DECIDABLE_BYTES,

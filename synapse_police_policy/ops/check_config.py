@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-from synapse.config._base import Config, ConfigError
+from synapse.config._base import Config
+from synapse.config._base import ConfigError as SynapseConfigError
 
-from .config import PolicyConfig, normalise_server_name, parse_config
+from ..api import MODULE_NAME
+from ..config import ConfigError, PolicyConfig, normalise_server_name, parse_config
 
-MODULE_NAME = "synapse_police_policy.PolicePolicy"
 #: the operator guide's section on the hop Synapse trusts
 PROXY_GUIDE = 'docs/operator.md, "The reverse proxy: which address Synapse sees"'
 _DAY_MS = 86400 * 1000
@@ -43,7 +44,7 @@ def _duration_text(ms: int) -> str:
 def _ms(value: Any, key: str, findings: list[Finding]) -> int | None:
     try:
         return Config.parse_duration(value)
-    except (TypeError, ValueError, IndexError, KeyError, ConfigError):
+    except (TypeError, ValueError, IndexError, KeyError, SynapseConfigError):
         findings.append(Finding(key, f"{value!r} is not a duration", "use a duration such as '90d'"))
         return None
 
@@ -337,7 +338,7 @@ def _check_upload_size(homeserver: Mapping[str, Any], policy: PolicyConfig, find
     value = homeserver.get("max_upload_size", "50M")
     try:
         size = Config.parse_size(value)
-    except (TypeError, ValueError, IndexError, ConfigError):
+    except (TypeError, ValueError, IndexError, SynapseConfigError):
         findings.append(Finding("max_upload_size", f"{value!r} is not a size", f"set it to {wanted}"))
         return
     if size < largest:

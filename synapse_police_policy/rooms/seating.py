@@ -1,10 +1,10 @@
-"""The retention tiers in every room, as pure functions: what a new room
-carries, and which changes to it are refused.
+"""The service users the policy seats in every room (the retention system user, the
+auditor bot), as pure functions: their place in a new room's power levels, and the
+changes that would take it from them.
 
-A room announces the device tier in ``m.room.retention`` (Synapse hides older
-events from clients and purges at the audit tier, see docs/policy.md), and the
-system user holds the power to redact there, which the sweep
-(``retention_sweep.py``) uses once content passes the device tier.
+They hold ``SYSTEM_POWER``: the system user redacts expired content with it, the
+auditor bot redacts refused attachments. The rule ID of a refusal stays
+``retention.system_user_power``, as the decision log has always named it.
 """
 
 from __future__ import annotations
@@ -12,22 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .config import RetentionConfig
-from .decisions import Denial
+from ..decisions import Denial
 
-RETENTION = "m.room.retention"
 POWER_LEVELS = "m.room.power_levels"
-#: the system user's power level: enough to redact anyone's events, and equal
-#: to a creator's in room versions before 12, so a creator cannot demote it
+#: the seated users' power level: enough to redact anyone's events, and equal
+#: to a creator's in room versions before 12, so a creator cannot demote them
 SYSTEM_POWER = 100
-
-
-def retention_content(config: RetentionConfig) -> dict[str, int]:
-    return {"max_lifetime": config.device_lifetime * 1000}
-
-
-def retention_state(config: RetentionConfig) -> dict[str, Any]:
-    return {"type": RETENTION, "state_key": "", "content": retention_content(config)}
 
 
 def power_override(
@@ -90,17 +80,6 @@ def check_seated_power(content: Mapping[str, Any], seated: Sequence[str]) -> Den
         if denial is not None:
             return denial
     return None
-
-
-def check_retention_change(config: RetentionConfig, content: Mapping[str, Any]) -> Denial | None:
-    """Only the policy's own ``m.room.retention`` content may be sent."""
-    if dict(content) == retention_content(config):
-        return None
-    return Denial(
-        rule="retention.room_policy",
-        reason="The retention of rooms is set by the server's policy "
-        f"(content leaves devices after {config.device_lifetime}s); m.room.retention cannot be changed",
-    )
 
 
 def _level(value: Any, default: int) -> int | None:

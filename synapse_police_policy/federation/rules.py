@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .decisions import Denial, quote
+from ..decisions import Denial, quote
 
 
 def server_of(user_id: str) -> str:

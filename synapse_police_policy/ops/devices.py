@@ -25,8 +25,9 @@ import attrs
 import requests
 from tqdm import tqdm
 
-from .bootstrap import BootstrapError, enroll_directly
-from .enrollment import (
+from ..api import ADMIN_PREFIX, ENROLLMENT_STATES, PENDING_STATES
+from ..config import duration_seconds
+from ..devices.rules import (
     MAX_TIME_MS,
     InvalidInput,
     describe_character,
@@ -36,9 +37,9 @@ from .enrollment import (
     validate_label,
     validate_request_id,
 )
+from .bootstrap import BootstrapError, enroll_directly
 from .homeserver_file import HomeserverFileError, read_homeserver_config
 
-API_PREFIX = "/_synapse/client/police/v1"
 ENV_HOMESERVER = "POLICE_HOMESERVER_URL"
 ENV_TOKEN = "POLICE_ADMIN_TOKEN"
 TIMEOUT_S = 30
@@ -46,8 +47,6 @@ LIST_PAGE_SIZE = 100
 IMPORT_DEFAULT_BATCH = 500
 IMPORT_MAX_BATCH = 1000
 IMPORT_COLUMNS = ("user_id", "device_id", "label")
-PENDING_STATES = ("open", "approved", "rejected", "consumed", "expired", "all")
-ENROLLMENT_STATES = ("enrolled", "revoked", "expired", "all")
 #: combining marks kept after one base character; more would stack over other rows
 MAX_COMBINING = 2
 
@@ -64,8 +63,6 @@ The homeserver URL and a server admin's access token come from --homeserver and
 exit codes: 0 ok, 1 the server refused (its errcode and error are printed),
 2 usage error or the server could not be reached."""
 
-_DURATION = re.compile(r"^([1-9][0-9]*)([smhdw])$")
-_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")
 _ENTRY_PREFIX = re.compile(r"^devices\[[0-9]+\]\.")
 
@@ -107,7 +104,7 @@ class AdminClient:
     """One keep-alive session to the admin API that maps every outcome onto an exception class."""
 
     def __init__(self, homeserver: str, token: str, session: requests.Session) -> None:
-        self.base = homeserver.rstrip("/") + API_PREFIX
+        self.base = homeserver.rstrip("/") + ADMIN_PREFIX
         self._session = session
         # requests drops this header when a redirect leaves the host, so it never leaks elsewhere.
         session.headers["Authorization"] = f"Bearer {token}"
@@ -200,10 +197,10 @@ def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Targ
 def parse_expiry(text: str, now: datetime | None = None) -> int:
     """ms since the epoch from an ISO 8601 time (UTC unless it says otherwise) or a duration from now."""
     now = now or datetime.now(UTC)
-    duration = _DURATION.fullmatch(text.strip())
-    if duration:
+    seconds = duration_seconds(text)
+    if seconds is not None:
         try:
-            when = now + timedelta(**{_DURATION_UNITS[duration.group(2)]: int(duration.group(1))})
+            when = now + timedelta(seconds=seconds)
         except (OverflowError, ValueError):
             raise argparse.ArgumentTypeError(f"{text!r} ends after the year 9999") from None
     else:
@@ -711,11 +708,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = sub.add_parser("list", parents=shared, help="list enrollments (all pages)")
     listing.add_argument("--user", type=user_id_argument, metavar="USER_ID", help="only this user's devices")
-    listing.add_argument("--state", choices=ENROLLMENT_STATES, help="default: all")
+    listing.add_argument("--state", choices=(*ENROLLMENT_STATES, "all"), help="default: all")
     listing.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
 
     pending = sub.add_parser("pending", parents=shared, help="list device requests awaiting a decision")
-    pending.add_argument("--state", choices=PENDING_STATES, help="default: open")
+    pending.add_argument("--state", choices=(*PENDING_STATES, "all"), help="default: open")
     pending.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
 
     for decision in ("approve", "reject"):

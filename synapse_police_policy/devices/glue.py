@@ -1,5 +1,5 @@
 """Device enrollment applied to Synapse: the login gate, the event gate, the
-operators' actions and the sweep. Rules and messages are in ``enrollment.py``;
+operators' actions and the sweep. Rules and messages are in ``rules.py``;
 the module's callbacks and the admin API call into ``DeviceEnrollment``."""
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from synapse.events import EventBase
 from synapse.module_api import ModuleApi
 from synapse.types import Requester
 
-from . import enrollment, login_page
-from .config import DevicesConfig
-from .decisions import DecisionLog, Denial
-from .enrollment import ENROLLED, EXPIRED, REVOKED, Enrollment, InvalidInput, PendingLogin
-from .enrollment_store import EnrollmentStore
-from .internals import delete_access_token, delete_devices
+from ..api import login_link
+from ..clock import now_ms
+from ..config import DevicesConfig
+from ..decisions import DecisionLog, Denial
+from ..internals import delete_access_token, delete_devices
+from . import rules as enrollment
+from .rules import ENROLLED, EXPIRED, REVOKED, Enrollment, InvalidInput, PendingLogin
+from .store import EnrollmentStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +39,6 @@ SWEEP_MAX_BATCHES = 20
 SWEEP_ACTOR = "sweep"
 #: who approved a login of devices.auto_approve_users from devices.auto_approve_networks
 AUTO_APPROVE_ACTOR = "auto_approve"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @attrs.frozen
@@ -157,7 +155,7 @@ class DeviceEnrollment:
             user_id, None, ip, user_agent, now, enrollment.link_token_hash(token)
         )
         return enrollment.login_awaits_approval(
-            user_id, pending.request_id, login_page.link(self._api.public_baseurl, token)
+            user_id, pending.request_id, login_link(self._api.public_baseurl, token)
         )
 
     async def pending_for_link(self, token: str) -> tuple[PendingLogin, str] | None:
@@ -277,8 +275,8 @@ class DeviceEnrollment:
 
     # -- operators' actions --------------------------------------------------
 
-    async def _existing_user(self, user_id: Any, field: str) -> str:
-        user_id = enrollment.validate_user_id(user_id, self._api.server_name, field)
+    async def _existing_user(self, value: Any, field: str) -> str:
+        user_id = enrollment.validate_user_id(value, self._api.server_name, field)
         if await self._api.check_user_exists(user_id) is None:
             raise InvalidInput(field, f"there is no user {user_id} on this server")
         return user_id

@@ -15,17 +15,17 @@ the public proxy: the control room's browsers must reach this page.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from synapse.http.server import DirectServeHtmlResource, finish_request
 from synapse.http.site import SynapseRequest
 
-from .enrollment import APPROVED, PendingLogin
+from ..api import APPROVED, LOGIN_PAGE_PREFIX
+from .rules import PendingLogin
 
 if TYPE_CHECKING:
-    from .devices import DeviceEnrollment
+    from .glue import DeviceEnrollment
 
-PREFIX = "/_synapse/client/police/login-request"
 #: seconds between reloads of a page that waits for the operator
 REFRESH_SECONDS = 10
 
@@ -40,16 +40,22 @@ _HEADERS = {
     b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
 }
 
+
+class _Response(Protocol):
+    """What ``_send_response`` calls on the request, typed: Twisted leaves
+    ``Request.setHeader`` and ``Request.write`` without annotations."""
+
+    def setHeader(self, name: bytes, value: bytes) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
 _STYLE = (
     "body{font-family:sans-serif;max-width:40em;margin:2em auto;padding:0 1em;line-height:1.5;color:#17191c}"
     "section{margin-bottom:2em}h1{font-size:1.4em}"
     ".code{font-family:monospace;font-size:2.2em;letter-spacing:.1em;font-weight:bold;margin:.3em 0}"
     "hr{border:0;border-top:1px solid #ccc}"
 )
-
-
-def link(public_baseurl: str, token: str) -> str:
-    return f"{public_baseurl.rstrip('/')}{PREFIX}/{token}"
 
 
 def duration_words(seconds: int) -> tuple[str, str]:
@@ -129,7 +135,7 @@ NOT_FOUND_PAGE = _page(
 
 
 class LoginPageResource(DirectServeHtmlResource):
-    """``GET {PREFIX}/{token}``: 200 with the request's page, else 404."""
+    """``GET {LOGIN_PAGE_PREFIX}/{token}``: 200 with the request's page, else 404."""
 
     isLeaf = True
 
@@ -140,7 +146,7 @@ class LoginPageResource(DirectServeHtmlResource):
 
     async def _async_render_GET(self, request: SynapseRequest) -> tuple[int, bytes]:
         path = request.path.decode("ascii", "replace")
-        token = path[len(PREFIX) + 1 :] if path.startswith(PREFIX + "/") else ""
+        token = path[len(LOGIN_PAGE_PREFIX) + 1 :] if path.startswith(LOGIN_PAGE_PREFIX + "/") else ""
         found = await self._devices.pending_for_link(token)
         if found is None:
             return 404, NOT_FOUND_PAGE
@@ -155,8 +161,9 @@ class LoginPageResource(DirectServeHtmlResource):
         request.setResponseCode(code)
         if request._disconnected:
             return
+        response: _Response = request
         for name, value in _HEADERS.items():
-            request.setHeader(name, value)
-        request.setHeader(b"Content-Length", b"%d" % len(response_object))
-        request.write(response_object)
+            response.setHeader(name, value)
+        response.setHeader(b"Content-Length", b"%d" % len(response_object))
+        response.write(response_object)
         finish_request(request)

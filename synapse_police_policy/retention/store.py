@@ -25,13 +25,16 @@ newer name supersedes them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
 from synapse.module_api import ModuleApi
 
-from .store import Tables
+from ..schema import Tables
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 #: progress of the walk over ``events``
 WATERMARK = "redaction_sweep"
@@ -104,6 +107,12 @@ class Failure:
 
 def _marks(items: Collection[Any]) -> str:
     return ", ".join("?" for _ in items)
+
+
+def _changed(txn: Any) -> int:
+    """The rows the last statement changed: DB-API's ``rowcount`` (an int), 0 for its -1 (unknown)."""
+    rowcount: int = txn.rowcount
+    return max(rowcount, 0)
 
 
 def _watermark_txn(txn: Any, name: str = WATERMARK) -> int:
@@ -333,14 +342,14 @@ def _delete_to_device_before_txn(txn: Any, before_ms: int) -> int:
     position = to_device_position_at(txn, before_ms)
     if position is not None:
         txn.execute("DELETE FROM device_inbox WHERE stream_id <= ?", (position,))
-        deleted += max(txn.rowcount, 0)
+        deleted += _changed(txn)
         # the newest mark before the cutoff stays: it is the next run's floor
         txn.execute(
             "DELETE FROM police_policy_retention_marks WHERE stream = ? AND position < ?",
             (TO_DEVICE, position),
         )
     txn.execute("DELETE FROM device_federation_outbox WHERE queued_ts < ?", (before_ms,))
-    deleted += max(txn.rowcount, 0)
+    deleted += _changed(txn)
     return deleted
 
 
@@ -359,7 +368,7 @@ def _blank_stale_snapshot_names_txn(txn: Any, room_ids: Collection[str]) -> int:
         "  WHERE s.room_id = sliding_sync_membership_snapshots.room_id), '')",
         tuple(room_ids),
     )
-    return max(txn.rowcount, 0)
+    return _changed(txn)
 
 
 # --- the audit tier for redacted state -------------------------------------------------
@@ -415,9 +424,11 @@ class RetentionStore:
         self._api = api
         self._tables = tables
 
-    async def _run(self, name: str, func: Any, *args: Any) -> Any:
+    async def _run(
+        self, name: str, func: Callable[Concatenate[Any, _P], _R], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _R:
         await self._tables.ensure()
-        return await self._api.run_db_interaction(f"police_policy_{name}", func, *args)
+        return await self._api.run_db_interaction(f"police_policy_{name}", func, *args, **kwargs)
 
     async def watermark(self, name: str = WATERMARK) -> int:
         return await self._run("retention_watermark", _watermark_txn, name)

@@ -9,13 +9,13 @@ way in. The same steps serve the bots' and the MDM's service accounts.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Mapping
 from typing import Any
 
-from .enrollment import Enrollment, validate_device_id, validate_label, validate_user_id
-from .enrollment_store import enroll_txn
-from .schema import migrate
+from ..clock import now_ms
+from ..devices.rules import Enrollment, validate_device_id, validate_label, validate_user_id
+from ..devices.store import enroll_txn
+from ..schema import migrate
 
 BOOTSTRAP_ACTOR = "bootstrap (server host)"
 #: connection pool settings Synapse reads from database.args that psycopg2 does not know
@@ -44,7 +44,8 @@ class _QmarkCursor:
 
     @property
     def rowcount(self) -> int:
-        return self._cursor.rowcount
+        rowcount: int = self._cursor.rowcount  # DB-API: an int (-1: unknown)
+        return rowcount
 
 
 def connect_database(database: Any) -> tuple[Any, bool]:
@@ -93,9 +94,7 @@ def enroll_directly(homeserver: Mapping[str, Any], user_id: str, device_id: str,
         if cursor.fetchone() is None:
             raise BootstrapError(f"user_id: there is no user {user_id} on this server; create it first")
         migrate(cursor, postgres=not qmark)
-        record, _ = enroll_txn(
-            cursor, user_id, device_id, label, None, BOOTSTRAP_ACTOR, int(time.time() * 1000)
-        )
+        record, _ = enroll_txn(cursor, user_id, device_id, label, None, BOOTSTRAP_ACTOR, now_ms())
         connection.commit()
         return record
     except Exception as error:

@@ -1,0 +1,1 @@
+"""Media rules: the type by content, sizes, the daily quota."""

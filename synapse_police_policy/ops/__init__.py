@@ -1,0 +1,1 @@
+"""What runs outside Synapse: the `police-policy` CLI, bootstrap, check-config, status."""

@@ -1,0 +1,1 @@
+"""The retention tiers: room policy, the sweep that redacts expired content."""
