@@ -74,8 +74,8 @@ class PolicePolicy:
         self._decisions = DecisionLog(api.server_name)
         self._allowed_servers = federation.allowed_set(api.server_name, config.federation.allowed_servers)
         tables = Tables(api)
-        self._foreign_members = ForeignMembers(api, tables)
-        self._devices = DeviceEnrollment(config.devices, api, EnrollmentStore(api, tables), self._decisions)
+        self._foreign_members = ForeignMembers(tables)
+        self._devices = DeviceEnrollment(config.devices, api, EnrollmentStore(tables), self._decisions)
         self._media_usage = MediaUsage(api)
         self._sweep = RetentionSweep(config.retention, api, RetentionStore(api, tables), self._decisions)
         #: users the policy seats in every room, at power 100, that nobody removes

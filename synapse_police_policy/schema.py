@@ -11,10 +11,14 @@ plain DB-API connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from synapse.module_api import ModuleApi
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 #: Step N brings the schema from version N-1 to N. Append, never edit.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -188,3 +192,11 @@ class Tables:
                 lambda txn: migrate(txn, postgres=internals.runs_on_postgres(txn)),
             )
             self._ready = True
+
+    async def run(
+        self, name: str, func: Callable[Concatenate[Any, _P], _R], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _R:
+        """One transaction of the module's (``police_policy_{name}`` in Synapse's metrics),
+        after the tables are migrated."""
+        await self.ensure()
+        return await self._api.run_db_interaction(f"police_policy_{name}", func, *args, **kwargs)

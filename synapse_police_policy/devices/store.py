@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Callable, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
-
-from synapse.module_api import ModuleApi
+from collections.abc import Sequence
+from typing import Any
 
 from ..schema import Tables
 from .rules import (
@@ -43,9 +41,6 @@ MAX_OPEN_REQUESTS_PER_USER = 10
 MAX_LINKS_PER_REQUEST = 5
 #: Decided and lapsed login requests are deleted after this long.
 PENDING_KEEP_MS = 30 * 24 * 3600 * 1000
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 
 class Conflict(Exception):
@@ -429,23 +424,16 @@ def _lapse_pending_txn(txn: Any, now: int, window_ms: int) -> int:
 class EnrollmentStore:
     """Async access for the module; each method is one transaction."""
 
-    def __init__(self, api: ModuleApi, tables: Tables) -> None:
-        self._api = api
+    def __init__(self, tables: Tables) -> None:
         self._tables = tables
 
-    async def _run(
-        self, name: str, func: Callable[Concatenate[Any, _P], _R], *args: _P.args, **kwargs: _P.kwargs
-    ) -> _R:
-        await self._tables.ensure()
-        return await self._api.run_db_interaction(f"police_policy_{name}", func, *args, **kwargs)
-
     async def get(self, user_id: str, device_id: str) -> Enrollment | None:
-        return await self._run("get_enrollment", get_enrollment_txn, user_id, device_id)
+        return await self._tables.run("get_enrollment", get_enrollment_txn, user_id, device_id)
 
     async def enroll(
         self, user_id: str, device_id: str, label: str, expires_at: int | None, by: str, now: int
     ) -> tuple[Enrollment, bool]:
-        return await self._run("enroll", enroll_txn, user_id, device_id, label, expires_at, by, now)
+        return await self._tables.run("enroll", enroll_txn, user_id, device_id, label, expires_at, by, now)
 
     async def enroll_many(
         self, rows: Sequence[tuple[str, str, str, int | None]], by: str, now: int
@@ -453,37 +441,41 @@ class EnrollmentStore:
         def txn_func(txn: Any) -> list[tuple[Enrollment, bool]]:
             return [enroll_txn(txn, *row, by, now) for row in rows]
 
-        return await self._run("enroll_many", txn_func)
+        return await self._tables.run("enroll_many", txn_func)
 
     async def end(self, user_id: str, device_id: str, by: str, now: int, state: str) -> Enrollment | None:
         """Mark an enrolled device revoked or expired; None when it was not enrolled."""
-        return await self._run("end_enrollment", _end_enrollment_txn, user_id, device_id, by, now, state)
+        return await self._tables.run(
+            "end_enrollment", _end_enrollment_txn, user_id, device_id, by, now, state
+        )
 
     # below this method, ``list`` in the class body names it: annotations there say ``builtins.list``
     async def list(self, user_id: str | None, state: str | None, limit: int, offset: int) -> list[Enrollment]:
-        return await self._run("list_enrollments", _list_enrollments_txn, user_id, state, limit, offset)
+        return await self._tables.run(
+            "list_enrollments", _list_enrollments_txn, user_id, state, limit, offset
+        )
 
     async def due_expiries(self, now: int, limit: int) -> builtins.list[Enrollment]:
-        return await self._run("due_expiries", _due_expiries_txn, now, limit)
+        return await self._tables.run("due_expiries", _due_expiries_txn, now, limit)
 
     async def unenrolled_devices(self, limit: int) -> builtins.list[tuple[str, str]]:
-        return await self._run("unenrolled_devices", _unenrolled_devices_txn, limit)
+        return await self._tables.run("unenrolled_devices", _unenrolled_devices_txn, limit)
 
     async def deviceless_tokens(self, limit: int) -> builtins.list[tuple[str, str]]:
-        return await self._run("deviceless_tokens", _deviceless_tokens_txn, limit)
+        return await self._tables.run("deviceless_tokens", _deviceless_tokens_txn, limit)
 
     async def device_in_use(self, user_id: str, device_id: str) -> bool:
-        return await self._run("device_in_use", _device_in_use_txn, user_id, device_id)
+        return await self._tables.run("device_in_use", _device_in_use_txn, user_id, device_id)
 
     async def stored_device_keys(self, user_id: str, device_id: str) -> dict[str, Any] | None:
         """The ``device_keys`` object Synapse holds for the device, if any."""
-        return await self._run("stored_device_keys", _stored_device_keys_txn, user_id, device_id)
+        return await self._tables.run("stored_device_keys", _stored_device_keys_txn, user_id, device_id)
 
     async def user_devices(self, user_id: str) -> builtins.list[str]:
-        return await self._run("user_devices", _user_devices_txn, user_id)
+        return await self._tables.run("user_devices", _user_devices_txn, user_id)
 
     async def devices_by_newest_token(self, user_id: str, limit: int = 20) -> builtins.list[str]:
-        return await self._run("devices_by_newest_token", _devices_by_newest_token_txn, user_id, limit)
+        return await self._tables.run("devices_by_newest_token", _devices_by_newest_token_txn, user_id, limit)
 
     async def record_pending(
         self,
@@ -494,40 +486,40 @@ class EnrollmentStore:
         now: int,
         link_hash: str | None = None,
     ) -> PendingLogin:
-        return await self._run(
+        return await self._tables.run(
             "record_pending", _record_pending_txn, user_id, device_id, ip, user_agent, now, link_hash
         )
 
     async def pending_by_link(self, link_hash: str) -> PendingLogin | None:
-        return await self._run("pending_by_link", _pending_by_link_txn, link_hash)
+        return await self._tables.run("pending_by_link", _pending_by_link_txn, link_hash)
 
     async def list_pending(self, state: str | None, limit: int) -> builtins.list[PendingLogin]:
-        return await self._run("list_pending", _list_pending_txn, state, limit)
+        return await self._tables.run("list_pending", _list_pending_txn, state, limit)
 
     async def decide(
         self, request_id: str, approve: bool, by: str, now: int
     ) -> tuple[PendingLogin | None, Enrollment | None]:
-        return await self._run("decide_pending", _decide_txn, request_id, approve, by, now)
+        return await self._tables.run("decide_pending", _decide_txn, request_id, approve, by, now)
 
     async def consume_approval(
         self, user_id: str, ip: str, user_agent: str, now: int, window_ms: int
     ) -> PendingLogin | None:
-        return await self._run(
+        return await self._tables.run(
             "consume_approval", _consume_approval_txn, user_id, ip, user_agent, now, window_ms
         )
 
     async def record_auto_approval(
         self, user_id: str, ip: str, user_agent: str, by: str, now: int
     ) -> PendingLogin:
-        return await self._run(
+        return await self._tables.run(
             "record_auto_approval", _record_auto_approval_txn, user_id, ip, user_agent, by, now
         )
 
     async def users_binding(self, since: int) -> builtins.list[str]:
-        return await self._run("users_binding", _users_binding_txn, since)
+        return await self._tables.run("users_binding", _users_binding_txn, since)
 
     async def bind(self, pending: PendingLogin, device_id: str, now: int) -> Enrollment:
-        return await self._run("bind_approval", _bind_txn, pending, device_id, now)
+        return await self._tables.run("bind_approval", _bind_txn, pending, device_id, now)
 
     async def lapse_pending(self, now: int, window_ms: int) -> int:
-        return await self._run("lapse_pending", _lapse_pending_txn, now, window_ms)
+        return await self._tables.run("lapse_pending", _lapse_pending_txn, now, window_ms)

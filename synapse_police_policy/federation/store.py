@@ -1,15 +1,13 @@
 """Foreign members the module dropped at the federation boundary.
 
-Tables come from ``schema.py`` (``Tables`` migrates them). Every access goes through
-``ModuleApi.run_db_interaction`` (Synapse's transaction layer turns ``?`` into
+Tables come from ``schema.py``; every access goes through ``Tables.run``
+(``ModuleApi.run_db_interaction``: Synapse's transaction layer turns ``?`` into
 the engine's placeholder).
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from synapse.module_api import ModuleApi
 
 from ..schema import Tables
 
@@ -34,17 +32,12 @@ def _foreign_members(txn: Any, room_id: str) -> list[str]:
 
 
 class ForeignMembers:
-    def __init__(self, api: ModuleApi, tables: Tables) -> None:
-        self._api = api
+    def __init__(self, tables: Tables) -> None:
         self._tables = tables
 
     async def set_foreign_member(self, room_id: str, user_id: str, membership: str, ts: int) -> None:
         """Record ``membership`` unless a newer event about this member is recorded."""
-        await self._tables.ensure()
-        await self._api.run_db_interaction(
-            "police_policy_set_foreign_member", _set_foreign_member, room_id, user_id, membership, ts
-        )
+        await self._tables.run("set_foreign_member", _set_foreign_member, room_id, user_id, membership, ts)
 
     async def foreign_members(self, room_id: str) -> list[str]:
-        await self._tables.ensure()
-        return await self._api.run_db_interaction("police_policy_foreign_members", _foreign_members, room_id)
+        return await self._tables.run("foreign_members", _foreign_members, room_id)

@@ -25,16 +25,13 @@ newer name supersedes them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Collection, Iterable
+from typing import Any
 
 import attrs
 from synapse.module_api import ModuleApi
 
 from ..schema import Tables
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 #: progress of the walk over ``events``
 WATERMARK = "redaction_sweep"
@@ -424,80 +421,74 @@ class RetentionStore:
         self._api = api
         self._tables = tables
 
-    async def _run(
-        self, name: str, func: Callable[Concatenate[Any, _P], _R], *args: _P.args, **kwargs: _P.kwargs
-    ) -> _R:
-        await self._tables.ensure()
-        return await self._api.run_db_interaction(f"police_policy_{name}", func, *args, **kwargs)
-
     async def watermark(self, name: str = WATERMARK) -> int:
-        return await self._run("retention_watermark", _watermark_txn, name)
+        return await self._tables.run("retention_watermark", _watermark_txn, name)
 
     async def set_watermark(self, position: int, name: str = WATERMARK) -> None:
-        await self._run("retention_set_watermark", _set_watermark_txn, position, name)
+        await self._tables.run("retention_set_watermark", _set_watermark_txn, position, name)
 
     async def events_after(self, position: int, limit: int) -> list[StoredEvent]:
-        return await self._run("retention_events_after", _events_after_txn, position, limit)
+        return await self._tables.run("retention_events_after", _events_after_txn, position, limit)
 
     async def superseded_after(self, position: int, limit: int) -> tuple[list[StoredEvent], int]:
-        return await self._run("retention_superseded_after", _superseded_after_txn, position, limit)
+        return await self._tables.run("retention_superseded_after", _superseded_after_txn, position, limit)
 
     async def with_redactions(self, event_ids: Collection[str]) -> set[str]:
-        return await self._run("retention_with_redactions", _with_redactions_txn, list(event_ids))
+        return await self._tables.run("retention_with_redactions", _with_redactions_txn, list(event_ids))
 
     async def current(self, event_ids: Collection[str]) -> set[str]:
-        return await self._run("retention_current", _current_txn, list(event_ids))
+        return await self._tables.run("retention_current", _current_txn, list(event_ids))
 
     async def existing(self, event_ids: Collection[str]) -> dict[str, bool]:
-        return await self._run("retention_existing", _existing_txn, list(event_ids))
+        return await self._tables.run("retention_existing", _existing_txn, list(event_ids))
 
     async def joined_rooms(self, user_id: str) -> set[str]:
-        return await self._run("retention_joined_rooms", _joined_rooms_txn, user_id)
+        return await self._tables.run("retention_joined_rooms", _joined_rooms_txn, user_id)
 
     async def retries_due(self, now: int, limit: int) -> list[Retry]:
-        return await self._run("retention_retries_due", _retries_due_txn, now, limit)
+        return await self._tables.run("retention_retries_due", _retries_due_txn, now, limit)
 
     async def retries_of(self, event_ids: Collection[str]) -> dict[str, Retry]:
-        return await self._run("retention_retries_of", _retries_of_txn, list(event_ids))
+        return await self._tables.run("retention_retries_of", _retries_of_txn, list(event_ids))
 
     async def record_failures(self, failures: list[Failure]) -> None:
         if failures:
-            await self._run("retention_record_failures", _record_failures_txn, failures)
+            await self._tables.run("retention_record_failures", _record_failures_txn, failures)
 
     async def forget(self, event_ids: Collection[str]) -> None:
         if event_ids:
-            await self._run("retention_forget", _forget_txn, list(event_ids))
+            await self._tables.run("retention_forget", _forget_txn, list(event_ids))
 
     async def retry_summary(self) -> dict[str, tuple[int, int]]:
-        return await self._run("retention_retry_summary", _retry_summary_txn)
+        return await self._tables.run("retention_retry_summary", _retry_summary_txn)
 
     async def media_uploaded_before(self, before_ms: int, limit: int) -> list[str]:
-        return await self._run(
+        return await self._tables.run(
             "retention_media_before", _media_uploaded_before_txn, self._api.server_name, before_ms, limit
         )
 
     async def remote_media_fetched_before(self, before_ms: int, limit: int) -> list[tuple[str, str, str]]:
-        return await self._run(
+        return await self._tables.run(
             "retention_remote_media_before", _remote_media_fetched_before_txn, before_ms, limit
         )
 
     async def note_to_device_position(self, now: int) -> None:
-        await self._run("retention_note_to_device", _note_to_device_position_txn, now)
+        await self._tables.run("retention_note_to_device", _note_to_device_position_txn, now)
 
     async def delete_to_device_before(self, before_ms: int) -> int:
-        return await self._run("retention_delete_to_device", _delete_to_device_before_txn, before_ms)
+        return await self._tables.run("retention_delete_to_device", _delete_to_device_before_txn, before_ms)
 
     async def blank_stale_snapshot_names(self, room_ids: Collection[str]) -> int:
-        return await self._run(
+        return await self._tables.run(
             "retention_blank_snapshot_names", _blank_stale_snapshot_names_txn, sorted(room_ids)
         )
 
     async def queue_censoring(self, events: list[StoredEvent]) -> None:
         if events:
-            await self._run("retention_queue_censoring", _queue_censoring_txn, events)
+            await self._tables.run("retention_queue_censoring", _queue_censoring_txn, events)
 
     async def due_for_censoring(self, before_ms: int, limit: int) -> list[str]:
-        return await self._run("retention_due_for_censoring", _due_for_censoring_txn, before_ms, limit)
+        return await self._tables.run("retention_due_for_censoring", _due_for_censoring_txn, before_ms, limit)
 
     async def censor(self, pruned: dict[str, str], checked: Collection[str]) -> None:
-        await self._run("retention_censor", _censor_txn, pruned, list(checked))
+        await self._tables.run("retention_censor", _censor_txn, pruned, list(checked))
