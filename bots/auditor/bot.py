@@ -22,13 +22,15 @@ from ..common.session import Session, StoreSyncTokens
 from .archive import Archive, now_ms
 from .chain_heads import export_head, head_notice
 from .chat import CommandChat
-from .commands import CommandRunner, ExportStore, parse_command
 from .config import Config
 from .consultation_log import ChainBroken, ConsultationLog
 from .enforcement import Enforcer
 from .export import key_fingerprint, open_signing_key
 from .ingest import Ingest
+from .parser import parse_command
 from .replies import HealthStats, archive_paused, archive_resumed
+from .requests import ExportStore
+from .runner import CommandRunner
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -11,16 +11,14 @@ from datetime import UTC, date, datetime
 import pytest
 
 from bots.auditor.archive import Archive, Attachment, Message
-from bots.auditor.commands import (
+from bots.auditor.config import ConfigError, parse_config, parse_duration
+from bots.auditor.consultation_log import ConsultationLog
+from bots.auditor.export import generate_signing_key, verify_export
+from bots.auditor.parser import (
     Approve,
-    BuiltExport,
-    CommandRunner,
     Deny,
     Export,
-    ExportJob,
-    ExportStore,
     Health,
-    HealthStats,
     Help,
     Invalid,
     LogView,
@@ -29,9 +27,9 @@ from bots.auditor.commands import (
     Show,
     parse_command,
 )
-from bots.auditor.config import ConfigError, parse_config, parse_duration
-from bots.auditor.consultation_log import ConsultationLog
-from bots.auditor.export import generate_signing_key, verify_export
+from bots.auditor.replies import HealthStats
+from bots.auditor.requests import ExportStore
+from bots.auditor.runner import BuiltExport, CommandRunner, ExportJob
 
 DAY_MS = 86_400_000
 NOW = int(datetime(2025, 6, 1, 12, tzinfo=UTC).timestamp() * 1000)

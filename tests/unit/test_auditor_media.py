@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from bots.auditor.archive import Archive, Attachment, Message
-from bots.auditor.commands import HealthStats
 from bots.auditor.config import ConfigError, parse_config
 from bots.auditor.media_rules import PolicyFileError, check_attachment, load_policy, size_limit
 from bots.auditor.metrics import BotCollector, serve_metrics
 from bots.auditor.notices import media_notice
+from bots.auditor.replies import HealthStats
 from tests import media_corpus
 from tests.unit.test_auditor_commands import _raw as raw_config
 

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from bots.auditor.archive import Archive, Message
-from bots.auditor.commands import CommandRunner, ExportStore, HealthStats
 from bots.auditor.config import ConfigError, parse_config
 from bots.auditor.consultation_log import ConsultationLog
 from bots.auditor.export import ExportRequest, build_export, generate_signing_key
+from bots.auditor.replies import HealthStats
+from bots.auditor.requests import ExportStore
+from bots.auditor.runner import CommandRunner
 from bots.common.clock import day_start, moment, zone
 from tests.unit.test_auditor_commands import _raw
 
