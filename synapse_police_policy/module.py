@@ -14,7 +14,7 @@ from synapse.events import EventBase
 from synapse.media._base import FileInfo
 from synapse.media.media_storage import ReadableFileWrapper
 from synapse.module_api import NOT_SPAM, ModuleApi
-from synapse.types import Requester, StateMap, UserProfile
+from synapse.types import Requester, UserProfile
 
 from .api import ADMIN_PREFIX, LOGIN_PAGE_PREFIX
 from .config import ConfigError as PolicyConfigError
@@ -34,6 +34,7 @@ from .internals import (
     guard_device_keys,
     guard_federation_destinations,
     guard_federation_origins,
+    guard_new_events,
     guard_remote_knocks,
     guard_remote_media,
 )
@@ -96,10 +97,10 @@ class PolicePolicy:
         #: rooms seen with power levels (``_check_room_finished``), oldest forgotten first
         self._finished_rooms: OrderedDict[str, None] = OrderedDict()
 
-        api.register_third_party_rules_callbacks(
-            on_create_room=self.on_create_room,
-            check_event_allowed=self.check_event_allowed,
-        )
+        # Not a check_event_allowed callback: with one, Synapse loads the room's
+        # whole state for every event (internals.guard_new_events).
+        api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
+        guard_new_events(api, self.check_new_event)
         api.register_spam_checker_callbacks(
             check_event_for_spam=self.check_event_for_spam,
             should_drop_federated_event=self.should_drop_federated_event,
@@ -305,12 +306,14 @@ class PolicePolicy:
     ) -> None:
         await self._devices.on_user_login(user_id)
 
-    async def check_event_allowed(
-        self, event: EventBase, state: StateMap[EventBase]
-    ) -> tuple[bool, dict[str, Any] | None]:
-        """Every event our users' clients make: the sending device must be
-        enrolled. Then membership events Synapse builds: remote users' make_join
-        and make_knock, and our users' knocks (joins have user_may_join_room)."""
+    async def check_new_event(self, event: EventBase) -> None:
+        """Every event this server creates: from our users' clients the sending
+        device must be enrolled. Then membership events: nobody removes a
+        service user; remote users' make_join and make_knock, and our users'
+        knocks (joins have user_may_join_room). Raises to refuse.
+
+        It sees the event, not the room's state: its cost does not grow with
+        the room. The one rule that needs the members (a knock) reads them."""
         if self._api.is_mine(event.sender):
             denial = await self._devices.check_event(event)
             if denial is not None:
@@ -320,7 +323,7 @@ class PolicePolicy:
                     "police_policy_seat_service_users", self._seat_service_users, event.room_id, event.sender
                 )
         if event.type != MEMBER:
-            return True, None
+            return
         if event.state_key in self._seated and event.sender != event.state_key:
             denial = seating.check_system_user_removal(event.membership, event.state_key)
             if denial is not None:
@@ -328,16 +331,14 @@ class PolicePolicy:
                 raise denial.as_error()
         if self._api.is_mine(event.sender):
             if event.membership != "knock":
-                return True, None
-            joined = [
-                key for (kind, key), member in state.items() if kind == MEMBER and member.membership == "join"
-            ]
-            joined += await self._foreign_members.foreign_members(event.room_id)
-            denial = federation.check_room_members(self._allowed_servers, joined)
+                return
+            denial = federation.check_room_members(
+                self._allowed_servers, await self._joined_members(event.room_id)
+            )
         else:
             denial = federation.check_remote_joiner(self._allowed_servers, event.sender)
         if denial is None:
-            return True, None
+            return
         self._decisions.deny(denial, user=event.sender, room=event.room_id)
         raise denial.as_error()
 
