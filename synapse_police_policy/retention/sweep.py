@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
+from collections.abc import Callable
 from typing import cast
 
 import attrs
@@ -74,8 +76,15 @@ LAG = Gauge(
 )
 
 BATCH = 200
-#: batches per run and walk; the next run continues from the watermark
+#: batches per run of each walk but the one over events; the next run continues from the watermark
 MAX_BATCHES = 50
+#: share of the sweep interval the walk over events may take: behind (an
+#: incident's messages expiring, days after an outage), it redacts as fast as
+#: Synapse lets it, not MAX_BATCHES x BATCH per interval (33 a second at 5 min),
+#: and leaves the rest of the interval to the other walks and the next run
+EVENT_WALK_SHARE = 0.8
+#: ... but at least this long: at short intervals a run may overrun (the next waits)
+EVENT_WALK_MIN_S = 60
 #: the longest wait between two attempts at one event
 MAX_RETRY_DELAY_S = 3600
 REASON = "Retention policy: content is removed from devices after the device lifetime"
@@ -97,9 +106,15 @@ def retry_delay_s(attempts: int, sweep_interval_s: int, device_lifetime_s: int) 
 
 class RetentionSweep:
     def __init__(
-        self, config: RetentionConfig, api: ModuleApi, store: RetentionStore, decisions: DecisionLog
+        self,
+        config: RetentionConfig,
+        api: ModuleApi,
+        store: RetentionStore,
+        decisions: DecisionLog,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
+        self._monotonic = monotonic
         self._api = api
         self._store = store
         self._decisions = decisions
@@ -150,9 +165,13 @@ class RetentionSweep:
             )
 
     async def _walk_events(self, cutoff: int, now: int, joined: set[str], tally: _Tally) -> float:
-        """Returns how many seconds the oldest expired event not yet walked is overdue."""
+        """Returns how many seconds the oldest expired event not yet walked is
+        overdue. At least one batch; more until caught up or its time is spent
+        (EVENT_WALK_SHARE of the sweep interval, at least EVENT_WALK_MIN_S)."""
+        budget_s = max(self._config.sweep_interval * EVENT_WALK_SHARE, EVENT_WALK_MIN_S)
+        deadline = self._monotonic() + budget_s
         position = await self._store.watermark()
-        for _ in range(MAX_BATCHES):
+        while True:
             events = await self._store.events_after(position, BATCH)
             # Stream order follows arrival, so the first unexpired event ends the walk.
             expired = list(itertools.takewhile(lambda event: event.received_ts <= cutoff, events))
@@ -163,6 +182,8 @@ class RetentionSweep:
             await self._store.set_watermark(position)
             if len(expired) < len(events) or len(events) < BATCH:
                 return 0.0
+            if self._monotonic() >= deadline:
+                break
         following = await self._store.events_after(position, 1)
         behind = (cutoff - following[0].received_ts) / 1000 if following else 0.0
         return max(behind, 0.0)
