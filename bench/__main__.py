@@ -1,7 +1,14 @@
-"""``python -m bench [NAME ...]``: run every benchmark entry, or the named ones.
+"""``python -m bench [--smoke] [NAME ...]``: run every benchmark entry, or the named ones.
 
 New benchmarks add themselves to ``ENTRIES``. Missing a target is a result,
 not a failure: the exit code is non-zero only when a benchmark could not run.
+
+Every entry is ``main(smoke: bool = False)``: at full size (what ``make
+bench`` runs and docs/performance.md reports), or with ``--smoke`` the same
+code at tiny sizes, in seconds; its figures then mean nothing, only that the
+entry still runs and reports. The test suite runs every entry that way
+(tests/integration/test_bench_smoke.py), so a change that breaks a benchmark
+fails the tests rather than the next measurement.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from . import (
 @attrs.frozen
 class Entry:
     name: str
-    run: Callable[[], None]
+    #: the entry's ``main``; ``True``: at smoke size
+    run: Callable[[bool], None]
     summary: str
 
 
@@ -47,7 +55,8 @@ ENTRIES: list[Entry] = [
     Entry(
         "large_room",
         large_room.main,
-        f"cost of the policy module on the message path of a room of {large_room.MEMBERS} members",
+        "cost of the policy module on the message path of rooms of "
+        f"{' and '.join(f'{n:,}' for n in large_room.MEMBERS)} members",
     ),
     Entry(
         "login_rate",
@@ -86,7 +95,8 @@ ENTRIES: list[Entry] = [
         "retention_scaling",
         retention_scaling.main,
         f"retention sweep: time to redact {retention_scaling.NEW:,} newly expired events with "
-        f"{retention_scaling.SIZES[0]:,} against {retention_scaling.SIZES[1]:,} events stored",
+        f"{retention_scaling.SIZES[0]:,} against {retention_scaling.SIZES[1]:,} events stored on SQLite, "
+        f"{retention_scaling.PG_SIZES[0]:,} against {retention_scaling.PG_SIZES[1]:,} on PostgreSQL",
     ),
     Entry(
         "dispatch_alert",
@@ -109,7 +119,8 @@ def machine() -> str:
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv)
+    smoke = "--smoke" in argv
+    wanted = {arg for arg in argv if arg != "--smoke"}
     unknown = wanted - {entry.name for entry in ENTRIES}
     if unknown:
         names = ", ".join(entry.name for entry in ENTRIES)
@@ -117,13 +128,16 @@ def main(argv: list[str]) -> int:
         return 2
     print(f"command: {shlex.join([sys.executable, '-m', 'bench', *argv])}")
     print(f"machine: {machine()}")
+    if smoke:
+        print("smoke sizes: tiny workloads, the figures mean nothing; only a failure to run counts")
     failed: list[str] = []
     for entry in ENTRIES:
         if wanted and entry.name not in wanted:
             continue
-        print(f"\n=== {entry.name}: {entry.summary} ===", flush=True)
+        size = " (smoke size)" if smoke else ""
+        print(f"\n=== {entry.name}{size}: {entry.summary} ===", flush=True)
         try:
-            entry.run()
+            entry.run(smoke)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

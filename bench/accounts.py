@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from devtools.homeserver import Homeserver
+from synapse_police_policy.config import parse_config
 from synapse_police_policy.devices.rules import ENROLLED
 from synapse_police_policy.schema import SCHEMA_VERSION
 
@@ -44,6 +45,19 @@ class BenchError(RuntimeError):
 
 def has_module(hs: Homeserver) -> bool:
     return hs.spec.module_config is not None
+
+
+def seated_users(hs: Homeserver) -> tuple[str, ...]:
+    """The localparts of the service users the module of ``hs`` seats in every
+    new room: the retention system user, and the auditor bot when
+    ``auditor.user_id`` is set (a user of ``hs``)."""
+    if not has_module(hs):
+        raise BenchError(f"{hs.server_name}: no module, nobody is seated")
+    config = parse_config(hs.spec.module_config)
+    seated = [config.retention.system_user]
+    if config.auditor.user_id is not None:
+        seated.append(config.auditor.user_id.removeprefix("@").split(":", 1)[0])
+    return tuple(seated)
 
 
 def device_id_for(localpart: str) -> str:

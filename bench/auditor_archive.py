@@ -56,6 +56,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from bots.auditor.archive import REPLACE, Archive, Message, canonical_content, new_key
 
 MESSAGES = 1_000_000
@@ -69,6 +71,22 @@ DAYS = 89
 SEED = 20_240_901
 WARM_ROUNDS = 4
 PAGE = 20
+
+
+@attrs.frozen
+class Sizes:
+    """Full size, or the smoke test's (``SMOKE``)."""
+
+    messages: int
+    #: messages per add_many
+    batch: int
+    #: search passes after the first
+    warm_rounds: int
+
+
+FULL = Sizes(messages=MESSAGES, batch=BATCH, warm_rounds=WARM_ROUNDS)
+#: the same path in seconds: proves the entry runs, its figures mean nothing
+SMOKE = Sizes(messages=2_000, batch=500, warm_rounds=2)
 
 INGEST_TARGET = 5_000.0
 P95_TARGET_MS = 50.0
@@ -242,13 +260,13 @@ class Corpus:
         ]
 
 
-def ingest(path: Path, key: bytes, corpus: Corpus) -> tuple[float, int]:
+def ingest(path: Path, key: bytes, corpus: Corpus, batch_size: int = BATCH) -> tuple[float, int]:
     """(seconds in add_many, messages added)."""
     spent = 0.0
     added = 0
     report_every = max(1, corpus.messages // 10)
     with Archive(path, key) as archive:
-        for batch in corpus.batches(BATCH):
+        for batch in corpus.batches(batch_size):
             started = time.perf_counter()
             added += archive.add_many(batch)
             spent += time.perf_counter() - started
@@ -257,13 +275,15 @@ def ingest(path: Path, key: bytes, corpus: Corpus) -> tuple[float, int]:
     return spent, added
 
 
-def search_process(path: str, key: bytes, queries: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def search_process(
+    path: str, key: bytes, queries: Sequence[tuple[str, dict[str, Any]]], warm_rounds: int = WARM_ROUNDS
+) -> dict[str, Any]:
     """Run in a fresh process: the latencies (ms) of each pass, the hits, the peak RSS."""
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     passes: list[list[float]] = []
     hits: list[int] = []
     with Archive(path, key, create=False) as archive:
-        for round_no in range(1 + WARM_ROUNDS):
+        for round_no in range(1 + warm_rounds):
             latencies = []
             for text, filters in queries:
                 started = time.perf_counter()
@@ -285,32 +305,49 @@ def percentile(values: Sequence[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    count = int((argv[0] if argv else None) or os.environ.get("BENCH_AUDITOR_MESSAGES") or MESSAGES)
+def main(smoke: bool = False) -> None:
+    """The entry of ``python -m bench``: ``FULL`` (``BENCH_AUDITOR_MESSAGES``
+    messages if set), or ``SMOKE`` with ``smoke``."""
+    if smoke:
+        run(SMOKE)
+    else:
+        run(attrs.evolve(FULL, messages=int(os.environ.get("BENCH_AUDITOR_MESSAGES") or MESSAGES)))
+
+
+def cli(argv: Sequence[str]) -> int:
+    """``python -m bench.auditor_archive [MESSAGES]``."""
+    if argv:
+        run(attrs.evolve(FULL, messages=int(argv[0])))
+    else:
+        main()
+    return 0
+
+
+def run(sizes: Sizes) -> None:
+    count = sizes.messages
     corpus = Corpus(count)
     key = new_key()
     with tempfile.TemporaryDirectory(prefix="bench-auditor-") as workdir:
         path = Path(workdir, "archive.db")
-        print(f"  building an archive of {count:,} messages in batches of {BATCH:,} ...", flush=True)
-        ingest_s, added = ingest(path, key, corpus)
+        print(f"  building an archive of {count:,} messages in batches of {sizes.batch:,} ...", flush=True)
+        ingest_s, added = ingest(path, key, corpus, sizes.batch)
         ingest_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         size = sum(p.stat().st_size for p in Path(workdir).iterdir() if p.is_file())
 
         queries = corpus.queries()
         with multiprocessing.get_context("forkserver").Pool(1) as pool:
-            result = pool.apply(search_process, (str(path), key, queries))
+            result = pool.apply(search_process, (str(path), key, queries, sizes.warm_rounds))
 
         with Archive(path, key) as archive:
             started = time.perf_counter()
             purged = archive.purge_older_than(START_MS + DAY_MS)
             purge_s = time.perf_counter() - started
             remaining = archive.count()
-    report(count, added, ingest_s, ingest_rss, size, queries, result, purged, purge_s, remaining)
-    return 0
+    report(sizes, added, ingest_s, ingest_rss, size, queries, result, purged, purge_s, remaining)
 
 
 def report(
-    count: int,
+    sizes: Sizes,
     added: int,
     ingest_s: float,
     ingest_rss: float,
@@ -332,7 +369,7 @@ def report(
     slowest = max(range(len(queries)), key=lambda i: max(p[i] for p in result["passes"]))
     text, filters = queries[slowest]
     print(
-        f"\n{added:,} of {count:,} messages added, {size / 2**20:.0f} MiB on disk "
+        f"\n{added:,} of {sizes.messages:,} messages added, {size / 2**20:.0f} MiB on disk "
         f"({size / max(added, 1):.0f} bytes/message); {len(queries)} queries, page of {PAGE}, "
         f"{sum(1 for h in result['hits'] if h == PAGE)} with a full page, "
         f"{sum(1 for h in result['hits'] if h == 0)} without hits"
@@ -356,9 +393,9 @@ def report(
         f"<= {P95_TARGET_MS:.0f} ms",
         p95_first <= P95_TARGET_MS,
     )
-    line(f"search p50, {WARM_ROUNDS} warm passes", f"{statistics.median(warm):.1f} ms", "", None)
+    line(f"search p50, {sizes.warm_rounds} warm passes", f"{statistics.median(warm):.1f} ms", "", None)
     line(
-        f"search p95, {WARM_ROUNDS} warm passes",
+        f"search p95, {sizes.warm_rounds} warm passes",
         f"{p95_warm:.1f} ms",
         f"<= {P95_TARGET_MS:.0f} ms",
         p95_warm <= P95_TARGET_MS,
@@ -374,4 +411,4 @@ def report(
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli(sys.argv[1:]))

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import attrs
+
 from devtools.homeserver import Homeserver
 from synapse_police_policy.ops.devices import IMPORT_COLUMNS, IMPORT_DEFAULT_BATCH
 
@@ -57,6 +59,29 @@ ROUNDS = 3
 #: requests in flight while registering the users
 SETUP_WORKERS = 4
 
+
+@attrs.frozen
+class Sizes:
+    """Full size, or the smoke test's (``SMOKE``)."""
+
+    #: users whose devices the file lists
+    users: int
+    #: devices of each user in the file
+    devices_per_user: int
+    #: rounds, each a new file imported twice
+    rounds: int
+    #: runs on a header-only file, the median of which is the CLI's start-up
+    startup_runs: int
+
+    @property
+    def rows(self) -> int:
+        return self.users * self.devices_per_user
+
+
+FULL = Sizes(users=USERS, devices_per_user=DEVICES_PER_USER, rounds=ROUNDS, startup_runs=3)
+#: the same path in seconds: proves the entry runs, its figures mean nothing
+SMOKE = Sizes(users=5, devices_per_user=10, rounds=1, startup_runs=1)
+
 RATE_TARGET = 200.0
 SUMMARY = re.compile(r"^(\d+) enrolled \(new\), (\d+) already enrolled, (\d+) failed$", re.MULTILINE)
 
@@ -69,15 +94,15 @@ def cli_command() -> list[str]:
     return [sys.executable, "-m", "synapse_police_policy.ops.cli"]
 
 
-def write_csv(path: Path, hs: Homeserver, round_no: int) -> None:
-    """ROWS devices, new in every round (the device IDs name the round)."""
+def write_csv(path: Path, hs: Homeserver, sizes: Sizes, round_no: int) -> None:
+    """The file's devices, new in every round (the device IDs name the round)."""
     with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(["user_id", "device_id", "label"])
-        for user in range(USERS):
+        for user in range(sizes.users):
             user_id = hs.user_id(localpart(user))
-            for device in range(DEVICES_PER_USER):
-                number = user * DEVICES_PER_USER + device
+            for device in range(sizes.devices_per_user):
+                number = user * sizes.devices_per_user + device
                 writer.writerow(
                     [user_id, f"PHONE-{round_no}-{number:06d}", f"inventory {round_no}-{number:06d}"]
                 )
@@ -110,27 +135,30 @@ def run_import(hs: Homeserver, token: str, path: Path) -> tuple[float, tuple[int
     return elapsed, (new, existing, failed)
 
 
-def main() -> None:
-    """Start the homeserver, register the users, run the CLI; always stop it."""
+def main(smoke: bool = False) -> None:
+    """Start the homeserver, register the users, run the CLI; always stop it.
+    ``smoke``: at ``SMOKE`` sizes instead of ``FULL``."""
+    sizes = SMOKE if smoke else FULL
+    rows = sizes.rows
     with homeservers(["with-module"]) as servers, tempfile.TemporaryDirectory() as workdir:
         hs = servers["with-module"]
         started = time.perf_counter()
         token = enrolled_user(hs, "mdm-admin", PASSWORD, admin=True)
-        register_many(hs, [localpart(user) for user in range(USERS)], PASSWORD, workers=SETUP_WORKERS)
+        register_many(hs, [localpart(user) for user in range(sizes.users)], PASSWORD, workers=SETUP_WORKERS)
         print(
-            f"  {USERS} users and an admin on an enrolled device set up in "
+            f"  {sizes.users} users and an admin on an enrolled device set up in "
             f"{time.perf_counter() - started:.1f} s (not timed)",
             flush=True,
         )
         header_only = Path(workdir, "header.csv")
         header_only.write_text(",".join(IMPORT_COLUMNS) + "\n", encoding="utf-8")
-        startup = statistics.median(run_import(hs, token, header_only)[0] for _ in range(3))
+        startup = statistics.median(run_import(hs, token, header_only)[0] for _ in range(sizes.startup_runs))
 
-        runs = {"first run (all rows new)": (ROWS, 0, 0), "re-run (all rows enrolled)": (0, ROWS, 0)}
+        runs = {"first run (all rows new)": (rows, 0, 0), "re-run (all rows enrolled)": (0, rows, 0)}
         seconds: dict[str, list[float]] = {name: [] for name in runs}
-        for round_no in range(ROUNDS):
+        for round_no in range(sizes.rounds):
             devices = Path(workdir, f"devices-{round_no}.csv")
-            write_csv(devices, hs, round_no)
+            write_csv(devices, hs, sizes, round_no)
             enrolled_before = count_enrolled(hs)
             for name, expected in runs.items():
                 elapsed, counts = run_import(hs, token, devices)
@@ -140,31 +168,32 @@ def main() -> None:
                     )
                 seconds[name].append(elapsed)
                 print(
-                    f"  round {round_no + 1}/{ROUNDS} {name:<26} {ROWS:,} rows in {elapsed:5.2f} s, "
-                    f"{ROWS / elapsed:6.0f} rows/s",
+                    f"  round {round_no + 1}/{sizes.rounds} {name:<26} {rows:,} rows in {elapsed:5.2f} s, "
+                    f"{rows / elapsed:6.0f} rows/s",
                     flush=True,
                 )
             enrolled = count_enrolled(hs) - enrolled_before
-            if enrolled != ROWS:
-                raise BenchError(f"the registry holds {enrolled} new enrollments, expected {ROWS}")
-        report(seconds, startup)
+            if enrolled != rows:
+                raise BenchError(f"the registry holds {enrolled} new enrollments, expected {rows}")
+        report(sizes, seconds, startup)
 
 
-def report(seconds: dict[str, list[float]], startup: float) -> None:
+def report(sizes: Sizes, seconds: dict[str, list[float]], startup: float) -> None:
+    rows = sizes.rows
     lines: list[tuple[str, ...]] = [
         ("run", "rows", "seconds", "rows/s", "rows/s after start-up", "target (rows/s)")
     ]
     verdicts = []
     for name, values in seconds.items():
         elapsed = statistics.median(values)
-        rate = ROWS / elapsed
+        rate = rows / elapsed
         lines.append(
             (
                 name,
-                f"{ROWS:,}",
+                f"{rows:,}",
                 f"{elapsed:.2f}",
                 f"{rate:.0f}",
-                f"{ROWS / (elapsed - startup):.0f}" if elapsed > startup else "-",
+                f"{rows / (elapsed - startup):.0f}" if elapsed > startup else "-",
                 f"> {RATE_TARGET:.0f}",
             )
         )
@@ -172,9 +201,10 @@ def report(seconds: dict[str, list[float]], startup: float) -> None:
             f"{name}: {rate:.0f} rows/s > {RATE_TARGET:.0f}: {'met' if rate > RATE_TARGET else 'MISSED'}"
         )
     print(
-        f"\nmedian of {ROUNDS} rounds, each a new file of {ROWS:,} rows ({USERS} users x {DEVICES_PER_USER} "
-        f"devices) through `police-policy devices import`, batches of {IMPORT_DEFAULT_BATCH}; seconds: the "
-        f"process from start to exit; start-up alone (a header-only file): {startup:.2f} s"
+        f"\nmedian of {sizes.rounds} rounds, each a new file of {rows:,} rows ({sizes.users} users x "
+        f"{sizes.devices_per_user} devices) through `police-policy devices import`, batches of "
+        f"{IMPORT_DEFAULT_BATCH}; seconds: the process from start to exit; start-up alone (a header-only "
+        f"file): {startup:.2f} s"
     )
     print_table(lines)
     print()

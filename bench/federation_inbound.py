@@ -39,6 +39,7 @@ import synapse
 
 from devtools.homeserver import Homeserver, HomeserverSpec, free_port, policy_aligned_settings
 
+from . import module_overhead
 from .accounts import BenchError, enrolled_user
 from .module_overhead import (
     CONCURRENCY,
@@ -62,6 +63,9 @@ INITIAL_WARMUP = 60
 WARMUP = 20
 #: runs per server; rounds alternate which server goes first
 ROUNDS = 10
+FULL = module_overhead.Sizes(messages=MESSAGES, initial_warmup=INITIAL_WARMUP, warmup=WARMUP, rounds=ROUNDS)
+#: the same path in seconds: proves the entry runs, its figures mean nothing
+SMOKE = module_overhead.SMOKE
 #: how long the invite may take to reach our server
 INVITE_TIMEOUT_S = 30.0
 
@@ -130,7 +134,7 @@ def set_up(label: str, peer: Homeserver, peer_token: str, hs: Homeserver) -> Tar
     return Target(label, hs, room_id, peer_token, receiver_token, filter_id, since, sender_homeserver=peer)
 
 
-def report(without: Target, with_: Target) -> None:
+def report(without: Target, with_: Target, sizes: module_overhead.Sizes = FULL) -> None:
     rows = [
         ("inbound throughput (events/s)", "throughput", f">= {THROUGHPUT_TARGET:.2f}"),
         ("send-to-arrival latency p50 (ms)", "p50_ms", "-"),
@@ -146,8 +150,8 @@ def report(without: Target, with_: Target) -> None:
             met = ratio >= THROUGHPUT_TARGET
             verdicts.append(f"{name}: ratio {ratio:.3f} {target_text}: {'met' if met else 'MISSED'}")
     print(
-        f"\nmedian of {ROUNDS} rounds, {MESSAGES} events each from the peer, {CONCURRENCY} sends in "
-        "flight (ratio = with / without; latency for information, no target)"
+        f"\nmedian of {sizes.rounds} rounds, {sizes.messages} events each from the peer, {CONCURRENCY} "
+        "sends in flight (ratio = with / without; latency for information, no target)"
     )
     print_table(lines)
     print()
@@ -155,8 +159,10 @@ def report(without: Target, with_: Target) -> None:
         print(verdict)
 
 
-def main() -> None:
-    """Start the peer and both of ours, measure, print the table; always stop them."""
+def main(smoke: bool = False) -> None:
+    """Start the peer and both of ours, measure, print the table; always stop them.
+    ``smoke``: at ``SMOKE`` sizes instead of ``FULL``."""
+    sizes = SMOKE if smoke else FULL
     peer_spec = _spec("peer", PEER_ADDRESS)
     specs = {"peer": peer_spec}
     specs.update(
@@ -183,18 +189,8 @@ def main() -> None:
         with_ = set_up("with module", peer, peer_token, servers["with-module"])
         check_module(without, loaded=False, token=without.receiver_token)
         check_module(with_, loaded=True, token=with_.receiver_token)
-        asyncio.run(
-            measure(
-                without,
-                with_,
-                rounds=ROUNDS,
-                messages=MESSAGES,
-                warmup=WARMUP,
-                initial_warmup=INITIAL_WARMUP,
-                unit="events/s",
-            )
-        )
-        report(without, with_)
+        asyncio.run(measure(without, with_, sizes, unit="events/s"))
+        report(without, with_, sizes)
         succeeded = True
     finally:
         for hs in servers.values():

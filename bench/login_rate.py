@@ -2,9 +2,11 @@
 
 With enrollment required, every login passes the module's gate
 (``check_login_for_spam``, after Synapse checked the password): a lookup of
-(user, device) in the enrollment registry, a table in Synapse's database. This
-entry measures what that gate costs once the registry has the size of a large
-force's fleet.
+(user, device) in the enrollment registry, a table in Synapse's database, and
+whether the device is in use already (logged in or holding keys: an enrolled
+device is claimed by its first login, and a login naming a device in use is
+refused). This entry measures what that gate costs once the registry has the
+size of a large force's fleet.
 
 Two variants, each on a fresh pair of Synapse processes on SQLite (policy
 settings on both, test rate limits), one with the module and one without:
@@ -25,12 +27,15 @@ SQLite transaction once the module has created its tables
 registered on both servers (shared-secret admin API, no device; the server
 hashes the password at the variant's cost, checked in the database): all
 ``USERS`` at cost 4, ``HEADLINE_POOL`` of them, spread over the registry, at
-cost 12 (registering 1,000 would take 220 s of CPU per server). One enrolled device
-per pool user is the one it logs in on. Every login is ``m.login.password``
-naming an enrolled device ID, the path of an MDM-managed client. A first pass
-over the pool, on both servers at once, creates the devices in Synapse (not
-timed); measured logins sign in again on an existing device and get a new
-access token, as a phone does after its session ended.
+cost 12 (registering 1,000 would take 220 s of CPU per server). Every login is
+``m.login.password`` naming an enrolled device ID, the path of an MDM-managed
+client, and every login is the first one on its device: it claims the device
+and Synapse creates it, as when a phone is set up or logs in again after its
+session ended (logging out deletes the device in Synapse; a login on a device
+still in use is refused by the module, so it is no path to measure). So each
+pass over the pool (the warm-up and every round) logs each pool user in on
+another of its enrolled devices, the same ones on both servers. A first pass,
+on both servers at once, warms them up (not timed).
 
 Client threads (the variant's ``clients``) keep logins in flight, one
 keep-alive connection each, so the Synapse process is the bottleneck: at cost
@@ -119,6 +124,41 @@ VARIANTS = (
 )
 
 
+@attrs.frozen
+class Sizes:
+    """Full size, or the smoke test's (``SMOKE``)."""
+
+    #: enrolled devices in the module's registry
+    registry: int
+    #: users the registry's devices belong to, registry / users each
+    users: int
+    variants: tuple[Variant, ...]
+    #: password checks timed for "one password check takes", by bcrypt cost
+    bcrypt_checks: dict[int, int]
+
+    @property
+    def devices_per_user(self) -> int:
+        return self.registry // self.users
+
+
+FULL = Sizes(
+    registry=REGISTRY,
+    users=USERS,
+    variants=VARIANTS,
+    bcrypt_checks={DEFAULT_BCRYPT_ROUNDS: 5, BENCH_BCRYPT_ROUNDS: 200},
+)
+#: the same path in seconds: proves the entry runs, its figures mean nothing
+SMOKE = Sizes(
+    registry=200,
+    users=20,
+    variants=tuple(
+        attrs.evolve(variant, pool_users=pool, logins=pool, rounds=2)
+        for variant, pool in zip(VARIANTS, (4, 20), strict=True)
+    ),
+    bcrypt_checks={DEFAULT_BCRYPT_ROUNDS: 1, BENCH_BCRYPT_ROUNDS: 5},
+)
+
+
 def localpart(user: int) -> str:
     return f"officer-{user:05d}"
 
@@ -127,34 +167,34 @@ def device_id(user: int, device: int) -> str:
     return f"MDM-{user:05d}-{device:04d}"
 
 
-def devices_per_user() -> int:
-    return REGISTRY // USERS
+def pool_users(sizes: Sizes, count: int) -> list[int]:
+    """``count`` of the registry's users, spread evenly over the registry."""
+    return sorted({user * sizes.users // count for user in range(count)})
 
 
-def pool_users(count: int) -> list[int]:
-    """``count`` of the USERS users, spread evenly over the registry."""
-    return sorted({user * USERS // count for user in range(count)})
+def login_pool(sizes: Sizes, users: Sequence[int], pass_no: int) -> list[tuple[str, str]]:
+    """One enrolled device per user, at a different place in each user's range,
+    and another one in each pass (its first login claims a device)."""
+    per_user = sizes.devices_per_user
+    if pass_no >= per_user:
+        raise BenchError(f"pass {pass_no}: each user has only {per_user} enrolled devices to log in on")
+    return [(localpart(user), device_id(user, (user * 37 + pass_no) % per_user)) for user in users]
 
 
-def login_pool(users: Sequence[int]) -> list[tuple[str, str]]:
-    """One enrolled device per user, at a different place in each user's range."""
-    per_user = devices_per_user()
-    return [(localpart(user), device_id(user, (user * 37) % per_user)) for user in users]
-
-
-def fill_registry(hs: Homeserver) -> float:
-    """All REGISTRY devices of the USERS users, the pool's among them; returns the seconds it took."""
+def fill_registry(hs: Homeserver, sizes: Sizes) -> float:
+    """All the registry's devices of its users, the pool's among them; returns the seconds it took."""
     started = time.perf_counter()
-    per_user = devices_per_user()
+    per_user = sizes.devices_per_user
     rows = (
         (hs.user_id(localpart(user)), device_id(user, device))
-        for user in range(USERS)
+        for user in range(sizes.users)
         for device in range(per_user)
     )
     written = enroll_many(hs, rows, label="bench registry")
     enrolled = count_enrolled(hs)
-    if written != USERS * per_user or enrolled != USERS * per_user:
-        raise BenchError(f"registry: wrote {written} rows, {enrolled} enrolled, expected {USERS * per_user}")
+    expected = sizes.users * per_user
+    if written != expected or enrolled != expected:
+        raise BenchError(f"registry: wrote {written} rows, {enrolled} enrolled, expected {expected}")
     return time.perf_counter() - started
 
 
@@ -167,7 +207,7 @@ def stored_bcrypt_cost(hs: Homeserver, user_id: str) -> int:
     return int(row[0].split("$")[2])
 
 
-def set_up(label: str, hs: Homeserver, variant: Variant, users: Sequence[int]) -> None:
+def set_up(label: str, hs: Homeserver, sizes: Sizes, variant: Variant, users: Sequence[int]) -> None:
     """Same users on both servers, the registry on the module's (not timed)."""
     started = time.perf_counter()
     register_many(hs, [localpart(user) for user in users], PASSWORD, workers=SETUP_WORKERS)
@@ -180,7 +220,7 @@ def set_up(label: str, hs: Homeserver, variant: Variant, users: Sequence[int]) -
             )
     note = ""
     if has_module(hs):
-        note = f", {REGISTRY:,} enrolled devices written in {fill_registry(hs):.1f} s"
+        note = f", {sizes.registry:,} enrolled devices written in {fill_registry(hs, sizes):.1f} s"
     print(
         f"  {label}: {len(users):,} users registered (bcrypt cost {variant.bcrypt_rounds}) "
         f"in {registered:.1f} s{note}",
@@ -266,23 +306,23 @@ class Outcome:
     seconds: float
 
 
-def run_variant(variant: Variant) -> Outcome:
+def run_variant(sizes: Sizes, variant: Variant) -> Outcome:
     """A fresh pair of servers at the variant's bcrypt cost: set up, warm up,
     alternating rounds; always stop them."""
     started = time.perf_counter()
     print(f"\n--- {variant.name} ---", flush=True)
     with homeserver_pair({"bcrypt_rounds": variant.bcrypt_rounds}) as (without_hs, with_hs):
-        users = pool_users(variant.pool_users)
+        users = pool_users(sizes, variant.pool_users)
         print(f"registering {len(users):,} users on each, filling the registry (not timed) ...", flush=True)
         # Each Synapse is one process: setting up both at once keeps both cores busy.
         with ThreadPoolExecutor(2) as pool:
             for future in [
-                pool.submit(set_up, "without module", without_hs, variant, users),
-                pool.submit(set_up, "with module", with_hs, variant, users),
+                pool.submit(set_up, "without module", without_hs, sizes, variant, users),
+                pool.submit(set_up, "with module", with_hs, sizes, variant, users),
             ]:
                 future.result()
         check_gate(without_hs, with_hs, localpart(users[0]))
-        pool_devices = login_pool(users)
+        pool_devices = login_pool(sizes, users, 0)
         targets = {"without module": without_hs, "with module": with_hs}
         # Warm-up, both servers at once (it is not compared, and at cost 12 it is long).
         with ThreadPoolExecutor(2) as pool:
@@ -298,7 +338,7 @@ def run_variant(variant: Variant) -> Outcome:
                 )
         results: dict[str, list[RunResult]] = {label: [] for label in targets}
         for round_no in range(variant.rounds):
-            sequence = random.Random(round_no).sample(pool_devices, variant.logins)
+            sequence = random.Random(round_no).sample(login_pool(sizes, users, round_no + 1), variant.logins)
             order = list(targets) if round_no % 2 == 0 else list(reversed(targets))
             for label in order:
                 result = run_logins(label, targets[label], sequence, variant.clients)
@@ -320,7 +360,7 @@ def bcrypt_check_ms(rounds: int, repeat: int) -> float:
     return (time.perf_counter() - started) / repeat * 1000
 
 
-def report(outcome: Outcome, check_ms: float) -> None:
+def report(sizes: Sizes, outcome: Outcome, check_ms: float) -> None:
     variant = outcome.variant
     target = f">= {THROUGHPUT_TARGET:.2f}" if variant.headline else "(information: cheap hashing, worst case)"
     rows = [
@@ -347,8 +387,9 @@ def report(outcome: Outcome, check_ms: float) -> None:
         f"\n{variant.name}{'' if variant.headline else ', for information'}: median of {variant.rounds} "
         f"rounds, {variant.logins:,} password logins each on enrolled devices "
         f"of {variant.pool_users:,} users, "
-        f"{variant.clients} in flight; registry of {REGISTRY:,} enrolled devices ({USERS:,} users); "
-        f"ratio = with / without; latency for information, no target; {outcome.seconds:.0f} s with set-up"
+        f"{variant.clients} in flight; registry of {sizes.registry:,} enrolled devices "
+        f"({sizes.users:,} users); ratio = with / without; latency for information, no target; "
+        f"{outcome.seconds:.0f} s with set-up"
     )
     print_table(lines)
     print()
@@ -365,12 +406,11 @@ def report(outcome: Outcome, check_ms: float) -> None:
     )
 
 
-def main() -> None:
-    """Each variant on its own pair of homeservers, then both tables."""
-    outcomes = [run_variant(variant) for variant in VARIANTS]
-    checks = {
-        rounds: bcrypt_check_ms(rounds, 200 if rounds < 8 else 5)
-        for rounds in {v.bcrypt_rounds for v in VARIANTS}
-    }
+def main(smoke: bool = False) -> None:
+    """Each variant on its own pair of homeservers, then both tables.
+    ``smoke``: at ``SMOKE`` sizes instead of ``FULL``."""
+    sizes = SMOKE if smoke else FULL
+    outcomes = [run_variant(sizes, variant) for variant in sizes.variants]
+    checks = {rounds: bcrypt_check_ms(rounds, sizes.bcrypt_checks[rounds]) for rounds in sizes.bcrypt_checks}
     for outcome in outcomes:
-        report(outcome, checks[outcome.variant.bcrypt_rounds])
+        report(sizes, outcome, checks[outcome.variant.bcrypt_rounds])

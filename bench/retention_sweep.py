@@ -22,9 +22,11 @@ again between the phases on the same database (``RetentionServer``):
 3. sweep, on a freshly started process with device lifetime ``SHORT``: every
    event of A and B is now expired, so the sweep's first run
    (``SWEEP_INTERVAL`` after start-up, when start-up work has settled) walks
-   them all in one go (20 batches of 200; a run does up to 50): it redacts A's
+   them all in one go (20 batches of 200; a run walks a backlog until it has
+   caught up or spent 60 s, the least it may at this interval): it redacts A's
    events and skips B's, which already carry alice's redaction (after the last
-   of A's, so outside the measured span).
+   of A's, so outside the measured span). It also redacts the rooms' invites
+   (state the joins superseded), which its log line counts with A's events.
 
 Both phases start on a fresh process, so neither has the events it redacts
 in Synapse's caches while the other does. Both rates come from the same
@@ -57,9 +59,9 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import synapse
@@ -74,12 +76,15 @@ from .module_overhead import MEGOLM, PASSWORD, ok, print_table, room_path
 SERVER_NAME = "bench.localhost"
 #: expired events the sweep redacts; as many redactions go through the client API
 EVENTS = 2000
+#: the smoke test's (``main(smoke=True)``): the same path in seconds, the rates mean nothing
+SMOKE_EVENTS = 30
 #: a device lifetime nothing reaches during the bench (set-up, baseline)
 LONG = "1h"
 #: a device lifetime everything sent before the restart has passed
 SHORT = "1s"
-#: the sweep's first run comes this long after start-up; one run does up to
-#: 50 batches of 200, all the bench's events
+#: the sweep's first run comes this long after start-up; one run walks all the
+#: bench's events unless it takes over 60 s (EVENT_WALK_MIN_S of the sweep; the
+#: report says how many runs the redactions took)
 SWEEP_INTERVAL = "5s"
 #: audit lifetime (the homeserver's retention settings follow from it); longer than the bench
 AUDIT = "1d"
@@ -156,12 +161,14 @@ class RetentionServer:
         return self.log_path.stat().st_size if self.log_path.exists() else 0
 
 
+ServerT = TypeVar("ServerT", bound=RetentionServer)
+
+
 @contextmanager
-def retention_servers(labels: Sequence[str]) -> Iterator[list[RetentionServer]]:
-    """A RetentionServer per label (not started); always stopped at the end,
-    their directories kept when the block failed."""
-    servers = [RetentionServer(label, Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))) for label in labels]
-    print(f"homeservers: Synapse {synapse.__version__}, SQLite, with the module", flush=True)
+def stopped_at_the_end(servers: list[ServerT], backend: str) -> Iterator[list[ServerT]]:
+    """The servers (not started); always stopped at the end, their directories
+    kept when the block failed."""
+    print(f"homeservers: Synapse {synapse.__version__}, {backend}, with the module", flush=True)
     succeeded = False
     try:
         yield servers
@@ -173,6 +180,14 @@ def retention_servers(labels: Sequence[str]) -> Iterator[list[RetentionServer]]:
                 shutil.rmtree(server.directory, ignore_errors=True)
             else:
                 print(f"kept {server.directory} (homeserver.log, stdout.log) for inspection", file=sys.stderr)
+
+
+def retention_servers(labels: Sequence[str]) -> AbstractContextManager[list[RetentionServer]]:
+    """A RetentionServer per label on SQLite (``stopped_at_the_end``)."""
+    return stopped_at_the_end(
+        [RetentionServer(label, Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))) for label in labels],
+        "SQLite",
+    )
 
 
 def wait_for_system_user(hs: Homeserver, token: str, room_id: str, timeout: float = 30.0) -> None:
@@ -318,17 +333,20 @@ def redact_via_client(hs: Homeserver, token: str, room_id: str, event_ids: Seque
     return time.perf_counter() - started
 
 
-def main() -> None:
+def main(smoke: bool = False) -> None:
+    """Set up, redact through the client API, then let the sweep redact; print the table.
+    ``smoke``: ``SMOKE_EVENTS`` events instead of ``EVENTS``."""
+    events = SMOKE_EVENTS if smoke else EVENTS
     with retention_servers(["retention-sweep"]) as (server,):
         started = time.perf_counter()
         hs = server.start(LONG)
         alice, bob = enrolled_users(hs, ["alice", "bob"], PASSWORD)
         room_a = create_room(hs, alice, [("bob", bob)])
         room_b = create_room(hs, alice, [("bob", bob)])
-        sent_a = send_events(hs, bob, [room_a], EVENTS)
-        sent_b = send_events(hs, bob, [room_b], EVENTS)
+        sent_a = send_events(hs, bob, [room_a], events)
+        sent_b = send_events(hs, bob, [room_b], events)
         print(
-            f"  set-up: rooms A and B (alice, bob, the system user), {EVENTS} events by bob in each, "
+            f"  set-up: rooms A and B (alice, bob, the system user), {events} events by bob in each, "
             f"device lifetime {LONG}: {time.perf_counter() - started:.0f} s (not timed)",
             flush=True,
         )
@@ -338,32 +356,32 @@ def main() -> None:
         elapsed = redact_via_client(hs, alice, room_b, sent_b)
         client_times = redaction_times(hs, hs.user_id("alice"), sent_b)
         system_user = hs.user_id(SYSTEM_LOCALPART)
-        if len(client_times) != EVENTS or redaction_times(hs, system_user, [*sent_a, *sent_b]):
+        if len(client_times) != events or redaction_times(hs, system_user, [*sent_a, *sent_b]):
             raise BenchError(
-                f"baseline: {len(client_times)} of {EVENTS} redactions by alice, and the sweep must not "
+                f"baseline: {len(client_times)} of {events} redactions by alice, and the sweep must not "
                 "have redacted anything yet"
             )
         client_rate = rate(client_times)
         print(
-            f"  client API: {EVENTS} redactions by alice, {client_rate:.1f}/s by the database's "
-            f"timestamps, {EVENTS / elapsed:.1f}/s by the client's clock",
+            f"  client API: {events} redactions by alice, {client_rate:.1f}/s by the database's "
+            f"timestamps, {events / elapsed:.1f}/s by the client's clock",
             flush=True,
         )
 
         # The sweep, with everything expired.
         offset = server.log_size()
         hs = server.start(SHORT)
-        lines = wait_for_sweep(server, offset, EVENTS)
+        lines = wait_for_sweep(server, offset, events)
         sweep_times = redaction_times(hs, system_user, sent_a)
         swept_b = redaction_times(hs, system_user, sent_b)
-        if len(sweep_times) != EVENTS or swept_b:
+        if len(sweep_times) != events or swept_b:
             raise BenchError(
-                f"sweep: {len(sweep_times)} of A's {EVENTS} events redacted by the system user, "
+                f"sweep: {len(sweep_times)} of A's {events} events redacted by the system user, "
                 f"{len(swept_b)} of B's (already redacted by alice: must be 0)"
             )
         sweep_rate = rate(sweep_times)
         print(
-            f"  sweep: {EVENTS} redactions by the system user, {sweep_rate:.1f}/s by the database's "
+            f"  sweep: {events} redactions by the system user, {sweep_rate:.1f}/s by the database's "
             f"timestamps; log: {'; '.join(f'{r} redacted, {s} skipped' for r, s in lines)} "
             f"({len(lines)} run{'s' if len(lines) > 1 else ''}); watermark {watermark(server.database)}",
             flush=True,
@@ -373,6 +391,7 @@ def main() -> None:
 
 
 def report(client_rate: float, sweep_rate: float, client_times: list[int], sweep_times: list[int]) -> None:
+    events = len(sweep_times)
     ratio = sweep_rate / client_rate
     target = f">= {RATE_TARGET:.2f}"
     lines: list[tuple[str, ...]] = [
@@ -394,7 +413,7 @@ def report(client_rate: float, sweep_rate: float, client_times: list[int], sweep
         ),
     ]
     print(
-        f"\n{EVENTS} redactions each way, one at a time, same process (restarted between), "
+        f"\n{events} redactions each way, one at a time, same process (restarted between), "
         "rates from the redactions' received_ts: (count - 1) / (last - first); ratio = sweep / client API"
     )
     print_table(lines)
