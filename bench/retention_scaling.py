@@ -122,7 +122,7 @@ from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
 from synapse.crypto.event_signing import add_hashes_and_signatures
 from synapse.events import make_event_from_dict
 
-from devtools.homeserver import Homeserver, HomeserverSpec, policy_aligned_settings
+from devtools.homeserver import Homeserver, HomeserverSpec
 from devtools.postgres import PG_BIN, PostgresCluster, running_cluster
 from synapse_police_policy.ops.bootstrap import connect_database
 from synapse_police_policy.retention.store import STATE_WATERMARK, _events_after_txn, _set_watermark_txn
@@ -138,7 +138,6 @@ from .retention_sweep import (
     SYSTEM_LOCALPART,
     RetentionServer,
     create_room,
-    module_config,
     rate,
     redaction_times,
     send_events,
@@ -309,23 +308,12 @@ class Server(RetentionServer):
     def backend(self) -> str:
         return "SQLite" if self.database_section is None else "PostgreSQL"
 
-    def start(self, device_lifetime: str) -> Homeserver:
-        if self.hs is not None:
-            self.hs.stop()
-        config = module_config(device_lifetime)
-        spec = HomeserverSpec(
-            directory=self.directory,
-            server_name=SERVER_NAME,
-            http_port=self.port,
-            module_config=config,
-            database=self.database_section,
-            extra={**policy_aligned_settings(SERVER_NAME, config), **BACKGROUND_UPDATES},
-            for_tests=True,
-        )
-        self.hs = Homeserver(spec)
-        self.hs.start()
+    def spec(self, config: dict[str, Any]) -> HomeserverSpec:
+        spec = super().spec(config)
+        return attrs.evolve(spec, database=self.database_section, extra={**spec.extra, **BACKGROUND_UPDATES})
+
+    def wait_for_module_tables(self, hs: Homeserver) -> None:
         wait_for_module_tables(self)
-        return self.hs
 
     @contextmanager
     def db(self) -> Iterator[Database]:

@@ -123,8 +123,14 @@ class RetentionServer:
     def start(self, device_lifetime: str) -> Homeserver:
         if self.hs is not None:
             self.hs.stop()
-        config = module_config(device_lifetime)
-        spec = HomeserverSpec(
+        self.hs = Homeserver(self.spec(module_config(device_lifetime)))
+        self.hs.start()
+        self.wait_for_module_tables(self.hs)
+        return self.hs
+
+    def spec(self, config: dict[str, Any]) -> HomeserverSpec:
+        """The homeserver for a module config (subclasses add a database, settings)."""
+        return HomeserverSpec(
             directory=self.directory,
             server_name=SERVER_NAME,
             http_port=self.port,
@@ -132,10 +138,9 @@ class RetentionServer:
             extra=policy_aligned_settings(SERVER_NAME, config),
             for_tests=True,
         )
-        self.hs = Homeserver(spec)
-        self.hs.start()
-        wait_for_module_tables(self.hs)
-        return self.hs
+
+    def wait_for_module_tables(self, hs: Homeserver) -> None:
+        wait_for_module_tables(hs)
 
     def stop(self) -> None:
         if self.hs is not None:
