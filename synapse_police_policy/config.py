@@ -259,10 +259,24 @@ def _user_id(value: Any, path: tuple[str, ...]) -> str:
     raise _fail(path, "a user ID such as '@dispatch-bot:police.example'", value)
 
 
-def _auditor_id(value: Any, path: tuple[str, ...]) -> str | None:
-    if value is None or (isinstance(value, str) and _USER_ID.match(value)):
+def _auditor_user(value: Any, path: tuple[str, ...]) -> str:
+    if isinstance(value, str) and _USER_ID.match(value):
         return value
     raise _fail(path, "a user ID such as '@auditor:police.example'", value)
+
+
+def _auditor_id(value: Any, path: tuple[str, ...]) -> str | None:
+    return None if value is None else _auditor_user(value, path)
+
+
+def _auditor_ids(value: Any, path: tuple[str, ...]) -> tuple[str, ...]:
+    ids = _list_of(value, path, _auditor_user)
+    if not ids:
+        raise _fail(path, "a non-empty list of user IDs such as ['@auditor-1:police.example']", value)
+    for index, user in enumerate(ids):
+        if user in ids[:index]:
+            raise _fail((*path[:-1], f"{path[-1]}[{index}]"), "a bot not listed already", user)
+    return tuple(ids)
 
 
 def _localpart(value: Any, path: tuple[str, ...]) -> str:
@@ -396,10 +410,18 @@ class MediaConfig:
 
 @attrs.frozen
 class AuditorConfig:
-    """Section ``auditor``: the auditor bot, a member of every room."""
+    """Section ``auditor``: the auditor bot, a member of every room; or several bots
+    (shards of one archive), one of which is seated in each room."""
 
-    #: the bot's user ID (a user of this server); None: no auditor bot
+    #: the bot's user ID (a user of this server); None: no auditor bot (or ``user_ids``)
     user_id: str | None = _key(_auditor_id, None)
+    #: several bots' user IDs, each archiving the rooms it is seated in (``rooms/seating.py``)
+    user_ids: tuple[str, ...] = _key(_auditor_ids, ())
+
+    @property
+    def bots(self) -> tuple[str, ...]:
+        """Every auditor bot, whichever key named it."""
+        return (self.user_id,) if self.user_id is not None else self.user_ids
 
 
 @attrs.frozen
@@ -465,7 +487,21 @@ def _check_auto_approve(values: Mapping[str, Any], section: Mapping[str, Any]) -
         )
 
 
-_CHECKS: Mapping[type, Check] = {RetentionConfig: _check_retention, DevicesConfig: _check_auto_approve}
+def _check_auditor(values: Mapping[str, Any], section: Mapping[str, Any]) -> None:
+    """One bot (``user_id``) or several (``user_ids``), not both."""
+    if values["user_id"] is not None and values["user_ids"]:
+        raise ConfigError(
+            "auditor.user_ids: not together with auditor.user_id; "
+            "list every bot in user_ids (one bot: either key)",
+            path=("auditor", "user_ids"),
+        )
+
+
+_CHECKS: Mapping[type, Check] = {
+    RetentionConfig: _check_retention,
+    DevicesConfig: _check_auto_approve,
+    AuditorConfig: _check_auditor,
+}
 
 
 # -- parsing ------------------------------------------------------------------------------------

@@ -79,16 +79,18 @@ class PolicePolicy:
         self._devices = DeviceEnrollment(config.devices, api, EnrollmentStore(tables), self._decisions)
         self._media_usage = MediaUsage(api)
         self._sweep = RetentionSweep(config.retention, api, RetentionStore(api, tables), self._decisions)
-        #: users the policy seats in every room, at power 100, that nobody removes
-        self._seated = [self._sweep.system_user]
-        if config.auditor.user_id is not None:
-            if not api.is_mine(config.auditor.user_id):
+        #: the auditor bots; one of them is seated in each new room (``seating.auditor_for``)
+        self._auditors = config.auditor.bots
+        key = "user_id" if config.auditor.user_id is not None else "user_ids"
+        for index, bot in enumerate(self._auditors):
+            if not api.is_mine(bot):
+                where = key if key == "user_id" else f"{key}[{index}]"
                 raise ConfigError(
-                    f"auditor.user_id: expected a user of this server ({api.server_name}), "
-                    f"got {config.auditor.user_id!r}",
-                    path=("auditor", "user_id"),
+                    f"auditor.{where}: expected a user of this server ({api.server_name}), got {bot!r}",
+                    path=("auditor", where),
                 )
-            self._seated.append(config.auditor.user_id)
+        #: users the policy gives power 100 in every room, that nobody removes
+        self._seated = [self._sweep.system_user, *self._auditors]
         #: service users: never offered in user-directory searches ("Start chat"), and
         #: listed in every new room's io.element.functional_members (left out of its name)
         self._service_users = (*self._seated, *sorted(config.directory.hidden_users - set(self._seated)))
@@ -190,6 +192,9 @@ class PolicePolicy:
             retention.retention_state(retention_policy),
         ]
         request["power_level_content_override"] = override
+        request["creation_content"] = seating.note_invited_auditor(
+            request.get("creation_content") or {}, request.get("invite"), self._auditors
+        )
         for rewrite in rewrites:
             self._decisions.rewrite(rewrite.rule, rewrite.reason, user=user, device=device)
 
@@ -319,8 +324,13 @@ class PolicePolicy:
             if denial is not None:
                 raise denial.as_error()
             if event.type == CREATE and event.sender not in self._seated:
+                auditor = seating.auditor_to_seat(event.room_id, event.content, self._auditors)
                 self._api.run_as_background_process(
-                    "police_policy_seat_service_users", self._seat_service_users, event.room_id, event.sender
+                    "police_policy_seat_service_users",
+                    self._seat_service_users,
+                    event.room_id,
+                    event.sender,
+                    auditor,
                 )
         if event.type != MEMBER:
             return
@@ -342,11 +352,11 @@ class PolicePolicy:
         self._decisions.deny(denial, user=event.sender, room=event.room_id)
         raise denial.as_error()
 
-    async def _seat_service_users(self, room_id: str, creator: str) -> None:
+    async def _seat_service_users(self, room_id: str, creator: str, auditor: str | None) -> None:
         """Bring the system user (it redacts expired content) and the auditor bot
-        (it archives) into a new room. They are invited once the room exists,
-        not in the creation request: invitees of a trusted private chat become
-        its creators."""
+        (it archives; one of several: ``seating.auditor_to_seat``) into a new
+        room. They are invited once the room exists, not in the creation
+        request: invitees of a trusted private chat become its creators."""
         for _ in range(ENLIST_CHECKS):
             await self._api.sleep(ENLIST_CHECK_INTERVAL_S)
             # The creator joins before the power levels and the initial state
@@ -359,7 +369,9 @@ class PolicePolicy:
         else:
             logger.warning("Room %s was not created; its service users stay out", room_id)
             return
-        for user in self._seated:
+        for user in (self._sweep.system_user, auditor):
+            if user is None:
+                continue
             try:
                 await self._api.update_room_membership(creator, user, room_id, "invite")
                 await self._api.update_room_membership(user, user, room_id, "join")

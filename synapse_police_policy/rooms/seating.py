@@ -1,6 +1,10 @@
 """The service users the policy seats in every room (the retention system user, the
-auditor bot), as pure functions: their place in a new room's power levels, and the
-changes that would take it from them.
+auditor bot), as pure functions: their place in a new room's power levels, the
+changes that would take it from them, and which of several auditor bots (shards
+of one archive) a room gets.
+
+Every listed auditor bot is in a new room's power levels (they are decided before
+the room has an ID); only the one ``auditor_for`` picks is invited.
 
 They hold ``SYSTEM_POWER``: the system user redacts expired content with it, the
 auditor bot redacts refused attachments. The rule ID of a refusal stays
@@ -9,6 +13,7 @@ auditor bot redacts refused attachments. The rule ID of a refusal stays
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +23,44 @@ POWER_LEVELS = "m.room.power_levels"
 #: the seated users' power level: enough to redact anyone's events, and equal
 #: to a creator's in room versions before 12, so a creator cannot demote them
 SYSTEM_POWER = 100
+
+
+#: the create event's note of the auditor bot its creation request invited (an auditor's
+#: direct chat with one of the bots): that bot is the room's, no other is seated, or the
+#: direct chat would have a second reader and stop being the auditor's command room.
+#: Written by the module only (``note_invited_auditor``), never taken from a client.
+INVITED_AUDITOR = "police_policy.invited_auditor"
+
+
+def note_invited_auditor(
+    creation_content: Mapping[str, Any], invite: Any, bots: Sequence[str]
+) -> dict[str, Any]:
+    """``creation_content`` with ``INVITED_AUDITOR`` set to the first bot ``invite``
+    names, or removed (a client's own value never reaches the create event)."""
+    content = {key: value for key, value in creation_content.items() if key != INVITED_AUDITOR}
+    invited = [user for user in invite if user in bots] if isinstance(invite, list) else []
+    if invited:
+        content[INVITED_AUDITOR] = invited[0]
+    return content
+
+
+def auditor_to_seat(room_id: str, create_content: Mapping[str, Any], bots: Sequence[str]) -> str | None:
+    """The auditor bot a new room gets: the one its creation request invited, or
+    ``auditor_for``; None without auditor bots."""
+    if not bots:
+        return None
+    invited = create_content.get(INVITED_AUDITOR)
+    return invited if invited in bots else auditor_for(room_id, bots)
+
+
+def auditor_for(room_id: str, bots: Sequence[str]) -> str:
+    """The one auditor bot seated in ``room_id``: rendezvous hashing, so the rule
+    needs no stored table, every process picks the same bot, and a bot added to
+    the list would take only its share of rooms (new rooms only: a room keeps
+    the bot seated at its creation)."""
+    if not bots:
+        raise ValueError("no auditor bot to seat")
+    return max(bots, key=lambda bot: hashlib.sha256(f"{bot}\n{room_id}".encode()).digest())
 
 
 def power_override(

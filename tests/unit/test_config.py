@@ -188,7 +188,7 @@ def test_unknown_top_level_key() -> None:
                 "refuse_trailing_data",
             ],
         ),
-        ("auditor", ["user_id"]),
+        ("auditor", ["user_id", "user_ids"]),
         ("directory", ["hidden_users"]),
     ],
 )
@@ -680,3 +680,36 @@ def test_hidden_users() -> None:
 )
 def test_hidden_users_errors_name_the_entry(value: Any, message: str) -> None:
     assert config_error({"directory": {"hidden_users": value}}).startswith(message)
+
+
+# --- auditor -----------------------------------------------------------------
+
+
+def test_auditor_bots_from_either_key() -> None:
+    assert parse_config({}).auditor.bots == ()
+    assert parse_config({"auditor": {"user_id": "@auditor:police.example"}}).auditor.bots == (
+        "@auditor:police.example",
+    )
+    shards = ["@auditor-1:police.example", "@auditor-2:police.example"]
+    assert parse_config({"auditor": {"user_ids": shards}}).auditor.bots == tuple(shards)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"user_ids": "@a:police.example"}, "auditor.user_ids: expected a list, got '@a:police.example'"),
+        ({"user_ids": []}, "auditor.user_ids: expected a non-empty list of user IDs"),
+        ({"user_ids": ["@a:police.example", 7]}, "auditor.user_ids[1]: expected a user ID such as '@auditor"),
+        (
+            {"user_ids": ["@a:police.example", "@a:police.example"]},
+            "auditor.user_ids[1]: expected a bot not listed already, got '@a:police.example'",
+        ),
+        (
+            {"user_id": "@a:police.example", "user_ids": ["@b:police.example"]},
+            "auditor.user_ids: not together with auditor.user_id",
+        ),
+        ({"user_id": ["@a:police.example"]}, "auditor.user_id: expected a user ID such as '@auditor"),
+    ],
+)
+def test_auditor_errors_name_the_key(section: dict[str, Any], message: str) -> None:
+    assert config_error({"auditor": section}).startswith(message)
