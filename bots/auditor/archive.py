@@ -63,7 +63,9 @@ page's end, time filters are row ID ranges, and the purge deletes a range.
 
 **Use.** One process writes (the bot); others may read at the same time
 (WAL). An ``Archive`` object may be shared between threads: a lock lets one
-call run at a time.
+call run at a time. On PostgreSQL several bots ("shards", ``shard.py``) write
+into one archive; ``rooms=`` keeps a bot's enforcement and held events to its
+own rooms.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -458,6 +460,18 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def room_list(rooms: Collection[str]) -> list[str]:
+    """The room IDs of a ``rooms`` filter as a list; a single string is refused (it would be
+    taken as a collection of one-character room IDs)."""
+    if isinstance(rooms, str | bytes) or not isinstance(rooms, Collection):
+        raise TypeError(f"rooms must be a collection of room IDs, got {type(rooms).__name__}")
+    listed = list(rooms)
+    for room_id in listed:
+        if not isinstance(room_id, str):
+            raise TypeError(f"rooms must hold room IDs (strings), got {type(room_id).__name__}")
+    return listed
+
+
 @attrs.define
 class _BatchRows:
     """What ``add_many`` inserts at the end of a batch, and the row IDs it gave out."""
@@ -502,12 +516,17 @@ class Archive:
         self._db = self._connect(create)
         try:
             self._configure()
-            migrated_from = self._migrate()
-            keys = self._keys(key)
-            self._cipher = Cipher(keys.content, FORMAT)
-            self._mac_key = keys.mac
-            self._mac_base = hmac.new(keys.mac, digestmod=hashlib.sha256)
-            self._authenticate_rows(migrated_from)
+            # one transaction: a bot opening the archive at the same moment (a shard starting
+            # beside this one), or a restart after a crash, never finds the schema migrated
+            # but the key or the row MAC marker not yet stored (that marker missing is taken
+            # for tampering)
+            with self._write() as db:
+                migrated_from = self._migrate(db)
+                keys = self._keys(db, key)
+                self._cipher = Cipher(keys.content, FORMAT)
+                self._mac_key = keys.mac
+                self._mac_base = hmac.new(keys.mac, digestmod=hashlib.sha256)
+                self._authenticate_rows(db, migrated_from)
         except self._database_errors as error:
             self._db.close()
             raise ArchiveError(f"{self._where}: not an auditor archive ({error})") from error
@@ -547,45 +566,43 @@ class Archive:
         ):
             self._db.execute(f"PRAGMA {pragma}")
 
-    def _migrate(self) -> int:
-        """Bring the schema up to date; the version it had (0: new)."""
-        with self._write() as db:
-            tables = self._tables(db)
-            if tables and "archive_schema_version" not in tables:
-                raise ArchiveError(f"{self._where}: not an auditor archive (it holds other tables)")
-            db.execute("CREATE TABLE IF NOT EXISTS archive_schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT version FROM archive_schema_version").fetchone()
-            version = row[0] if row else 0
-            migrations = self.migrations
-            if version > len(migrations):
-                raise ArchiveError(
-                    f"{self._where}: archive schema version {version} is newer than this code "
-                    f"(knows up to {len(migrations)}); update the auditor bot"
-                )
-            for step in migrations[version:]:
-                for statement in step:
-                    db.execute(statement)
-            if row is None:
-                db.execute("INSERT INTO archive_schema_version VALUES (?)", (len(migrations),))
-            else:
-                db.execute("UPDATE archive_schema_version SET version = ?", (len(migrations),))
+    def _migrate(self, db: Any) -> int:
+        """Bring the schema up to date (in the opening's transaction); the version it had (0: new)."""
+        tables = self._tables(db)
+        if tables and "archive_schema_version" not in tables:
+            raise ArchiveError(f"{self._where}: not an auditor archive (it holds other tables)")
+        db.execute("CREATE TABLE IF NOT EXISTS archive_schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM archive_schema_version").fetchone()
+        version = row[0] if row else 0
+        migrations = self.migrations
+        if version > len(migrations):
+            raise ArchiveError(
+                f"{self._where}: archive schema version {version} is newer than this code "
+                f"(knows up to {len(migrations)}); update the auditor bot"
+            )
+        for step in migrations[version:]:
+            for statement in step:
+                db.execute(statement)
+        if row is None:
+            db.execute("INSERT INTO archive_schema_version VALUES (?)", (len(migrations),))
+        else:
+            db.execute("UPDATE archive_schema_version SET version = ?", (len(migrations),))
         return int(version)
 
-    def _keys(self, key: bytes) -> ArchiveKeys:
-        with self._write() as db:
-            meta = dict(db.execute("SELECT name, value FROM archive_meta").fetchall())
-            if "key_check" not in meta:
-                salt = new_salt()
-                keys = derive_keys(key, salt)
-                db.executemany(
-                    "INSERT INTO archive_meta VALUES (?, ?)",
-                    [
-                        ("key_salt", salt),
-                        ("key_check", keys.check_value()),
-                        ("created_at", str(self._clock()).encode()),
-                    ],
-                )
-                return keys
+    def _keys(self, db: Any, key: bytes) -> ArchiveKeys:
+        meta = dict(db.execute("SELECT name, value FROM archive_meta").fetchall())
+        if "key_check" not in meta:
+            salt = new_salt()
+            keys = derive_keys(key, salt)
+            db.executemany(
+                "INSERT INTO archive_meta VALUES (?, ?)",
+                [
+                    ("key_salt", salt),
+                    ("key_check", keys.check_value()),
+                    ("created_at", str(self._clock()).encode()),
+                ],
+            )
+            return keys
         keys = derive_keys(key, meta["key_salt"])
         if not secrets.compare_digest(keys.check_value(), meta["key_check"]):
             raise WrongKeyError(
@@ -594,7 +611,7 @@ class Archive:
             )
         return keys
 
-    def _authenticate_rows(self, migrated_from: int) -> None:
+    def _authenticate_rows(self, db: Any, migrated_from: int) -> None:
         """Give every row of an archive from before the MACs its MAC, once.
 
         The marker in ``archive_meta`` (a MAC itself) says it was done. Missing
@@ -602,29 +619,28 @@ class Archive:
         are then never recomputed, or clearing them would launder an edit.
         """
         marker = hmac.digest(self._mac_key, _MACS_LABEL, "sha256")
-        with self._write() as db:
-            row = db.execute("SELECT value FROM archive_meta WHERE name = 'row_macs'").fetchone()
-            if row is not None:
-                if not secrets.compare_digest(bytes(row[0]), marker):
-                    raise CorruptRecordError(f"{self._where}: the row authentication marker was altered")
-                return
-            if migrated_from >= self._mac_version:
-                raise CorruptRecordError(
-                    f"{self._where}: the row authentication marker is missing: the archive was altered"
-                )
-            last = -1
-            while True:
-                rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?", (last, PURGE_BATCH)
-                ).fetchall()
-                if not rows:
-                    break
-                attachments = self._attachment_rows(db, rows)
-                for row in rows:
-                    mac = self._row_mac(row, attachments.get(row[0], ()))
-                    db.execute("UPDATE messages SET mac = ? WHERE id = ?", (mac, row[0]))
-                last = rows[-1][0]
-            db.execute("INSERT INTO archive_meta VALUES ('row_macs', ?)", (marker,))
+        row = db.execute("SELECT value FROM archive_meta WHERE name = 'row_macs'").fetchone()
+        if row is not None:
+            if not secrets.compare_digest(bytes(row[0]), marker):
+                raise CorruptRecordError(f"{self._where}: the row authentication marker was altered")
+            return
+        if migrated_from >= self._mac_version:
+            raise CorruptRecordError(
+                f"{self._where}: the row authentication marker is missing: the archive was altered"
+            )
+        last = -1
+        while True:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?", (last, PURGE_BATCH)
+            ).fetchall()
+            if not rows:
+                break
+            attachments = self._attachment_rows(db, rows)
+            for row in rows:
+                mac = self._row_mac(row, attachments.get(row[0], ()))
+                db.execute("UPDATE messages SET mac = ? WHERE id = ?", (mac, row[0]))
+            last = rows[-1][0]
+        db.execute("INSERT INTO archive_meta VALUES ('row_macs', ?)", (marker,))
 
     def close(self) -> None:
         with self._lock:
@@ -912,8 +928,26 @@ class Archive:
         too_young = time.time() - ORPHAN_AGE
         for directory in self.files.iterdir():
             for path in directory.iterdir() if directory.is_dir() else ():
-                if path.name not in known and path.stat().st_mtime < too_young:
+                if path.name in known:
+                    continue
+                try:
+                    old = path.stat().st_mtime < too_young
+                except FileNotFoundError:  # unlinked meanwhile: another bot's purge, a failed write
+                    continue
+                if old:
                     path.unlink(missing_ok=True)
+
+    # -- a bot's rooms (several bots sharing an archive each work on their own rooms) ---------------
+
+    def _in_rooms(self, column: str, rooms: Collection[str] | None) -> tuple[str, tuple[Any, ...]]:
+        """An SQL condition keeping the rows whose ``column`` is one of ``rooms`` (None: every
+        row), and its parameters: one, however many rooms (here a JSON array that SQLite
+        reads into a temporary index once per statement). The unary ``+`` keeps SQLite from
+        driving the query through the room index (every message of every room listed) rather
+        than through the few due or held rows."""
+        if rooms is None:
+            return "1 = 1", ()
+        return f"+{column} IN (SELECT value FROM json_each(?))", (json.dumps(room_list(rooms)),)
 
     # -- the blind index (SQLite: an FTS5 table whose row ID is the message's) ----------------------
 
@@ -1021,16 +1055,25 @@ class Archive:
                 for message in self._messages(db, rows)
             ]
 
-    def unenforced(self, limit: int = 20) -> list[PendingEnforcement]:
+    def unenforced(
+        self, limit: int = 20, *, rooms: Collection[str] | None = None
+    ) -> list[PendingEnforcement]:
         """Up to ``limit`` violations not yet enforced and due (new, or their back-off is
-        over), those due longest first."""
+        over), those due longest first. ``rooms``: only those of these rooms (a bot's own,
+        on an archive several bots share); None: of every room."""
+        in_rooms, room_params = self._in_rooms("m.room_id", rooms)
         return self._pending(
-            "e.retry_at <= ? ORDER BY e.retry_at, e.message_id LIMIT ?", (self._clock(), limit)
+            f"e.retry_at <= ? AND {in_rooms} ORDER BY e.retry_at, e.message_id LIMIT ?",
+            (self._clock(), *room_params, limit),
         )
 
-    def enforcement(self, event_id: str) -> PendingEnforcement | None:
-        """The violation of ``event_id`` if it is not enforced yet (due or not); else None."""
-        found = self._pending("m.event_id = ?", (event_id,))
+    def enforcement(
+        self, event_id: str, *, rooms: Collection[str] | None = None
+    ) -> PendingEnforcement | None:
+        """The violation of ``event_id`` if it is not enforced yet (due or not) and, with
+        ``rooms``, in one of them; else None."""
+        in_rooms, room_params = self._in_rooms("m.room_id", rooms)
+        found = self._pending(f"m.event_id = ? AND {in_rooms}", (event_id, *room_params))
         return found[0] if found else None
 
     def _pending(self, condition: str, params: tuple[Any, ...]) -> list[PendingEnforcement]:
@@ -1288,12 +1331,14 @@ class Archive:
                 (event_id, room_id, sealed, received_at),
             )
 
-    def undecrypted(self) -> list[HeldEvent]:
-        """Every held event, received longest ago first."""
+    def undecrypted(self, *, rooms: Collection[str] | None = None) -> list[HeldEvent]:
+        """Every held event (``rooms``: of these rooms only), received longest ago first."""
+        in_rooms, room_params = self._in_rooms("room_id", rooms)
         with self._read() as db:
             rows = db.execute(
                 "SELECT event_id, room_id, event, received_at, attempts FROM held_events "
-                "ORDER BY received_at, event_id"
+                f"WHERE {in_rooms} ORDER BY received_at, event_id",
+                room_params,
             ).fetchall()
         return [
             HeldEvent(
@@ -1311,14 +1356,19 @@ class Archive:
         with self._write() as db:
             db.execute("DELETE FROM held_events WHERE event_id = ?", (event_id,))
 
-    def undecryptable_counts(self, older_than_ms: int) -> dict[str, int]:
-        """Room ID -> number of held events received before ``older_than_ms``."""
+    def undecryptable_counts(
+        self, older_than_ms: int, *, rooms: Collection[str] | None = None
+    ) -> dict[str, int]:
+        """Room ID -> number of held events received before ``older_than_ms`` (``rooms``: of
+        these rooms only)."""
+        in_rooms, room_params = self._in_rooms("room_id", rooms)
         with self._read() as db:
             return {
                 room_id: int(count)
                 for room_id, count in db.execute(
-                    "SELECT room_id, count(*) FROM held_events WHERE received_at < ? GROUP BY room_id",
-                    (older_than_ms,),
+                    f"SELECT room_id, count(*) FROM held_events WHERE received_at < ? AND {in_rooms} "
+                    "GROUP BY room_id",
+                    (older_than_ms, *room_params),
                 )
             }
 

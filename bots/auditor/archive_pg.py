@@ -9,8 +9,10 @@ violation marks with their enforcement state, the purge. What differs:
 - the blind index is a ``text[]`` column of tokens with a GIN index; a search
   is array containment (``@>``) over the tokens of the words and filters;
 - write transactions take a transaction-scoped advisory lock, as SQLite's
-  ``BEGIN IMMEDIATE`` does, so row IDs of one millisecond never collide;
-  reads run in one ``REPEATABLE READ`` snapshot;
+  ``BEGIN IMMEDIATE`` does, so row IDs of one millisecond never collide, also
+  between several bots writing into one archive (shards); they run in READ
+  COMMITTED whatever the server's default, so each sees what the writer before
+  it committed; reads run in one ``REPEATABLE READ`` snapshot;
 - a purge ends with ``VACUUM`` of the archive's tables, so the space of
   purged rows is reused. Unlike SQLite's ``secure_delete`` this does not zero
   the freed pages: old ciphertexts and tokens may stay on disk until they are
@@ -23,7 +25,7 @@ no password: libpq reads it from ``~/.pgpass``, ``PGPASSFILE`` or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from .archive import _M_COLUMNS, Archive, ArchiveError, Message, now_ms
+from .archive import _M_COLUMNS, Archive, ArchiveError, Message, now_ms, room_list
 
 #: the advisory lock the archive's writers share ("AUDITARC")
 WRITE_LOCK = 0x4155_4449_5441_5243
@@ -200,6 +202,10 @@ class PostgresArchive(Archive):
     def _connect(self, create: bool) -> _Connection:
         try:
             connection = _Connection(self.dsn)
+            # whatever the server's default: a writer's statements after the write lock must see
+            # what the writer before it committed (under REPEATABLE READ or SERIALIZABLE the
+            # snapshot predates the lock, and two writers would take the same row ID)
+            connection.raw.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_READ_COMMITTED)
         except psycopg2.Error as error:
             raise ArchiveError(f"cannot connect to the PostgreSQL archive: {error}".strip()) from None
         if not create:
@@ -257,6 +263,12 @@ class PostgresArchive(Archive):
             sizes = " + ".join(f"pg_total_relation_size('{table}')" for table in _TABLES)
             (total,) = db.execute(f"SELECT {sizes}").fetchone()
         return int(total)
+
+    def _in_rooms(self, column: str, rooms: Collection[str] | None) -> tuple[str, tuple[Any, ...]]:
+        """As SQLite's, with an array parameter (PostgreSQL hashes a long one for the lookups)."""
+        if rooms is None:
+            return "1 = 1", ()
+        return f"{column} = ANY(?::text[])", (room_list(rooms),)
 
     # -- the blind index: a token array per message, GIN-indexed ------------------------------------
 

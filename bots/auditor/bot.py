@@ -31,6 +31,7 @@ from .parser import parse_command
 from .replies import HealthStats, archive_paused, archive_resumed
 from .requests import ExportStore
 from .runner import CommandRunner
+from .shard import JoinedRooms
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -63,7 +64,12 @@ class AuditorBot:
         self.signing_key = _signing_key(config)
         self.started_at = now_ms()
         self.media = MediaApi(self.client, config.admin_token)
-        self.enforcer = Enforcer(self.client, self.archive, config, self.media, self._send_notice)
+        # a PostgreSQL archive may be shared by several auditor bots ("shards"): this one
+        # enforces, retries and counts only what is of the rooms it is joined to
+        self.joined = JoinedRooms(self.client, shared=config.archive_postgres is not None)
+        self.enforcer = Enforcer(
+            self.client, self.archive, config, self.media, self._send_notice, rooms=self.joined
+        )
         self.ingest = Ingest(
             self.session,
             self.archive,
@@ -71,6 +77,7 @@ class AuditorBot:
             self.enforcer,
             before=self._before_archiving,
             on_outage=self._tell_outage,
+            rooms=self.joined,
         )
         self.invites = Invites(self.client, config.user_id, log=log)
         #: work started by callbacks that must not hold up syncing (exports)
@@ -133,7 +140,6 @@ class AuditorBot:
                     "media rules on, but no admin_token_file: refused files are redacted, not quarantined"
                 )
             self.client.add_event_callback(self._guarded(self.invites.on_invite), InviteMemberEvent)
-            await self.ingest.start()
             purge = asyncio.create_task(self._purge_regularly())
             heads = asyncio.create_task(self._export_heads_regularly())
             # the token lives where nio's store_sync_tokens kept it, but is saved only after a
@@ -156,6 +162,11 @@ class AuditorBot:
 
     async def _on_ready(self) -> None:
         log.info("auditor bot ready: %d rooms, %d archived", len(self.client.rooms), self.archive.count())
+        try:
+            # after the first sync, which names the bot's rooms: only their held events are its own
+            await self.ingest.start()
+        except Exception as error:  # they are still tried again after every sync
+            log.error("asking again for the keys of held events failed: %s", type(error).__name__)
         await self.chat.resume()  # approved exports a stop cut short
 
     async def _after_sync(self, response: SyncResponse) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from nio import AsyncClient, RoomRedactResponse
@@ -24,6 +24,7 @@ from .archive import Archive, ArchivedMessage, Attachment, Enforcement, PendingE
 from .config import Config
 from .content import MediaRef
 from .notices import media_notice
+from .shard import everywhere
 
 if TYPE_CHECKING:
     from .media_rules import Verdict
@@ -41,10 +42,19 @@ class Enforcer:
     """Fetches and judges media, and enforces the verdicts recorded in the archive."""
 
     def __init__(
-        self, client: AsyncClient, archive: Archive, config: Config, media: MediaApi, send: Send
+        self,
+        client: AsyncClient,
+        archive: Archive,
+        config: Config,
+        media: MediaApi,
+        send: Send,
+        *,
+        rooms: Callable[[], Collection[str] | None] = everywhere,
     ) -> None:
         self.client = client
         self.archive = archive
+        #: the rooms whose violations are this bot's to enforce (``shard.JoinedRooms``)
+        self.rooms = rooms
         self.config = config
         self.media = media
         self.send = send
@@ -94,16 +104,17 @@ class Enforcer:
         """Enforce a violation just archived; the archive records it, so a crash before it is
         done only delays it (``enforce_due``); the original stays in the archive as evidence."""
         self.violations_found += 1
-        pending = self.archive.enforcement(event_id)
+        pending = self.archive.enforcement(event_id, rooms=self.rooms())
         if pending is not None:
             await self.enforce(pending)
 
     async def enforce_due(self) -> None:
         """Enforce archived violations whose enforcement failed or was cut short (a crash
         between archiving and enforcing): after every sync, the first one after a start
-        included, so events a restart replays (their redactions too) are archived first."""
+        included, so events a restart replays (their redactions too) are archived first.
+        Only those of the bot's rooms: other shards enforce theirs."""
         try:
-            due = self.archive.unenforced(ENFORCE_BATCH)
+            due = self.archive.unenforced(ENFORCE_BATCH, rooms=self.rooms())
         except Exception:
             log.exception("listing the violations still to enforce failed")
             return

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from nio import (
@@ -43,6 +43,7 @@ from .archive import TS_LIMIT, Archive, Attachment, CorruptRecordError, Message,
 from .config import Config
 from .content import Described, Skip, describe, poll_answers
 from .enforcement import Enforcer
+from .shard import JoinedRooms, everywhere
 
 log = logging.getLogger("bots.auditor.ingest")
 
@@ -66,11 +67,21 @@ class StoppedWhileFailing(Exception):
 
 class ArchiveHeld:
     """The held events of ``bots.common.decryption`` in the archive, so they outlive a restart.
-    The IDs are known in memory too (for the count in ``!health`` without reading them all)."""
+    The IDs are known in memory too (for the count in ``!health`` without reading them all).
 
-    def __init__(self, archive: Archive) -> None:
+    Only the held events of ``rooms`` are this bot's to retry, release and count: on an
+    archive several bots share, the others' are theirs (``shard``)."""
+
+    def __init__(self, archive: Archive, rooms: Callable[[], Collection[str] | None] = everywhere) -> None:
         self.archive = archive
-        self.ids = {held.event_id for held in archive.undecrypted()}
+        self.rooms = rooms
+        self.ids: set[str] = set()
+        self.load()
+
+    def load(self) -> None:
+        """Know the held events of the bot's rooms: at the start, and again at the first sync,
+        which tells a bot sharing the archive which rooms are its own."""
+        self.ids = {held.event_id for held in self.archive.undecrypted(rooms=self.rooms())}
 
     def hold(self, room_id: str, event: MegolmEvent, received_at: float) -> None:
         self.archive.hold_undecrypted(event.event_id, room_id, event_json(event), int(received_at * 1000))
@@ -78,7 +89,7 @@ class ArchiveHeld:
 
     def held(self) -> list[Held]:
         kept = []
-        for held in self.archive.undecrypted():
+        for held in self.archive.undecrypted(rooms=self.rooms()):
             event = parse_held(held.event_json, held.room_id)
             if event is None:  # cannot happen for what ``hold`` stored; never retried for ever
                 log.error("the held event %s no longer parses; released", held.event_id)
@@ -109,6 +120,7 @@ class Ingest:
         *,
         before: BeforeArchiving | None = None,
         on_outage: OnOutage | None = None,
+        rooms: JoinedRooms | None = None,
     ) -> None:
         self.session = session
         #: sees each timeline event in order, after the events before it were archived (a
@@ -120,7 +132,9 @@ class Ingest:
         self.archive = archive
         self.config = config
         self.enforcer = enforcer
-        self.held = ArchiveHeld(archive)
+        #: the rooms whose held events are this bot's (all with an archive of its own)
+        self.rooms = rooms if rooms is not None else JoinedRooms(self.client, shared=False)
+        self.held = ArchiveHeld(archive, self.rooms)
         self.late = LateDecryption(self.client, self.held, log=log, give_up_after=None)
         #: events that could not be decrypted when they arrived, since start
         self.undecryptable_seen = 0
@@ -138,18 +152,23 @@ class Ingest:
         return self.config.undecryptable_after * 1000
 
     def undecryptable_by_room(self) -> dict[str, int]:
-        """Room ID -> held events older than ``undecryptable_after``."""
-        return self.archive.undecryptable_counts(now_ms() - self.undecryptable_after_ms)
+        """Room ID -> held events older than ``undecryptable_after``, in the bot's rooms."""
+        return self.archive.undecryptable_counts(now_ms() - self.undecryptable_after_ms, rooms=self.rooms())
 
     # -- a sync response --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """After login: ask again for the keys of events held by an earlier run."""
+        """After the first sync (the bot's rooms are known then): ask again for the keys of the
+        events an earlier run held in them."""
         await self.late.request_keys()
 
     async def handle(self, response: SyncResponse) -> None:
         """Archive a whole response: the gaps of limited timelines first (they are older), then
         each timeline, then what decrypts now. Returns only when all of it is in the archive."""
+        if self.rooms.observe(response):
+            # the bot's rooms changed (the first response after a start names them all): the
+            # held events of those are its own (with an archive of its own: all, from the start)
+            await self._write(self.held.load)
         try:
             for room_id, joined in response.rooms.join.items():
                 timeline = joined.timeline
