@@ -52,18 +52,15 @@ the measurement rather than for the sweep:
 * PostgreSQL plans from statistics: after the fill the bench runs
   ``VACUUM ANALYZE`` (as autovacuum would soon after such a load) and a
   ``CHECKPOINT``, so neither falls into a measurement.
-
-Known limit of the fill (found 2026-12-07, not fixed): the copies keep their
-template's ``prev_events``, so ``event_edges.prev_event_id`` has about
-``TEMPLATES`` distinct values instead of one per event. On the 1,000,000
-PostgreSQL server the planner then expects ~2,000 rows for each lookup of
-Synapse's ``_get_events_which_are_prevs`` (run for every event it persists,
-each of the sweep's redactions) and picks a parallel plan (Gather, 1 worker):
-about 6.7 ms per call, for a result that is empty, against well under 0.1 ms
-on the 100,000 server (~200 rows expected, no parallel worker). That is about
-6 s of the 1,000 redactions, a ratio near 1.20 that comes from the copies, not
-from the sweep; chaining each room's copies (each copy's ``prev_events`` the
-copy before it) would give real statistics.
+* The copies' ``event_edges`` form chains (``_make_copies``): each copy's
+  ``prev_event_id`` is the copy before it of the same template. Until
+  2026-12-08 the copies kept their template's ``prev_events``, so that column
+  had about ``TEMPLATES`` distinct values in a million rows; the PostgreSQL
+  planner then expected ~2,000 rows for each lookup of Synapse's
+  ``_get_events_which_are_prevs`` (run for every event it persists, each of
+  the sweep's redactions) and chose a parallel plan, about 6.7 ms a call
+  against under 0.1 ms at 100,000 events: some 6 s of the 1,000 redactions,
+  a ratio of 1.20 that came from the fill, not from the sweep.
 
 A cycle on one server (only that server runs):
 
@@ -443,10 +440,34 @@ def _start_copier(plan: CopyPlan) -> None:
         _signing_key = read_signing_keys(key_file)[0]
 
 
+def _copy_event(plan: CopyPlan, i: int) -> tuple[Template, dict[str, Any], str]:
+    """Copy ``i``: its template, its event (a distinct ``origin_server_ts`` gives it
+    its own hashes, signature and event ID) and that ID."""
+    template = plan.templates[i % len(plan.templates)]
+    room_version = KNOWN_ROOM_VERSIONS[template.room_version]
+    json_at = plan.json_columns.index("json")
+    event = json.loads(template.event_json[json_at])
+    event["origin_server_ts"] -= i // len(plan.templates) + 1
+    event.pop("hashes", None)
+    event.pop("signatures", None)
+    add_hashes_and_signatures(room_version, event, SERVER_NAME, _signing_key)
+    event_id = make_event_from_dict(event, room_version).event_id
+    if event_id == template.event_id:
+        raise BenchError(f"room version {template.room_version}: the event ID does not follow from the event")
+    return template, event, event_id
+
+
 def _make_copies(start: int, count: int) -> CopyBatch:
     """Copies ``start`` to ``start + count`` (of all): the copy ``i`` is one of
     template ``i % templates``, with an ``origin_server_ts`` of its own, at stream
-    position ``plan.position + i + 1``."""
+    position ``plan.position + i + 1``.
+
+    Each copy's ``event_edges`` row points at the copy before it of the same
+    template (the template itself for the first), so the copies of a template
+    form a chain in its room and every ``prev_event_id`` is distinct, as on a
+    real server, where each event's predecessor is the one before it. (The
+    copies' JSON keeps the template's ``prev_events``: changing it would change
+    the IDs the chain is made of. Synapse's graph queries read the table.)"""
     plan = _plan
     if plan is None:
         raise BenchError("the copier was not started")
@@ -456,21 +477,14 @@ def _make_copies(start: int, count: int) -> CopyBatch:
     }
     json_at = {name: plan.json_columns.index(name) for name in ("event_id", "internal_metadata", "json")}
     other_at = {table: columns.index("event_id") for table, columns in plan.other_columns.items()}
+    prev_at = plan.other_columns["event_edges"].index("prev_event_id")
+    # the IDs of the copies just before this batch, which its first copies point at
+    ids = {i: _copy_event(plan, i)[2] for i in range(max(0, start - len(templates)), start)}
     batch = CopyBatch([], [], {table: [] for table in plan.other_columns})
     for i in range(start, start + count):
-        template = templates[i % len(templates)]
-        room_version = KNOWN_ROOM_VERSIONS[template.room_version]
-        event = json.loads(template.event_json[json_at["json"]])
-        # A distinct origin_server_ts gives the copy its own hashes and event ID.
-        event["origin_server_ts"] -= i // len(templates) + 1
-        event.pop("hashes", None)
-        event.pop("signatures", None)
-        add_hashes_and_signatures(room_version, event, SERVER_NAME, _signing_key)
-        event_id = make_event_from_dict(event, room_version).event_id
-        if event_id == template.event_id:
-            raise BenchError(
-                f"room version {template.room_version}: the event ID does not follow from the event"
-            )
+        template, event, event_id = _copy_event(plan, i)
+        ids[i] = event_id
+        predecessor = ids[i - len(templates)] if i >= len(templates) else template.event_id
         internal = json.loads(template.event_json[json_at["internal_metadata"]])
         internal.pop("txn_id", None)
         row = list(template.event)
@@ -485,7 +499,10 @@ def _make_copies(start: int, count: int) -> CopyBatch:
         batch.event_json.append(tuple(json_row))
         for table, rows in template.others.items():
             index = other_at[table]
-            batch.others[table].extend((*row[:index], event_id, *row[index + 1 :]) for row in rows)
+            copied = [(*row[:index], event_id, *row[index + 1 :]) for row in rows]
+            if table == "event_edges":
+                copied = [(*row[:prev_at], predecessor, *row[prev_at + 1 :]) for row in copied[:1]]
+            batch.others[table].extend(copied)
     return batch
 
 
@@ -614,6 +631,12 @@ def finish_fill(server: Server, db: Database, last: int, target_rows: int) -> No
         raise BenchError(
             f"{server.label}: {stored:,} events after the fill, {queued} background updates queued"
         )
+    # the chains: about one distinct predecessor per event, as on a real server
+    edges, predecessors = db.execute(
+        "SELECT count(*), count(DISTINCT prev_event_id) FROM event_edges"
+    ).fetchone()
+    if predecessors < 0.9 * edges:
+        raise BenchError(f"{server.label}: {predecessors:,} distinct prev_event_id in {edges:,} edges")
 
 
 def settle(server: Server) -> None:
