@@ -24,6 +24,7 @@ import attrs
 
 from . import (
     auditor_archive,
+    auditor_shards,
     device_import,
     dispatch_alert,
     federation_inbound,
@@ -90,6 +91,14 @@ ENTRIES: list[Entry] = [
         auditor_archive.main,
         "auditor archive: ingest rate of full events with encryption and row MACs, search latency "
         "and peak RSS over a synthetic archive of 1,000,000 messages",
+    ),
+    Entry(
+        "auditor_shards",
+        auditor_shards.main,
+        f"auditor bot in {' and '.join(f'{n:,}' for n in auditor_shards.ROOMS)} rooms at "
+        f"{auditor_shards.RATE:g} msgs/s (E2EE senders, PostgreSQL archive), as one process and as "
+        f"{max(auditor_shards.SHARDS)} shards: archive lag, RSS, CPU per message, catch-up after a "
+        f"{auditor_shards.OUTAGE_S / 60:g}-minute outage",
     ),
     Entry(
         "retention_scaling",

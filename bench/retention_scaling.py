@@ -103,6 +103,7 @@ import json
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import deque
@@ -775,13 +776,25 @@ def measure(servers: Sequence[Server], sizes_of: tuple[int, int], sizes: Sizes) 
     return stores
 
 
-def main(smoke: bool = False) -> None:
+BACKENDS = ("SQLite", "PostgreSQL")
+
+
+def main(smoke: bool = False, backends: Sequence[str] = BACKENDS) -> None:
     """Both backends, SQLite first; each prints its table, plans and verdict.
-    ``smoke``: at ``SMOKE`` sizes instead of ``FULL``."""
+    ``smoke``: at ``SMOKE`` sizes instead of ``FULL``. ``python -m
+    bench.retention_scaling SQLite`` (or ``PostgreSQL``) runs one of them."""
     sizes = SMOKE if smoke else FULL
-    labels = [f"retention-{size // 1000}k" if size >= 1000 else f"retention-{size}" for size in sizes.sqlite]
-    with retention_servers(labels, [None, None], "SQLite") as servers:
-        report("SQLite", measure(servers, sizes.sqlite, sizes), sizes)
+    unknown = set(backends) - set(BACKENDS)
+    if unknown:
+        raise BenchError(f"unknown backend {', '.join(sorted(unknown))}: expected {' or '.join(BACKENDS)}")
+    if "SQLite" in backends:
+        labels = [
+            f"retention-{size // 1000}k" if size >= 1000 else f"retention-{size}" for size in sizes.sqlite
+        ]
+        with retention_servers(labels, [None, None], "SQLite") as servers:
+            report("SQLite", measure(servers, sizes.sqlite, sizes), sizes)
+    if "PostgreSQL" not in backends:
+        return
     if not (PG_BIN / "initdb").exists():
         raise BenchError(f"{PG_BIN / 'initdb'} not found: install postgresql-15 for the PostgreSQL half")
     with running_cluster() as cluster:
@@ -850,3 +863,7 @@ def report(backend: str, stores: Sequence[Store], sizes: Sizes) -> None:
         f"{target}: {'met' if ratio <= SCALING_TARGET else 'MISSED'}",
         flush=True,
     )
+
+
+if __name__ == "__main__":
+    main(backends=sys.argv[1:] or BACKENDS)

@@ -49,6 +49,14 @@ REPORTED: dict[str, tuple[str, ...]] = {
     "device_import": (r"^-+\+-", r"^re-run \(all rows enrolled\): \d+ rows/s .*" + VERDICT),
     "retention_sweep": (r"^-+\+-", r"^sweep throughput: ratio .*" + VERDICT),
     "auditor_archive": (r"^-+\+-", r"^search p95, first pass ", r"^after the purge: [\d,]+ messages$"),
+    "auditor_shards": (
+        r"^-+\+-",
+        r"^\d+ rooms, \d+ shards?: lag p95 .* catch-up [\d.]+ s <= \d+ s: (met|MISSED)",
+        r"^CPU per message, \d+ -> \d+ rooms, 1 shard: .* ratio .*" + VERDICT,
+        r"^CPU per message, \d+ -> \d+ rooms, 2 shards: .* ratio .*" + VERDICT,
+        r"^catch-up, \d+ -> \d+ rooms, 2 shards: .*" + VERDICT,
+        r"^\d+ rooms, 2 shards against 1: lag p95 ",
+    ),
     "retention_scaling": (r"^-+\+-", r"^SQLite: .*" + VERDICT, r"^PostgreSQL: .*" + VERDICT),
     "dispatch_alert": (
         r"ratio alert / plain, warm",
