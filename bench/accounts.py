@@ -28,6 +28,7 @@ from contextlib import closing
 from pathlib import Path
 
 import yaml
+from nio import AsyncClient, AsyncClientConfig, LoginResponse
 
 from devtools.homeserver import Homeserver
 from synapse_police_policy.config import parse_config
@@ -144,6 +145,27 @@ def login(hs: Homeserver, localpart: str, password: str, device_id: str) -> str:
     if answer.get("device_id") != device_id:
         raise BenchError(f"{hs.server_name}: login of {localpart} got device {answer.get('device_id')!r}")
     return answer["access_token"]
+
+
+async def e2ee_client(
+    hs: Homeserver, localpart: str, password: str, device_id: str, store: Path, *, request_timeout: float
+) -> AsyncClient:
+    """A matrix-nio client with E2EE, logged in on its (enrolled) ``device_id`` with its
+    keys uploaded and a first full sync done: a bench officer as Element would be."""
+    store.mkdir(parents=True, exist_ok=True)
+    client = AsyncClient(
+        hs.url,
+        hs.user_id(localpart),
+        device_id=device_id,
+        store_path=str(store),
+        config=AsyncClientConfig(encryption_enabled=True, request_timeout=request_timeout),
+    )
+    response = await client.login(password)
+    if not isinstance(response, LoginResponse):
+        raise BenchError(f"login of {localpart} failed: {response}")
+    await client.keys_upload()
+    await client.sync(timeout=0, full_state=True)
+    return client
 
 
 def enrolled_users(

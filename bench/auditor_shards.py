@@ -61,12 +61,12 @@ from typing import Any
 import attrs
 import psycopg2
 import yaml
-from nio import AsyncClient, AsyncClientConfig, LoginResponse, RoomCreateResponse, RoomSendResponse
+from nio import AsyncClient, RoomCreateResponse, RoomSendResponse
 
 from devtools.homeserver import REPO_ROOT, Homeserver, HomeserverSpec, free_port
 from devtools.postgres import PostgresCluster, running_cluster
 
-from .accounts import BenchError
+from .accounts import BenchError, e2ee_client
 from .module_overhead import print_table
 
 ROOMS = (500, 5000)
@@ -250,20 +250,9 @@ class Officers:
             device_id = f"BENCH-OFFICER-{i}"
             self.hs.register_user(localpart, PASSWORD, login=False)
             self.hs.enroll(localpart, device_id, label="bench officer")
-            store = self.directory / localpart
-            store.mkdir(parents=True)
-            client = AsyncClient(
-                self.hs.url,
-                self.hs.user_id(localpart),
-                device_id=device_id,
-                store_path=str(store),
-                config=AsyncClientConfig(encryption_enabled=True, request_timeout=300),
+            client = await e2ee_client(
+                self.hs, localpart, PASSWORD, device_id, self.directory / localpart, request_timeout=300
             )
-            response = await client.login(PASSWORD)
-            if not isinstance(response, LoginResponse):
-                raise BenchError(f"login of {localpart} failed: {response}")
-            await client.keys_upload()
-            await client.sync(timeout=0, full_state=True)
             self.clients.append(client)
 
     async def close(self) -> None:

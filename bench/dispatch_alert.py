@@ -46,9 +46,7 @@ import yaml
 from nio import (
     Api,
     AsyncClient,
-    AsyncClientConfig,
     Event,
-    LoginResponse,
     RoomCreateResponse,
     RoomMessageText,
     RoomSendResponse,
@@ -57,7 +55,7 @@ from nio import (
 
 from devtools.homeserver import REPO_ROOT, Homeserver, HomeserverSpec, free_port
 
-from .accounts import BenchError, device_id_for, enroll_many, register_many
+from .accounts import BenchError, device_id_for, e2ee_client, enroll_many, register_many
 
 OFFICERS = 200
 RATIO_TARGET = 1.3
@@ -110,20 +108,7 @@ class Officer:
 
 
 async def _login(hs: Homeserver, localpart: str, store: Path) -> AsyncClient:
-    store.mkdir(parents=True, exist_ok=True)
-    client = AsyncClient(
-        hs.url,
-        hs.user_id(localpart),
-        device_id=device_id_for(localpart),
-        store_path=str(store),
-        config=AsyncClientConfig(encryption_enabled=True, request_timeout=120),
-    )
-    response = await client.login(PASSWORD)
-    if not isinstance(response, LoginResponse):
-        raise BenchError(f"login of {localpart} failed: {response}")
-    await client.keys_upload()
-    await client.sync(timeout=0, full_state=True)
-    return client
+    return await e2ee_client(hs, localpart, PASSWORD, device_id_for(localpart), store, request_timeout=120)
 
 
 async def _join_rooms(client: AsyncClient, count: int) -> None:
